@@ -1,0 +1,52 @@
+# The README's two commands: `make run` and `make test`. Each creates .venv when
+# it is missing, installs the project into it, makes sure the data is present,
+# then does its job. Nothing is installed by hand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KERNEL := vqlib
+PROFILE ?= quick
+
+.PHONY: run test data bench lab clean-results help
+
+help:
+	@echo "make run    - the whole study (quick profile) -> results/reports/index.html"
+	@echo "make test   - the test suite on the real data"
+	@echo "make bench  - speed benchmarks -> results/bench/bench.json"
+	@echo "make lab    - JupyterLab with the project's kernel"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned, so that no other package can pull a CUDA build.
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# A named kernel inside the venv: papermill and JupyterLab run notebooks in it.
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (vqlib)" > /dev/null
+	touch $(STAMP)
+
+# The data: already here, or the Debian package (on Debian as root), or the download.
+data: $(STAMP)
+	@$(BIN)/vqlib data --no-download 2>/dev/null || { \
+	  if command -v apt-get > /dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing the Debian package dataset-fashion-mnist"; \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist > /dev/null) || true; \
+	  fi; \
+	  $(BIN)/vqlib data; }
+
+run: data
+	$(BIN)/vqlib run --profile $(PROFILE)
+
+test: data
+	$(BIN)/python -m pytest -q
+
+bench: data
+	$(BIN)/python benchmarks/bench.py
+
+lab: data
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean-results:
+	rm -rf results/grid results/reports results/classifier results/analysis results/bench checkpoints/vqvae checkpoints/classifier

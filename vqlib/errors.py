@@ -1,0 +1,31 @@
+"""The package's exception types.
+
+Every error a user can cause (bad data, a wrong checkpoint, an impossible
+hyperparameter, an unwritable folder) is raised as a subclass of `VqlibError`
+with a one-sentence message that says what is wrong and what to do. The CLI
+prints that sentence without a traceback (``--debug`` shows it).
+"""
+
+
+class VqlibError(Exception):
+    """Base class: a problem the user can fix, described in one sentence."""
+
+
+class DataError(VqlibError):
+    """FashionMNIST files are missing, truncated, foreign or corrupt."""
+
+
+class ConfigError(VqlibError, ValueError):
+    """A hyperparameter or option has an impossible value."""
+
+
+class CheckpointError(VqlibError):
+    """A checkpoint is missing, not a checkpoint, or of another kind or configuration."""
+
+
+class OutputError(VqlibError):
+    """An output folder or file cannot be written."""
+
+
+class TrainingError(VqlibError):
+    """Training could not go on (for example, the loss became NaN or infinite)."""

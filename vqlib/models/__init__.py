@@ -1,0 +1,6 @@
+"""Neural network modules: the vector quantizer, the VQ-VAE and the classifier."""
+
+from .quantizer import QuantizerOutput, VectorQuantizer
+from .vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
+
+__all__ = ["QuantizerOutput", "VectorQuantizer", "VQVAE", "Encoder", "Decoder", "VQVAEOutput"]

@@ -1,0 +1,201 @@
+"""Training and evaluation of the VQ-VAE.
+
+`train_vqvae` takes the two configs and the data, writes only inside its
+checkpoint folder (best.pt, last.pt, history.json, config.json) and returns the
+model with its per-epoch history. The whole training split lives on the
+training device as one float tensor; a batch is an index tensor into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import paths
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import TrainConfig, VQVAEConfig
+from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset, to_float
+from .device import resolve_device, rng_state, seed_everything, set_rng_state
+from .errors import CheckpointError, TrainingError
+from .files import ensure_dir, write_json
+from .models import VQVAE
+from .models.quantizer import code_histogram, perplexity_and_usage
+
+# Fields of TrainConfig that may differ between a run and its resumption.
+RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_dir", "results_dir"}
+
+
+@dataclass
+class VQVAERun:
+    """What `train_vqvae` returns: the trained model (eval mode) and where its files are."""
+
+    model: VQVAE
+    history: list[dict]  # one dict per epoch: pandas.DataFrame(history) is the table
+    checkpoint_dir: Path
+    model_config: VQVAEConfig
+    train_config: TrainConfig
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+
+def default_checkpoint_dir(model_config: VQVAEConfig) -> Path:
+    return paths.checkpoints_dir() / "vqvae" / paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)
+
+
+def default_results_dir(model_config: VQVAEConfig) -> Path:
+    return paths.results_dir() / "vqvae" / paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.inference_mode()
+def evaluate_vqvae(model: VQVAE, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                   *, batch_size: int = 1000) -> dict:
+    """Reconstruction MSE, PSNR, perplexity and codebook usage on a split (uint8 images).
+
+    MSE is the mean over pixels and images; PSNR is 10 log10(1 / MSE) of that mean
+    (pixels in [0, 1]). Perplexity and usage come from the code histogram of the
+    whole split, so they do not depend on the batch size. With `labels`, also the
+    MSE of each class.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    k = model.config.num_embeddings
+    per_image = []
+    counts = torch.zeros(k, dtype=torch.long, device=device)
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start:start + batch_size], device)
+        out = model(x)
+        per_image.append(F.mse_loss(out.reconstruction, x, reduction="none").mean(dim=(1, 2, 3)))
+        counts += code_histogram(out.vq.indices, k)
+    model.train(was_training)
+    per_image = torch.cat(per_image).cpu()
+    mse = per_image.mean().item()
+    perplexity, usage = perplexity_and_usage(counts)
+    result = {"mse": mse, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+              "perplexity": perplexity.item(), "codebook_usage": usage.item()}
+    if labels is not None:
+        labels = labels.cpu()
+        result["per_class_mse"] = {CLASS_NAMES[c]: per_image[labels == c].mean().item()
+                                   for c in range(NUM_CLASSES) if (labels == c).any()}
+    return result
+
+
+# ----------------------------------------------------------------------------- training
+
+def _check_resumable(ckpt: dict, model_config: VQVAEConfig, train_config: TrainConfig, path: Path) -> None:
+    if ckpt["model_config"] != dataclasses.asdict(model_config):
+        diff = {k: v for k, v in ckpt["model_config"].items() if dataclasses.asdict(model_config).get(k) != v}
+        raise CheckpointError(f"cannot resume from {path}: it was trained with another model configuration ({diff})")
+    saved = {k: v for k, v in ckpt["train_config"].items() if k not in RESUMABLE_CHANGES}
+    wanted = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in RESUMABLE_CHANGES}
+    if saved != wanted:
+        diff = {k: v for k, v in saved.items() if wanted.get(k) != v}
+        raise CheckpointError(f"cannot resume from {path}: it was trained with other settings ({diff})")
+
+
+def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Optional[FashionMNIST] = None,
+                *, resume: bool = False, progress: bool = True) -> VQVAERun:
+    """Train one VQ-VAE with Adam; keep best.pt (lowest validation MSE) and last.pt.
+
+    With `resume`, continue from last.pt in the checkpoint folder (model,
+    optimiser, epoch, RNG states, history); a missing last.pt starts afresh.
+    A NaN or infinite loss stops training with `TrainingError`; last.pt then
+    still holds the last good epoch.
+    """
+    device = resolve_device(train_config.device)
+    data = data or load_fashion_mnist()
+    ckpt_dir = ensure_dir(train_config.checkpoint_dir or default_checkpoint_dir(model_config))
+    images, _ = subset(data.train_images, data.train_labels, train_config.train_subset, train_config.seed)
+    train_x = to_float(images, device)
+    n = len(train_x)
+
+    seed_everything(train_config.seed)
+    model = VQVAE(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.learning_rate)
+    history: list[dict] = []
+    start_epoch = 0
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path, kind="vqvae")
+        _check_resumable(ckpt, model_config, train_config, last_path)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history, start_epoch = ckpt["history"], ckpt["epoch"]
+        set_rng_state(ckpt["rng"])
+    write_json(ckpt_dir / "config.json", {"model": dataclasses.asdict(model_config),
+                                          "train": dataclasses.asdict(train_config)})
+    best_mse = min((row["val_mse"] for row in history), default=math.inf)
+
+    steps_per_epoch = math.ceil(n / train_config.batch_size)
+    bar = tqdm(total=(train_config.epochs - start_epoch) * steps_per_epoch, disable=not progress,
+               desc=f"VQ-VAE {paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)}",
+               unit="step", dynamic_ncols=True)
+    for epoch in range(start_epoch, train_config.epochs):
+        model.train()
+        # Shuffling depends on (seed, epoch) alone, so a resumed run sees the same batches.
+        generator = torch.Generator().manual_seed(train_config.seed * 100_003 + epoch)
+        sums = torch.zeros(4, device=device)  # recon MSE, VQ loss, perplexity, usage: summed per step
+        restarts_before = int(model.quantizer.restarts)
+        started = time.perf_counter()
+        for step, idx in enumerate(batch_indices(n, train_config.batch_size, generator=generator, device=device)):
+            x = train_x[idx]
+            out = model(x)
+            recon = F.mse_loss(out.reconstruction, x)
+            loss = recon + out.vq.loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack([recon.detach(), out.vq.loss.detach(), out.vq.perplexity, out.vq.usage])
+            if step % 25 == 0 or step == steps_per_epoch - 1:
+                # Reading the loss back is a device sync: do it every 25 steps, not every step.
+                current = sums / (step + 1)
+                if not torch.isfinite(current).all():
+                    bar.close()
+                    raise TrainingError(f"the training loss became {current[0].item() + current[1].item()} in epoch "
+                                        f"{epoch + 1}; lower the learning rate (last good checkpoint: {last_path})")
+                bar.set_postfix(epoch=f"{epoch + 1}/{train_config.epochs}", mse=f"{current[0].item():.4f}",
+                                ppl=f"{current[2].item():.1f}")
+            bar.update(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        means = (sums / steps_per_epoch).tolist()
+        if not all(map(math.isfinite, means)):
+            raise TrainingError(f"the training loss became non-finite in epoch {epoch + 1}; "
+                                f"lower the learning rate (last good checkpoint: {last_path})")
+        val = evaluate_vqvae(model, data.val_images, batch_size=1000)
+        row = {"epoch": epoch + 1, "train_mse": means[0], "train_vq_loss": means[1],
+               "train_perplexity": means[2], "train_usage": means[3],
+               "val_mse": val["mse"], "val_psnr": val["psnr"], "val_perplexity": val["perplexity"],
+               "val_usage": val["codebook_usage"], "codes_restarted": int(model.quantizer.restarts) - restarts_before,
+               "epoch_seconds": seconds, "images_per_s": n / seconds}
+        history.append(row)
+
+        payload = {"model_config": dataclasses.asdict(model_config),
+                   "train_config": dataclasses.asdict(train_config),
+                   "state_dict": model.state_dict(), "epoch": epoch + 1, "history": history}
+        if row["val_mse"] < best_mse:
+            best_mse = row["val_mse"]
+            save_checkpoint(best_path, "vqvae", payload)
+        save_checkpoint(last_path, "vqvae", {**payload, "optimizer": optimizer.state_dict(), "rng": rng_state()})
+        write_json(ckpt_dir / "history.json", history)
+        if progress:
+            bar.write(f"epoch {epoch + 1}/{train_config.epochs}: train MSE {row['train_mse']:.4f}, "
+                      f"val MSE {row['val_mse']:.4f}, val perplexity {row['val_perplexity']:.1f}, "
+                      f"codes used {row['val_usage']:.0%}, {row['images_per_s']:.0f} images/s")
+    bar.close()
+    model.eval()
+    return VQVAERun(model=model, history=history, checkpoint_dir=ckpt_dir,
+                    model_config=model_config, train_config=train_config)
