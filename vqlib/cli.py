@@ -134,6 +134,139 @@ def cmd_infer_vqvae(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- codebook ablation
+
+def _parse_config(text: str) -> tuple[int, int]:
+    """'25x16' (or 'K25xD16', '25,16') -> (25, 16)."""
+    plain = text.lower().replace("k", "").replace("d", "").replace(",", "x")
+    try:
+        k, d = (int(part) for part in plain.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a codebook configuration; write K x D, such as 25x16") from None
+    return k, d
+
+
+def _configure_ablation(p: argparse.ArgumentParser) -> None:
+    from .ablation import SEED_GRID_EXTREMES, VARIANTS
+    p.add_argument("--configs", nargs="+", type=_parse_config, default=list(SEED_GRID_EXTREMES), metavar="KxD",
+                   help="codebook sizes K x D to compare (default: the seed grid's extremes 25x16 100x64)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help=f"quantizer variants (default: all: {', '.join(VARIANTS)})")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of every run: a fixed budget (default: 3)")
+    p.add_argument("--train-subset", type=_parse_optional_int, default=10_000,
+                   help="training images (stratified; 'all' uses 55,000) (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--results-dir", default=None, help="where ablation.csv and ablation.png go (default: results/ablation)")
+    p.add_argument("--checkpoints-dir", default=None, help="where the runs' checkpoints go (default: checkpoints/ablation)")
+    _data_option(p)
+
+
+@command("ablation", "compare the paper's quantizer with EMA, k-means init and dead-code restarts; "
+                     "writes results/ablation/ablation.csv and ablation.png", _configure_ablation)
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from . import paths
+    from .ablation import codebook_ablation
+    table = codebook_ablation(args.configs, args.variants, epochs=args.epochs, train_subset=args.train_subset,
+                              seed=args.seed, data=_load_data(args), results_dir=args.results_dir,
+                              checkpoints_dir=args.checkpoints_dir, device=args.device)
+    columns = ["K", "D", "variant", "val_mse", "val_perplexity", "val_usage", "train_perplexity", "codes_restarted", "seconds"]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"table and figure: {Path(args.results_dir or paths.results_dir() / 'ablation')}/ablation.csv, ablation.png")
+    return 0
+
+
+# ----------------------------------------------------------------------------- classifier
+
+def _configure_train_cls(p: argparse.ArgumentParser) -> None:
+    from .config import ClassifierConfig
+    add_config_options(p, ClassifierConfig)
+    _data_option(p)
+
+
+@command("train-cls", "train the classification head on a frozen (or fine-tuned) VQ-VAE encoder; "
+                      "writes checkpoints/classifier/<run>/best.pt and history.json", _configure_train_cls)
+def cmd_train_cls(args: argparse.Namespace) -> int:
+    from .classify import train_classifier
+    from .config import ClassifierConfig
+    run = train_classifier(config_from_args(ClassifierConfig, args), _load_data(args))
+    print(f"validation accuracy {run.best_val_acc:.4f} (epoch {run.best_epoch} of {len(run.history)}), "
+          f"{run.train_images} training images, training {run.train_seconds:.1f} s"
+          + (f" + encoding once {run.encode_seconds:.1f} s" if run.encode_seconds else ""))
+    print(f"checkpoint: {run.best_checkpoint}")
+    return 0
+
+
+def _configure_eval_cls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a classifier checkpoint (best.pt)")
+    p.add_argument("--vqvae-checkpoint", default=None,
+                   help="check the classifier against this VQ-VAE checkpoint (refused if it is another configuration or run)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate (default: test)")
+    p.add_argument("--results-dir", default=None, help="where the metrics, CSVs and PNG go (default: results/classifier/<run>)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _data_option(p)
+
+
+@command("eval-cls", "test accuracy, per-class precision/recall/F1 and confusion matrix (CSV and PNG) of a classifier",
+         _configure_eval_cls)
+def cmd_eval_cls(args: argparse.Namespace) -> int:
+    from .classify import evaluate_classifier, load_classifier
+    from .device import resolve_device
+    if args.vqvae_checkpoint:
+        load_classifier(args.checkpoint, vqvae_checkpoint=args.vqvae_checkpoint)
+    metrics = evaluate_classifier(args.checkpoint, _load_data(args), split=args.split,
+                                  results_dir=args.results_dir, device=str(resolve_device(args.device)))
+    print(metrics["report"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"{args.split} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images, macro F1 {metrics['macro_f1']:.4f}")
+    print(f"files: {', '.join(str(path) for path in metrics['files'].values())}")
+    return 0
+
+
+def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a classifier checkpoint (best.pt)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="an IDX images file (.gz or raw) or PNG/JPEG images of any size")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
+                   help="--invert for dark garments on a light background, --no-invert to never invert "
+                        "(default: decide from each image's border)")
+    p.add_argument("--output", default=None, help="also write the predictions to this .csv or .json file")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+@command("infer-cls", "predict the class of images (IDX or PNG/JPEG) with a classifier; prints and writes probabilities",
+         _configure_infer_cls)
+def cmd_infer_cls(args: argparse.Namespace) -> int:
+    from .classify import infer_images
+    from .device import resolve_device
+    frame = infer_images(args.checkpoint, args.inputs, output=args.output, invert=args.invert,
+                         device=str(resolve_device(args.device)))
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.output:
+        print(f"predictions: {args.output}")
+    return 0
+
+
+def _configure_label_efficiency(p: argparse.ArgumentParser) -> None:
+    from .config import ClassifierConfig, LabelEfficiencyConfig
+    add_config_options(p, LabelEfficiencyConfig)
+    # The head's sizes and budget; the names LabelEfficiencyConfig shares are set above.
+    add_config_options(p, ClassifierConfig, skip=("vqvae_checkpoint", "labels_per_class", "finetune", "cache_codes",
+                                                  "seed", "device", "checkpoint_dir", "results_dir"))
+    _data_option(p)
+
+
+@command("label-efficiency", "test accuracy against labels per class: frozen-VQ head, linear probe, pixel CNN, "
+                             "pixel logistic regression; writes label_efficiency.csv and .png", _configure_label_efficiency)
+def cmd_label_efficiency(args: argparse.Namespace) -> int:
+    from .classify import label_efficiency, label_efficiency_summary
+    from .config import ClassifierConfig, LabelEfficiencyConfig
+    config = config_from_args(LabelEfficiencyConfig, args)
+    classifier = ClassifierConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierConfig)
+                                     if hasattr(args, f.name) and f.name not in ("vqvae_checkpoint", "results_dir")})
+    frame = label_efficiency(config, _load_data(args), classifier=classifier)
+    print(label_efficiency_summary(frame).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -81,6 +82,10 @@ class TrainConfig:
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
     checkpoint_dir: Optional[str] = _opt(None, "folder of best.pt/last.pt; None means checkpoints/vqvae/K{K}_D{D}")
     results_dir: Optional[str] = _opt(None, "folder of metrics and figures; None means results/vqvae/K{K}_D{D}")
+    amp: str = _opt("auto", "bf16 autocast of the convolutions (quantizer distances stay fp32): 'auto' (on for CUDA, "
+                    "off for CPU, where bf16 has no hardware support), 'on' or 'off'", choices=AMP_MODES)
+    channels_last: bool = _opt(True, "channels-last (NHWC) memory format for the convolutions")
+    compile: bool = _opt(False, "torch.compile the encoder and decoder (slow first steps; pays off on long GPU runs)")
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer, not {self.epochs!r}")
@@ -90,6 +95,9 @@ class TrainConfig:
         _check(self.train_subset is None or (isinstance(self.train_subset, int) and self.train_subset >= 1),
                f"train_subset must be a positive integer or None, not {self.train_subset!r}")
         _check_choice("device", self.device, DEVICES)
+        _check_choice("amp", self.amp, AMP_MODES)
+        for name in ("channels_last", "compile"):
+            _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, not {getattr(self, name)!r}")
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
@@ -105,3 +113,208 @@ def split_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """The entries of `values` that are fields of `cls`."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if k in names}
+
+
+# The training split holds 6,000 images of each class minus the 500 of each class
+# carved out for validation (data.VALIDATION_SIZE / 10).
+LABELS_PER_CLASS_AVAILABLE = 5500
+CLASSIFIER_METHODS = ("vq_head", "vq_linear", "pixel_cnn", "pixel_linear")
+
+
+def _check_labels_per_class(name: str, value: Optional[int]) -> None:
+    _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+           f"{name} must be a positive integer or None (all labels), not {value!r}")
+    _check(value is None or value <= LABELS_PER_CLASS_AVAILABLE,
+           f"{name} is {value}, but the training split has only {LABELS_PER_CLASS_AVAILABLE} "
+           "labelled images of each class; use at most that, or None for all")
+
+
+@dataclass
+class ClassifierConfig:
+    """The classification head on a frozen (or fine-tuned) VQ-VAE encoder, and how it is trained."""
+
+    vqvae_checkpoint: Optional[str] = _opt(None, "VQ-VAE checkpoint whose encoder is used; None reads results/grid/best.json")
+    labels_per_class: Optional[int] = _opt(None, "train on this many labelled images of each class (stratified); None uses all 5,500")
+    finetune: bool = _opt(False, "also train the encoder (a comparison point); default keeps it frozen")
+    conv_channels: int = _opt(32, "channels of the head's first conv; the second has twice as many")
+    hidden_units: int = _opt(128, "units of the head's hidden linear layer")
+    dropout: float = _opt(0.3, "dropout before each linear layer of the head")
+    epochs: int = _opt(12, "maximum epochs (early stopping on validation accuracy may end sooner)")
+    patience: int = _opt(4, "stop after this many epochs without a better validation accuracy")
+    min_steps_per_epoch: int = _opt(20, "an epoch is one pass or this many steps, whichever is longer (small label sets)")
+    batch_size: int = _opt(128, "images per optimiser step")
+    learning_rate: float = _opt(2e-3, "AdamW learning rate of the head (cosine decay to 0)")
+    encoder_learning_rate: float = _opt(2e-4, "AdamW learning rate of the encoder when finetune is on")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    cache_codes: bool = _opt(True, "encode the training set once into code indices (frozen encoder only)")
+    seed: int = _opt(0, "seed of the label subset, weights and shuffling")
+    device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+    checkpoint_dir: Optional[str] = _opt(None, "folder of best.pt; None means checkpoints/classifier/<VQ-VAE run>_<labels>_<frozen|finetune>")
+    results_dir: Optional[str] = _opt(None, "folder of metrics and figures; None means results/classifier/<same name>")
+
+    def __post_init__(self) -> None:
+        _check_labels_per_class("labels_per_class", self.labels_per_class)
+        for name in ("conv_channels", "hidden_units", "epochs", "batch_size", "min_steps_per_epoch"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"{name} must be a positive integer, not {value!r}")
+        _check(isinstance(self.patience, int) and self.patience >= 1, f"patience must be a positive integer, not {self.patience!r}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), not {self.dropout}")
+        _check(self.learning_rate > 0, f"learning_rate must be positive, not {self.learning_rate}")
+        _check(self.encoder_learning_rate > 0, f"encoder_learning_rate must be positive, not {self.encoder_learning_rate}")
+        _check(self.weight_decay >= 0, f"weight_decay must be 0 or more, not {self.weight_decay}")
+        _check_choice("device", self.device, DEVICES)
+
+
+def parse_label_counts(text: str) -> list[Optional[int]]:
+    """'10,100,all' -> [10, 100, None] (None: all labels), each checked."""
+    counts: list[Optional[int]] = []
+    for item in str(text).split(","):
+        item = item.strip().lower()
+        if item in ("all", "none"):
+            counts.append(None)
+            continue
+        try:
+            value = int(item)
+        except ValueError:
+            raise ConfigError(f"label_counts must list positive integers or 'all' separated by commas, "
+                              f"not {text!r}") from None
+        _check_labels_per_class("each of label_counts", value)
+        counts.append(value)
+    _check(len(counts) > 0, "label_counts must name at least one count")
+    return counts
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in str(text).split(",") if m.strip()]
+    for m in methods:
+        _check_choice("each of methods", m, CLASSIFIER_METHODS)
+    _check(len(methods) > 0, "methods must name at least one method")
+    return methods
+
+
+def parse_floats(name: str, text: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{name} must be positive numbers separated by commas, not {text!r}") from None
+    _check(len(values) > 0 and all(v > 0 for v in values), f"{name} must be positive numbers separated by commas, not {text!r}")
+    return values
+
+
+@dataclass
+class LabelEfficiencyConfig:
+    """What the discrete code is worth with few labels: four methods, several label counts and seeds.
+
+    The head's sizes and training budget come from a `ClassifierConfig`; the
+    fields named like its fields (vqvae_checkpoint, seed, device, results_dir)
+    mean the same and override it.
+    """
+
+    vqvae_checkpoint: Optional[str] = _opt(None, "VQ-VAE checkpoint whose code is measured; None reads results/grid/best.json")
+    label_counts: str = _opt("10,100,1000,all", "labelled images per class to try, comma-separated ('all' = 5,500)")
+    methods: str = _opt(",".join(CLASSIFIER_METHODS), "comma-separated: vq_head, vq_linear (logistic regression on the "
+                        "quantized latents), pixel_cnn (encoder-shaped CNN + head from scratch), pixel_linear")
+    num_seeds: int = _opt(3, "seeds (label subsets and initialisations) per label count up to max_seeded_labels")
+    max_seeded_labels: int = _opt(1000, "label counts above this (and 'all') run one seed only")
+    cnn_epochs_all: int = _opt(3, "maximum epochs of pixel_cnn on all labels (it runs the CNN on every image, every step)")
+    linear_c: str = _opt("0.01,0.1,1", "inverse regularisation strengths C of the logistic regressions, chosen on validation")
+    linear_max_iter: int = _opt(200, "L-BFGS iterations of each logistic regression")
+    seed: int = _opt(0, "first seed; seed i of a label count uses seed + i")
+    device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+    results_dir: Optional[str] = _opt(None, "folder of label_efficiency.csv/.png; None means results/classifier/label_efficiency_<VQ-VAE run>")
+
+    def __post_init__(self) -> None:
+        parse_label_counts(self.label_counts)
+        parse_methods(self.methods)
+        parse_floats("linear_c", self.linear_c)
+        for name in ("num_seeds", "max_seeded_labels", "cnn_epochs_all", "linear_max_iter"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"{name} must be a positive integer, not {value!r}")
+        _check_choice("device", self.device, DEVICES)
+
+
+def parse_int_list(name: str, text: str) -> list[int]:
+    """'25,50,100' -> [25, 50, 100]; anything but integers is a ConfigError."""
+    try:
+        values = [int(v) for v in str(text).replace(" ", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{name} must be integers separated by commas, such as 25,50,100, not {text!r}") from None
+    _check(len(values) > 0, f"{name} must name at least one value")
+    return values
+
+
+@dataclass
+class GridConfig:
+    """Which VQ-VAE configurations the grid trains (K x D), and how the grid runs them.
+
+    The values are checked as integers only: each configuration is validated
+    when it runs, so that one impossible point is recorded as failed and does
+    not stop the others.
+    """
+
+    num_embeddings_values: str = _opt("25,50,100", "codebook sizes K, comma-separated")
+    embedding_dim_values: str = _opt("16,32,64", "code dimensions D, comma-separated")
+    jobs: int = _opt(1, "configurations run at once, each in its own process (for a GPU; 1 on a small CPU)")
+    cell_timeout: Optional[int] = _opt(None, "seconds one notebook cell may run before its configuration counts as failed; None: no limit")
+    grid_dir: Optional[str] = _opt(None, "folder of the runs K{K}_D{D}/, summary.csv and best.json; None means results/grid")
+    checkpoint_root: Optional[str] = _opt(None, "folder of the runs' checkpoints K{K}_D{D}/; None means checkpoints/vqvae")
+
+    def __post_init__(self) -> None:
+        parse_int_list("num_embeddings_values", self.num_embeddings_values)
+        parse_int_list("embedding_dim_values", self.embedding_dim_values)
+        _check(isinstance(self.jobs, int) and self.jobs >= 1, f"jobs must be a positive integer, not {self.jobs!r}")
+        _check(self.cell_timeout is None or (isinstance(self.cell_timeout, int) and self.cell_timeout >= 1),
+               f"cell_timeout must be a positive number of seconds or None, not {self.cell_timeout!r}")
+
+    def configurations(self) -> list[tuple[int, int]]:
+        """(K, D) pairs, K-major, duplicates removed."""
+        ks = parse_int_list("num_embeddings_values", self.num_embeddings_values)
+        ds = parse_int_list("embedding_dim_values", self.embedding_dim_values)
+        return list(dict.fromkeys((k, d) for k in ks for d in ds))
+
+
+@dataclass
+class SummaryConfig:
+    """Notebook 02: collect the grid, choose the best configuration on validation MSE."""
+
+    grid_dir: Optional[str] = _opt(None, "folder of the grid's runs; None means results/grid")
+    test_metrics: bool = _opt(True, "also measure the chosen configuration on the test split (only that one)")
+    device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+
+    def __post_init__(self) -> None:
+        _check_choice("device", self.device, DEVICES)
+
+
+@dataclass
+class AnalysisConfig:
+    """Notebook 04: what the discrete code of the chosen VQ-VAE says about the test images."""
+
+    vqvae_checkpoint: Optional[str] = _opt(None, "VQ-VAE checkpoint to analyse; None reads results/grid/best.json")
+    test_subset: Optional[int] = _opt(None, "analyse this many test images (classes balanced); None uses all 10,000")
+    tsne_points: int = _opt(2000, "test images in the t-SNE (classes balanced); t-SNE costs about 45 s per 10,000 on 2 cores")
+    tsne_perplexity: float = _opt(30.0, "t-SNE perplexity")
+    top_codes: int = _opt(3, "codes listed as most specific to each class")
+    patch_classes: int = _opt(4, "classes whose most specific code is shown as image patches")
+    patches_per_code: int = _opt(8, "image patches shown for each of those codes")
+    images_per_class: int = _opt(8, "images per class in the reconstruction figure")
+    interpolation_pairs: int = _opt(4, "pairs of test images of different classes to interpolate between")
+    interpolation_steps: int = _opt(9, "images along each interpolation, both ends included")
+    seed: int = _opt(0, "seed of every random choice (t-SNE sample, examples, pairs)")
+    device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+    results_dir: Optional[str] = _opt(None, "folder of the figures and analysis.json; None means results/analysis")
+
+    def __post_init__(self) -> None:
+        _check(self.test_subset is None or (isinstance(self.test_subset, int) and self.test_subset >= 100),
+               f"test_subset must be an integer of at least 100 or None, not {self.test_subset!r}")
+        for name in ("tsne_points", "top_codes", "patch_classes", "patches_per_code", "images_per_class",
+                     "interpolation_pairs", "interpolation_steps"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"{name} must be a positive integer, not {value!r}")
+        _check(self.tsne_points >= 5, f"tsne_points must be at least 5, not {self.tsne_points}")
+        _check(self.interpolation_steps >= 2, f"interpolation_steps must be at least 2, not {self.interpolation_steps}")
+        _check(self.patch_classes <= 10, f"patch_classes must be at most 10 (the classes), not {self.patch_classes}")
+        _check(self.tsne_perplexity > 0, f"tsne_perplexity must be positive, not {self.tsne_perplexity}")
+        _check_choice("device", self.device, DEVICES)

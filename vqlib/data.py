@@ -191,19 +191,28 @@ def stratified_subset(labels: np.ndarray | torch.Tensor, per_class: int, seed: i
     return np.sort(np.concatenate(chosen))
 
 
+def read_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike, *,
+                  images_md5: Optional[str] = None, labels_md5: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, rows, cols) uint8 and labels (N,) int64 from two IDX files of the same N."""
+    images = read_idx(images_path, expected_magic=0x00000803, expected_md5=images_md5)
+    labels = read_idx(labels_path, expected_magic=0x00000801, expected_md5=labels_md5)
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+                        "the two files do not belong together")
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataError(f"{labels_path} holds label {labels.max()}, but FashionMNIST has only classes 0-9")
+    return images, labels.astype(np.int64)
+
+
 @lru_cache(maxsize=2)
 def _load(folder: Path) -> FashionMNIST:
     arrays = {}
-    for name, (magic, count, content_md5, _) in FILES.items():
-        array = read_idx(folder / name, expected_magic=magic, expected_md5=content_md5)
-        if len(array) != count:
-            raise DataError(f"{folder / name} holds {len(array)} items, expected {count}")
-        arrays[name.split("-idx")[0]] = array
     for split in ("train", "t10k"):
-        n_img, n_lab = len(arrays[f"{split}-images"]), len(arrays[f"{split}-labels"])
-        if n_img != n_lab:
-            raise DataError(f"{folder} has {n_img} {split} images but {n_lab} labels")
-    train_x, train_y = arrays["train-images"], arrays["train-labels"].astype(np.int64)
+        img_name, lab_name = f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz"
+        images, labels = read_idx_pair(folder / img_name, folder / lab_name,
+                                       images_md5=FILES[img_name][2], labels_md5=FILES[lab_name][2])
+        arrays[f"{split}-images"], arrays[f"{split}-labels"] = images, labels
+    train_x, train_y = arrays["train-images"], arrays["train-labels"]
     val = validation_indices(train_y)
     keep = np.setdiff1d(np.arange(len(train_y)), val)
     t = torch.from_numpy
@@ -211,7 +220,7 @@ def _load(folder: Path) -> FashionMNIST:
         train_images=t(train_x[keep].copy()), train_labels=t(train_y[keep].copy()),
         val_images=t(train_x[val].copy()), val_labels=t(train_y[val].copy()),
         test_images=t(arrays["t10k-images"].copy()),
-        test_labels=t(arrays["t10k-labels"].astype(np.int64)),
+        test_labels=t(arrays["t10k-labels"]),
         source=folder,
     )
 

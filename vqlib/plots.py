@@ -86,3 +86,212 @@ def loss_curves(history, *, title: Optional[str] = None):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def ablation_figure(table, *, title: Optional[str] = None):
+    """Grouped bars of the codebook ablation: validation MSE, codes used and perplexity / K, per config and variant.
+
+    `table` is the frame of `vqlib.ablation.codebook_ablation` (columns K, D,
+    variant, val_mse, val_usage, val_perplexity).
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    frame["config"] = [f"K={k}, D={d}" for k, d in zip(frame["K"], frame["D"])]
+    configs = list(dict.fromkeys(frame["config"]))
+    variants = list(dict.fromkeys(frame["variant"]))
+    panels = [("val_mse", "validation MSE", 1.0, "Reconstruction (lower is better)"),
+              ("val_usage", "codes used on validation (%)", 100.0, "Codebook usage"),
+              ("perplexity_fraction", "validation perplexity / K (%)", 100.0, "Perplexity relative to K")]
+    frame["perplexity_fraction"] = frame["val_perplexity"] / frame["K"]
+    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.6))
+    width = 0.8 / max(len(variants), 1)
+    x = np.arange(len(configs))
+    for ax, (column, label, scale, panel_title) in zip(axes, panels):
+        for i, variant in enumerate(variants):
+            rows = frame[frame["variant"] == variant].set_index("config").reindex(configs)
+            bars = ax.bar(x + (i - (len(variants) - 1) / 2) * width, scale * rows[column], width, label=variant)
+            ax.bar_label(bars, fmt="%.3f" if scale == 1.0 else "%.0f", fontsize=6, padding=1)
+        ax.set_xticks(x, configs)
+        ax.set(ylabel=label, title=panel_title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].set_ylim(0, 110)
+    axes[2].set_ylim(0, 110)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_figure(matrix, *, class_names: Optional[Sequence[str]] = None, normalize: bool = True,
+                            title: Optional[str] = None):
+    """Seaborn heatmap of a confusion matrix (rows: true class, columns: predicted).
+
+    With `normalize`, colours and numbers are the share of each true class
+    (each row sums to 1), so classes of any size compare; the raw counts are in
+    the CSV written next to the figure.
+    """
+    import seaborn as sns
+
+    from .data import CLASS_NAMES
+
+    matrix = np.asarray(matrix)
+    names = list(class_names or CLASS_NAMES)
+    shown = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None) if normalize else matrix
+    fig, ax = plt.subplots(figsize=(8.5, 7))
+    sns.heatmap(shown, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", square=True, cbar=True,
+                xticklabels=names, yticklabels=names, annot_kws={"fontsize": 7}, ax=ax,
+                vmin=0, vmax=1 if normalize else None)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
+    ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+LABEL_EFFICIENCY_NAMES = {"vq_head": "frozen VQ code + conv head", "vq_linear": "frozen VQ code + logistic regression",
+                          "pixel_cnn": "CNN from scratch on pixels", "pixel_linear": "logistic regression on pixels"}
+
+
+def label_efficiency_figure(frame, *, title: Optional[str] = None):
+    """Test accuracy against labels per class (log x axis): a line per method (mean over seeds), a band from min to max."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for method, rows in frame.groupby("method", sort=False):
+        stats = rows.groupby("labels_per_class")["test_acc"].agg(["mean", "min", "max"]).sort_index()
+        x = stats.index.to_numpy()
+        line, = ax.plot(x, 100 * stats["mean"], marker="o", label=LABEL_EFFICIENCY_NAMES.get(method, method))
+        ax.fill_between(x, 100 * stats["min"], 100 * stats["max"], color=line.get_color(), alpha=0.2, linewidth=0)
+    ticks = sorted(frame["labels_per_class"].unique())
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:,}" for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="labelled images per class (log scale)", ylabel="test accuracy (%)",
+           title=title or "Label efficiency: mean over seeds, band = min to max")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- grid (notebook 02)
+
+def plot_losses(losses, *, title: Optional[str] = "Training of every grid configuration"):
+    """The seed's `plot_losses`: training and validation MSE per epoch, one line per configuration.
+
+    `losses` maps a run name (K{K}_D{D}) to its per-epoch history
+    (`vqlib.grid.load_losses`).
+    """
+    import pandas as pd
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(losses), 1)))
+    for color, (name, history) in zip(colors, losses.items()):
+        frame = pd.DataFrame(history)
+        axes[0].plot(frame["epoch"], frame["train_mse"], marker="o", ms=3, color=color, label=name)
+        axes[1].plot(frame["epoch"], frame["val_mse"], marker="o", ms=3, color=color, label=name)
+    for ax, split in zip(axes, ("training", "validation")):
+        ax.set(xlabel="epoch", ylabel="reconstruction MSE", yscale="log", title=f"{split} MSE")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2, loc="upper right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def grid_heatmaps(frame, metrics: Sequence[tuple[str, str, str]] = (
+        ("val_mse", "validation MSE (lower is better)", ".4f"),
+        ("val_perplexity", "validation perplexity", ".1f"),
+        ("val_usage", "codes used on validation", ".0%"))):
+    """One K x D heatmap per metric of the grid table (rows: K, columns: D); failed runs stay blank."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, (column, label, fmt) in zip(axes[0], metrics):
+        table = frame.pivot_table(index="num_embeddings", columns="embedding_dim", values=column, aggfunc="first",
+                                  dropna=False)
+        cmap = "viridis_r" if column.endswith("mse") else "viridis"
+        sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False,
+                    annot_kws={"fontsize": 9})
+        ax.set(xlabel="code dimension D", ylabel="codebook size K", title=label)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- latent analysis (notebook 04)
+
+def tsne_scatter(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, title: Optional[str] = None):
+    """2-D t-SNE points coloured by class, with a legend of class names."""
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    colors = plt.cm.tab10(np.arange(len(class_names)))
+    for c, name in enumerate(class_names):
+        mask = np.asarray(labels) == c
+        ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7, color=colors[c], label=name)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title(title or "t-SNE of the encoder's latents (mean over the 12x12 cells of each image)")
+    fig.tight_layout()
+    return fig
+
+
+def class_code_heatmap(frequencies: np.ndarray, class_names: Sequence[str], *, title: Optional[str] = None):
+    """Class x code heatmap of code frequencies (each row sums to 1), codes sorted by their most frequent class."""
+    import seaborn as sns
+
+    order = np.lexsort((-frequencies.max(axis=0), frequencies.argmax(axis=0)))
+    k = frequencies.shape[1]
+    fig, ax = plt.subplots(figsize=(min(2 + 0.16 * k, 18), 4.2))
+    sns.heatmap(frequencies[:, order], ax=ax, cmap="magma", cbar_kws={"label": "share of the class's latent cells"},
+                yticklabels=class_names, xticklabels=[str(i) for i in order] if k <= 64 else False)
+    ax.set(xlabel="code (sorted by the class that uses it most)", ylabel="")
+    ax.tick_params(axis="x", labelsize=6)
+    ax.set_title(title or "Codebook usage per class (test images)")
+    fig.tight_layout()
+    return fig
+
+
+def code_patches_figure(patches: Sequence[np.ndarray], row_labels: Sequence[str], *, title: Optional[str] = None):
+    """One row of image patches (the receptive field of a latent cell) per code."""
+    return image_grid(list(patches), row_labels=row_labels, scale=1.1,
+                      title=title or "Image patches whose latent cell uses a class-specific code")
+
+
+def class_reconstructions(originals: Sequence, reconstructions: Sequence, class_names: Sequence[str], *,
+                          title: Optional[str] = None):
+    """For each class, a row of test images and, below it, their reconstructions."""
+    rows, labels = [], []
+    for name, orig, recon in zip(class_names, originals, reconstructions):
+        rows += [orig, recon]
+        labels += [name, "reconstructed"]
+    return image_grid(rows, row_labels=labels, scale=0.9,
+                      title=title or "Test images (odd rows) above their reconstructions (even rows)")
+
+
+def per_class_mse_bars(table, *, title: Optional[str] = None):
+    """Per-class reconstruction MSE, sorted, with the per-image standard deviation as error bars.
+
+    `table` is `vqlib.analysis.per_class_errors`'s frame (class, mse_mean, mse_std).
+    """
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    colors = plt.cm.viridis(np.linspace(0.1, 0.9, len(table)))
+    ax.bar(table["class"], table["mse_mean"], yerr=table["mse_std"], color=colors, capsize=3)
+    ax.set(ylabel="test reconstruction MSE", title=title or "Reconstruction error per class (mean ± std over images)")
+    ax.tick_params(axis="x", rotation=30)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_figure(interpolations: Sequence, pair_names: Sequence[str], *, title: Optional[str] = None):
+    """For each pair, the quantized decodes (top) and the unquantized decodes (below) along the line."""
+    rows, labels = [], []
+    for interp, name in zip(interpolations, pair_names):
+        rows += [interp.quantized, interp.continuous]
+        labels += [f"{name}\nquantized", "unquantized"]
+    weights = interpolations[0].weights if interpolations else []
+    return image_grid(rows, row_labels=labels, col_labels=[f"t={w:.2f}" for w in weights], scale=1.0,
+                      title=title or "Linear interpolation of the encoder's output between two test images")

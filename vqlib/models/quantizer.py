@@ -55,11 +55,14 @@ class VectorQuantizer(nn.Module):
                            the first training batch
       dead_code_threshold: a code whose EMA count per batch falls below this is
                            moved onto a random encoder output of the batch
+      usage_decay:         decay of that usage EMA, faster than ema_decay so that a
+                           dead code is noticed within tens of steps, not hundreds
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, beta: float = 0.25,
                  codebook_update: str = "loss", ema_decay: float = 0.99, ema_eps: float = 1e-5,
-                 init: str = "uniform", dead_code_threshold: float = 0.0, kmeans_iters: int = 10):
+                 init: str = "uniform", dead_code_threshold: float = 0.0, kmeans_iters: int = 10,
+                 usage_decay: float = 0.9):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
@@ -70,6 +73,7 @@ class VectorQuantizer(nn.Module):
         self.init = init
         self.dead_code_threshold = dead_code_threshold
         self.kmeans_iters = kmeans_iters
+        self.usage_decay = usage_decay
 
         weight = torch.empty(num_embeddings, embedding_dim).uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
         if codebook_update == "ema":
@@ -152,14 +156,16 @@ class VectorQuantizer(nn.Module):
             self._init_seen = bool(self.initialized)
         return self._init_seen
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        # A loaded state brings its own `initialized` flag: forget the cached one,
+        # or a module that ran before loading would skip (or redo) the k-means init.
+        self._init_seen = False
+        super()._load_from_state_dict(*args, **kwargs)
+
     def _kmeans_init(self, flat: torch.Tensor) -> None:
-        """A few Lloyd iterations from K distinct batch vectors (vector-quantize-pytorch's kmeans init)."""
+        """A few Lloyd iterations (vector-quantize-pytorch's kmeans init) from k-means++ seeds."""
         with torch.no_grad():
-            n = flat.shape[0]
-            pick = torch.randperm(n, device=flat.device)[: self.num_embeddings]
-            if n < self.num_embeddings:  # too few vectors: repeat them
-                pick = torch.randint(n, (self.num_embeddings,), device=flat.device)
-            centroids = flat[pick].clone()
+            centroids = self._kmeans_plus_plus(flat)
             for _ in range(self.kmeans_iters):
                 self.codebook.data.copy_(centroids)
                 assign = self.nearest(flat)
@@ -169,15 +175,39 @@ class VectorQuantizer(nn.Module):
                 centroids = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids)
             self.codebook.data.copy_(centroids)
             if self.codebook_update == "ema":
+                # The statistics start afresh with the new codebook, and so does their debiasing.
                 self.ema_count.zero_()
                 self.ema_sum.zero_()
+                self.ema_steps.zero_()
             self.initialized.fill_(True)
             self._init_seen = True
+
+    def _kmeans_plus_plus(self, flat: torch.Tensor) -> torch.Tensor:
+        """K batch vectors by D^2 sampling (Arthur & Vassilvitskii 2007).
+
+        Seeds drawn uniformly often put two codes in one cluster; Lloyd then parks
+        one of them between two clusters, away from every data point (measured in
+        test_codebook.py::test_kmeans_init_places_codes_on_the_data). With fewer
+        distinct vectors than K, the distances all reach 0 and the remaining codes
+        repeat batch vectors uniformly; restarts separate them later.
+        """
+        n = flat.shape[0]
+        chosen = [torch.randint(n, (1,), device=flat.device)]
+        closest = (flat - flat[chosen[0]]).pow(2).sum(1)
+        for _ in range(1, self.num_embeddings):
+            weights = torch.where(closest.sum() > 0, closest, torch.ones_like(closest))
+            chosen.append(torch.multinomial(weights, 1))
+            closest = torch.minimum(closest, (flat - flat[chosen[-1]]).pow(2).sum(1))
+        return flat[torch.cat(chosen)].clone()
 
     def _update_usage(self, counts: torch.Tensor) -> None:
         counts = counts.float()
         first = torch.isnan(self.usage_count)
-        self.usage_count.copy_(torch.where(first, counts, self.ema_decay * self.usage_count + (1 - self.ema_decay) * counts))
+        # With decay 0.99 a code that served ~700 vectors per batch (K=25, 128 images) needs
+        # ln(700)/0.01 ~ 650 steps of zero use to fall below 1: longer than a short run, so
+        # restarts never fired. 0.9 notices within ~60 steps (vector-quantize-pytorch uses 0.8).
+        decay = self.usage_decay
+        self.usage_count.copy_(torch.where(first, counts, decay * self.usage_count + (1 - decay) * counts))
 
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         """EMA codebook (van den Oord et al. 2017, appendix A.1) with zero-debiased statistics.
@@ -207,7 +237,12 @@ class VectorQuantizer(nn.Module):
         to the host (no device sync per step on CUDA).
         """
         dead = self.usage_count < self.dead_code_threshold
-        pick = flat[torch.randint(flat.shape[0], (self.num_embeddings,), device=flat.device)]
+        n = flat.shape[0]
+        # Distinct vectors when the batch has enough, so two dead codes never land on the same
+        # point (one of them would stay unused and die again).
+        choice = (torch.randperm(n, device=flat.device)[: self.num_embeddings] if n >= self.num_embeddings
+                  else torch.randint(n, (self.num_embeddings,), device=flat.device))
+        pick = flat[choice]
         self.codebook.data.copy_(torch.where(dead[:, None], pick.to(self.codebook.dtype), self.codebook.data))
         # A restarted code starts as if used at twice the threshold, so it has time to attract vectors.
         self.usage_count.copy_(torch.where(dead, 2.0 * max(self.dead_code_threshold, 1.0), self.usage_count))

@@ -17,7 +17,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int, residual_channels: int):
         super().__init__()
         self.block = nn.Sequential(
-            nn.BatchNorm2d(channels), nn.ReLU(inplace=False),
+            # In place is safe: it overwrites the BN output, never x, which the skip path still needs.
+            nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
             nn.Conv2d(channels, residual_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(residual_channels), nn.ReLU(inplace=True),
             nn.Conv2d(residual_channels, channels, 1, bias=False),

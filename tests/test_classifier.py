@@ -1,0 +1,252 @@
+"""The classifier stage on real FashionMNIST: head, frozen encoder, code cache, evaluation, inference, notebook."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vqlib import classify
+from vqlib.checkpoints import load_checkpoint, load_vqvae, save_checkpoint
+from vqlib.config import ClassifierConfig, LabelEfficiencyConfig, TrainConfig, VQVAEConfig
+from vqlib.data import CLASS_NAMES, to_float
+from vqlib.errors import CheckpointError, ConfigError, DataError
+from vqlib.models import VQVAE, ClassificationHead, VQVAEClassifier
+from vqlib.train import train_vqvae
+
+from .conftest import REPO, VQLIB
+
+GRID_DIMS = (16, 32, 64)
+
+
+@pytest.fixture(scope="module")
+def vqvae_checkpoint(data, tmp_path_factory):
+    """A real VQ-VAE trained for one epoch on 500 images: a real code, in seconds."""
+    folder = tmp_path_factory.mktemp("vqvae") / "K32_D16"
+    run = train_vqvae(VQVAEConfig(num_embeddings=32, embedding_dim=16, hidden_channels=32, residual_channels=16,
+                                  num_residual_blocks=1),
+                      TrainConfig(epochs=1, batch_size=64, train_subset=500, device="cpu",
+                                  checkpoint_dir=str(folder), results_dir=str(folder / "results")),
+                      data, progress=False)
+    return run.best_checkpoint
+
+
+def small_config(vqvae_checkpoint, tmp_path, **kw) -> ClassifierConfig:
+    values = dict(vqvae_checkpoint=str(vqvae_checkpoint), labels_per_class=20, epochs=2, min_steps_per_epoch=3,
+                  batch_size=64, device="cpu", checkpoint_dir=str(tmp_path / "cls"), results_dir=str(tmp_path / "results"))
+    return ClassifierConfig(**{**values, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(data, vqvae_checkpoint, tmp_path_factory):
+    """A classifier trained on the frozen code of 200 labelled images per class."""
+    tmp = tmp_path_factory.mktemp("trained")
+    return classify.train_classifier(small_config(vqvae_checkpoint, tmp, labels_per_class=200, epochs=4),
+                                     data, progress=False)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("dim", GRID_DIMS)
+def test_head_and_classifier_shapes_for_every_grid_dim(dim):
+    head = ClassificationHead(dim, conv_channels=8, hidden_units=16)
+    assert head(torch.randn(5, dim, 12, 12)).shape == (5, 10)
+    model = VQVAEClassifier(VQVAE(VQVAEConfig(num_embeddings=25, embedding_dim=dim, hidden_channels=16,
+                                              residual_channels=8, num_residual_blocks=1)), head)
+    images = torch.rand(3, 1, 28, 28)
+    assert model.features(images).shape == (3, dim, 12, 12)
+    assert model.codes(images).shape == (3, 12, 12)
+    assert model(images).shape == (3, 10)
+
+
+@pytest.mark.parametrize("cache_codes", [True, False])
+def test_frozen_encoder_and_codebook_do_not_change(data, vqvae_checkpoint, tmp_path, cache_codes):
+    before = load_checkpoint(vqvae_checkpoint, kind="vqvae")["state_dict"]
+    run = classify.train_classifier(small_config(vqvae_checkpoint, tmp_path, cache_codes=cache_codes), data, progress=False)
+    after = run.model.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quantizer."))]
+    assert any("running_mean" in k for k in frozen) and "quantizer.codebook" in frozen
+    for key in frozen:  # weights, batch-norm running statistics, codebook and its EMA buffers
+        assert torch.equal(before[key], after[key]), key
+    assert not any(p.requires_grad for p in run.model.encoder.parameters())
+    run.model.train()
+    assert run.model.head.training and not run.model.encoder.training and not run.model.quantizer.training
+
+
+def test_finetune_moves_the_encoder_but_not_the_codebook(data, vqvae_checkpoint, tmp_path):
+    before = load_checkpoint(vqvae_checkpoint, kind="vqvae")["state_dict"]
+    run = classify.train_classifier(small_config(vqvae_checkpoint, tmp_path, finetune=True, epochs=1), data, progress=False)
+    after = run.model.state_dict()
+    assert not torch.equal(before["encoder.net.0.weight"], after["encoder.net.0.weight"])
+    assert torch.equal(before["quantizer.codebook"], after["quantizer.codebook"])
+
+
+def test_code_cache_gives_exactly_the_encoder_features(data, vqvae_checkpoint):
+    vqvae, _ = load_vqvae(vqvae_checkpoint)
+    model = VQVAEClassifier(vqvae, ClassificationHead(16)).eval()
+    images = data.val_images[:300]
+    codes = classify.encode_codes(model, images, batch_size=128)
+    assert codes.dtype == torch.uint8 and codes.shape == (300, 12, 12)
+    with torch.no_grad():
+        direct = model.features(to_float(images))
+        assert torch.equal(model.quantizer.lookup(codes.long()), direct)
+        assert torch.equal(model.classify_codes(codes), model(to_float(images)))
+        assert torch.equal(codes.long(), vqvae.encode(to_float(images))[0])
+    assert classify.code_dtype(300) == torch.int16
+
+
+# ----------------------------------------------------------------------------- training and evaluation
+
+
+def test_short_real_run_beats_chance_and_writes_its_files(data, trained):
+    assert trained.best_val_acc > 0.55  # chance is 0.10
+    assert trained.train_images == 2000 and len(trained.history) <= 4
+    assert (trained.checkpoint_dir / "best.pt").is_file() and (trained.checkpoint_dir / "history.json").is_file()
+    ckpt = load_checkpoint(trained.best_checkpoint, kind="classifier")
+    assert ckpt["vqvae_config"]["embedding_dim"] == 16 and ckpt["vqvae_checkpoint"].endswith("best.pt")
+    assert ckpt["model_config"]["labels_per_class"] == 200
+    metrics = classify.evaluate_classifier(trained.best_checkpoint, data, results_dir=trained.results_dir)
+    assert metrics["accuracy"] > 0.55 and metrics["images"] == 10_000
+    matrix = pd.read_csv(trained.results_dir / "confusion_matrix_test.csv")
+    assert list(matrix.columns) == ["true class", *CLASS_NAMES]
+    np.testing.assert_array_equal(matrix[list(CLASS_NAMES)].to_numpy(), metrics["confusion_matrix"])
+    assert (trained.results_dir / "confusion_matrix_test.png").stat().st_size > 10_000
+    saved = json.loads((trained.results_dir / "metrics_test.json").read_text())
+    assert saved["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_metrics_agree_with_scikit_learn_on_a_hand_made_case():
+    from sklearn.metrics import classification_report
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3] + list(range(4, 10)))
+    predicted = np.array([0, 0, 0, 1, 1, 0, 2, 2, 3, 3] + list(range(4, 10)))
+    metrics = classify.classification_metrics(labels, predicted)
+    assert metrics["accuracy"] == pytest.approx(13 / 16)
+    report = metrics["report"].set_index("class")
+    # class 0: 3 of 4 found, 3 of 4 predicted right; class 3: 1 of 1 found, 1 of 2 right
+    assert report.loc[CLASS_NAMES[0], "recall"] == pytest.approx(0.75)
+    assert report.loc[CLASS_NAMES[0], "precision"] == pytest.approx(0.75)
+    assert report.loc[CLASS_NAMES[3], "precision"] == pytest.approx(0.5)
+    assert report.loc[CLASS_NAMES[3], "f1"] == pytest.approx(2 / 3)
+    sk = classification_report(labels, predicted, output_dict=True, zero_division=0)
+    for c in range(10):
+        for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
+            assert report.loc[CLASS_NAMES[c], ours] == pytest.approx(sk[str(c)][theirs])
+    assert metrics["macro_f1"] == pytest.approx(sk["macro avg"]["f1-score"])
+    assert metrics["confusion_matrix"][0].tolist() == [3, 1] + [0] * 8
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def test_infer_on_png_written_here(data, trained, tmp_path):
+    from PIL import Image
+
+    # A dark-on-light photo of a test image, 5x larger: auto inversion must bring back the FashionMNIST look.
+    original = data.test_images[0].numpy()
+    photo = Image.fromarray(255 - original).resize((140, 140), Image.Resampling.BICUBIC).convert("RGB")
+    photo.save(tmp_path / "photo.png")
+    Image.fromarray(original).save(tmp_path / "plain.png")
+    restored, names = classify.load_images([tmp_path / "photo.png", tmp_path / "plain.png"])
+    assert restored.shape == (2, 28, 28) and restored.dtype == torch.uint8
+    for image in restored.numpy():
+        assert np.corrcoef(image.ravel(), original.ravel().astype(float))[0, 1] > 0.9
+    frame = classify.infer_images(trained.best_checkpoint, [tmp_path / "photo.png"], output=tmp_path / "pred.csv", device="cpu")
+    assert frame.loc[0, "predicted"] in CLASS_NAMES
+    assert frame[list(CLASS_NAMES)].sum(axis=1).iloc[0] == pytest.approx(1.0, abs=1e-5)
+    assert pd.read_csv(tmp_path / "pred.csv")["predicted"].iloc[0] == frame.loc[0, "predicted"]
+
+    result = subprocess.run([*VQLIB, "infer-cls", "--checkpoint", str(trained.best_checkpoint), str(tmp_path / "plain.png"),
+                             "--output", str(tmp_path / "pred.json"), "--device", "cpu"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "pred.json").read_text())
+    assert written[0]["predicted"] in result.stdout and set(CLASS_NAMES) <= set(written[0])
+
+
+def test_infer_refuses_what_is_not_an_image(trained, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="neither an IDX file nor an image"):
+        classify.infer_images(trained.best_checkpoint, [tmp_path / "notes.txt"])
+    with pytest.raises(ConfigError, match=".csv or .json"):
+        classify.infer_images(trained.best_checkpoint, [tmp_path / "notes.txt"], output=tmp_path / "out.xlsx")
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_classifier_paired_with_another_vqvae_config_is_refused(trained, tmp_path, cli_env):
+    other = VQVAE(VQVAEConfig(num_embeddings=64, embedding_dim=16, hidden_channels=32, residual_channels=16,
+                              num_residual_blocks=1))
+    save_checkpoint(tmp_path / "other.pt", "vqvae", {"model_config": dataclasses.asdict(other.config),
+                                                     "state_dict": other.state_dict()})
+    with pytest.raises(CheckpointError, match="num_embeddings=32 .not 64."):
+        classify.load_classifier(trained.best_checkpoint, vqvae_checkpoint=tmp_path / "other.pt")
+    # Same configuration, other weights: another code, refused too.
+    same = VQVAE(VQVAEConfig(**load_checkpoint(trained.vqvae_checkpoint, kind="vqvae")["model_config"]))
+    save_checkpoint(tmp_path / "same.pt", "vqvae", {"model_config": dataclasses.asdict(same.config),
+                                                    "state_dict": same.state_dict()})
+    with pytest.raises(CheckpointError, match="another VQ-VAE run"):
+        classify.load_classifier(trained.best_checkpoint, vqvae_checkpoint=tmp_path / "same.pt")
+    model, _ = classify.load_classifier(trained.best_checkpoint, vqvae_checkpoint=trained.vqvae_checkpoint)
+    assert isinstance(model, VQVAEClassifier)
+
+    result = subprocess.run([*VQLIB, "eval-cls", "--checkpoint", str(trained.best_checkpoint),
+                             "--vqvae-checkpoint", str(tmp_path / "other.pt")], capture_output=True, text=True, env=cli_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot be paired" in result.stderr
+
+
+def test_config_errors_are_one_sentence():
+    with pytest.raises(ConfigError, match="only 5500 labelled images of each class"):
+        ClassifierConfig(labels_per_class=6000)
+    with pytest.raises(ConfigError, match="label_counts"):
+        LabelEfficiencyConfig(label_counts="10,lots")
+    with pytest.raises(ConfigError, match="methods"):
+        LabelEfficiencyConfig(methods="vq_head,resnet")
+
+
+def test_vqvae_checkpoint_defaults_to_the_grid_best(project):
+    with pytest.raises(CheckpointError, match="best.json does not exist"):
+        classify.resolve_vqvae_checkpoint(None)
+    (project / "results" / "grid").mkdir(parents=True)
+    (project / "results" / "grid" / "best.json").write_text(json.dumps({"checkpoint": "checkpoints/vqvae/K50_D32/best.pt"}))
+    assert classify.resolve_vqvae_checkpoint("") == project / "checkpoints/vqvae/K50_D32/best.pt"
+
+
+# ----------------------------------------------------------------------------- notebook
+
+
+def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
+    import papermill as pm
+
+    notebook = REPO / "notebooks" / "03_classifier.ipynb"
+    declared = pm.inspect_notebook(str(notebook))
+    expected = {f.name for cls in (ClassifierConfig, LabelEfficiencyConfig) for f in dataclasses.fields(cls)}
+    assert set(declared) == expected
+    raw = json.loads(notebook.read_text())
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in raw["cells"] if c["cell_type"] == "code")
+
+    results = tmp_path / "results"
+    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3", cwd=str(REPO / "notebooks"),
+                        progress_bar=False, parameters=dict(
+                            vqvae_checkpoint=str(vqvae_checkpoint), labels_per_class=30, epochs=2, min_steps_per_epoch=3,
+                            device="cpu", checkpoint_dir=str(tmp_path / "cls"), results_dir=str(results),
+                            label_counts="5,10", num_seeds=2, max_seeded_labels=5, linear_c="0.1", linear_max_iter=30))
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert 0.3 < metrics["test_accuracy"] <= 1.0 and metrics["train_images"] == 300
+    for name in ("confusion_matrix_test.csv", "confusion_matrix_test.png", "per_class_test.csv",
+                 "label_efficiency.csv", "label_efficiency.png"):
+        assert (results / name).stat().st_size > 0, name
+    frame = pd.read_csv(results / "label_efficiency.csv")
+    assert list(frame.columns[:5]) == ["method", "labels_per_class", "seed", "val_acc", "test_acc"]
+    # 5 per class: two seeds; 10 per class: one seed (above max_seeded_labels); four methods each.
+    assert len(frame) == 4 * 3 and set(frame["method"]) == {"vq_head", "vq_linear", "pixel_cnn", "pixel_linear"}
+    assert (frame["test_acc"] > 0.2).all()
+    assert (tmp_path / "cls" / "best.pt").is_file()

@@ -1,0 +1,79 @@
+"""The `vqlib` command line on the real data: data, train-vqvae, infer-vqvae, and its error handling."""
+
+from __future__ import annotations
+
+import subprocess
+
+import matplotlib.image as mpimg
+import pytest
+
+from vqlib.cli import main
+from vqlib.files import read_json
+
+from .conftest import VQLIB
+
+TINY = ["--num-embeddings", "25", "--embedding-dim", "16", "--hidden-channels", "32", "--residual-channels", "16",
+        "--num-residual-blocks", "1", "--epochs", "1", "--train-subset", "500", "--batch-size", "50"]
+
+
+def test_data_command_says_where_the_data_is(capsys):
+    assert main(["data", "--no-download"]) == 0
+    out = capsys.readouterr().out
+    assert "FashionMNIST verified in" in out and "55000 train, 5000 validation, 10000 test" in out
+
+
+def test_train_then_infer_on_a_tiny_subset(project, capsys):
+    assert main(["train-vqvae", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "validation MSE" in out and "validation perplexity" in out
+    ckpt = project / "checkpoints" / "vqvae" / "K25_D16" / "best.pt"
+    assert ckpt.is_file()
+    assert main(["infer-vqvae", "--checkpoint", str(ckpt), "--num-images", "10"]) == 0
+    out = capsys.readouterr().out
+    png = project / "results" / "vqvae" / "K25_D16" / "reconstructions.png"
+    assert "test MSE" in out and str(png) in out
+    image = mpimg.imread(png)
+    assert image.shape[0] > 100 and image.shape[1] > 400  # two rows of ten images
+    assert image[..., :3].std() > 0.1  # not a blank canvas
+    metrics = read_json(png.with_suffix(".json"))
+    assert metrics["split"] == "test" and 0 < metrics["mse"] < 0.2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-embeddings", "0"], "num_embeddings must be an integer between 1 and 65536"),
+    (["--num-embeddings", "70000"], "num_embeddings must be an integer between 1 and 65536"),
+    (["--embedding-dim", "0"], "embedding_dim must be a positive integer"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--learning-rate", "0"], "learning_rate must be positive"),
+    (["--learning-rate", "-1e-3"], "learning_rate must be positive"),
+    (["--batch-size", "0"], "batch_size must be a positive integer"),
+    (["--train-subset", "100000"], "train_subset is 100000, but the split has only 55000"),
+])
+def test_impossible_hyperparameters_end_in_one_sentence(project, capsys, args, message):
+    assert main(["train-vqvae", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (project / "checkpoints").exists()  # refused before anything was written
+
+
+def test_console_script_exit_code_and_debug_traceback(tmp_path, cli_env):
+    bad = tmp_path / "not-a-checkpoint.pt"
+    bad.write_text("hello")
+    result = subprocess.run(VQLIB + ["infer-vqvae", "--checkpoint", str(bad)], env=cli_env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("vqlib infer-vqvae: error:") and "Traceback" not in result.stderr
+    debug = subprocess.run(VQLIB + ["--debug", "infer-vqvae", "--checkpoint", str(bad)], env=cli_env,
+                           capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
+
+
+def test_help_documents_every_hyperparameter(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-vqvae", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--num-embeddings", "--embedding-dim", "--hidden-channels", "--residual-channels",
+                   "--num-residual-blocks", "--beta", "--epochs", "--batch-size", "--learning-rate",
+                   "--seed", "--train-subset", "--device", "--resume", "--data-dir"):
+        assert option in out, option

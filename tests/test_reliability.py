@@ -1,0 +1,169 @@
+"""Resume after a kill, atomic writes, refusal of bad checkpoints, and NaN handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vqlib.checkpoints import load_checkpoint, load_vqvae, save_checkpoint
+from vqlib.config import TrainConfig, VQVAEConfig
+from vqlib.errors import CheckpointError, OutputError, TrainingError
+from vqlib.files import atomic_path, ensure_dir, write_json
+from vqlib.train import train_vqvae
+
+from .conftest import VQLIB
+
+TIMING = {"epoch_seconds", "images_per_s"}
+TRAIN_ARGS = ["train-vqvae", "--num-embeddings", "25", "--embedding-dim", "16", "--hidden-channels", "32",
+              "--residual-channels", "16", "--num-residual-blocks", "1", "--batch-size", "32",
+              "--train-subset", "2000", "--epochs", "4", "--seed", "7"]
+
+
+def _strip_timing(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tmp_path, cli_env):
+    """On CPU the resumed run is bitwise equal: the shuffling depends on (seed, epoch),
+    and last.pt restores weights, Adam's moments, batch-norm buffers, the EMA
+    codebook statistics and the RNG states."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(full)], env=cli_env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed)], env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.time()
+    while not (killed / "last.pt").exists():  # epoch 1 is done once last.pt appears
+        assert proc.poll() is None and time.time() < started + 600, "training ended before it could be killed"
+        time.sleep(0.02)
+    epoch_seconds = time.time() - started  # an upper bound of one epoch, start-up included
+    time.sleep(min(0.5, epoch_seconds / 4))  # inside epoch 2 on a fast or a busy machine
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= load_checkpoint(killed / "last.pt")["epoch"] < 4
+
+    subprocess.run(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, check=True,
+                   capture_output=True)
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    assert _strip_timing(a["history"]) == _strip_timing(b["history"])
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+
+
+def test_resume_refuses_another_configuration(data, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64, train_subset=320, checkpoint_dir=str(tmp_path))
+    small = dict(hidden_channels=16, residual_channels=8, num_residual_blocks=1)
+    train_vqvae(VQVAEConfig(num_embeddings=25, embedding_dim=16, **small), config, data, progress=False)
+    with pytest.raises(CheckpointError, match="another model configuration"):
+        train_vqvae(VQVAEConfig(num_embeddings=50, embedding_dim=16, **small), config, data, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train_vqvae(VQVAEConfig(num_embeddings=25, embedding_dim=16, **small),
+                    dataclasses.replace(config, learning_rate=1e-4), data, resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    small = VQVAEConfig(num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8,
+                        num_residual_blocks=1)
+    config = TrainConfig(epochs=1, batch_size=64, train_subset=320, checkpoint_dir=str(tmp_path))
+    train_vqvae(small, config, data, progress=False)
+    last = tmp_path / "last.pt"
+    ckpt = load_checkpoint(last)
+    ckpt["state_dict"]["encoder.net.0.weight"].fill_(float("nan"))  # a diverged model, resumed
+    save_checkpoint(last, "vqvae", {k: v for k, v in ckpt.items() if k not in ("kind", "format_version")})
+    before = last.read_bytes()
+    with pytest.raises(TrainingError, match="loss became .*lower the learning rate"):
+        train_vqvae(small, dataclasses.replace(config, epochs=2), data, resume=True, progress=False)
+    assert last.read_bytes() == before
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # a pickle that creates a file when loaded
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"kind": "vqvae", "format_version": 1, "model_config": {}, "state_dict": _RunsCode(str(marker))}, evil)
+    with pytest.raises(CheckpointError, match="not a vqlib checkpoint"):
+        load_vqvae(evil)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps(_RunsCode(str(marker))))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(plain)
+    assert not marker.exists()
+
+
+def test_wrong_files_are_refused_with_one_sentence(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="lacks the keys"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    config = VQVAEConfig(num_embeddings=25, embedding_dim=16)
+    save_checkpoint(tmp_path / "cls.pt", "classifier", {"model_config": dataclasses.asdict(config), "state_dict": {}})
+    with pytest.raises(CheckpointError, match="is a classifier checkpoint, but a vqvae checkpoint is needed"):
+        load_vqvae(tmp_path / "cls.pt")
+    save_checkpoint(tmp_path / "k25.pt", "vqvae", {"model_config": dataclasses.asdict(config), "state_dict": {}})
+    with pytest.raises(CheckpointError, match="num_embeddings=25, but num_embeddings=50 is needed"):
+        load_checkpoint(tmp_path / "k25.pt", kind="vqvae", expect={"num_embeddings": 50})
+
+
+def test_an_interrupted_write_leaves_the_old_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"version": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"version": 2, "half')
+            raise RuntimeError("crash in the middle of a write")
+    assert target.read_text().strip().endswith("}") and '"version": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_killed_writer_never_leaves_a_half_written_checkpoint(tmp_path):
+    """SIGKILL a process that rewrites a ~40 MB checkpoint in a loop: the target always loads."""
+    target = tmp_path / "big.pt"
+    script = (
+        "import torch, sys\n"
+        "from vqlib.checkpoints import save_checkpoint\n"
+        "i = 0\n"
+        "while True:\n"
+        "    save_checkpoint(sys.argv[1], 'vqvae', {'model_config': {'i': i}, 'state_dict': {'w': torch.full((10_000_000,), float(i))}})\n"
+        "    i += 1\n"
+    )
+    for delay in (0.9, 1.3, 1.7):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(target)])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():
+            ckpt = load_checkpoint(target)
+            assert torch.all(ckpt["state_dict"]["w"] == ckpt["model_config"]["i"])
+    assert target.exists()
+
+
+def test_an_unwritable_output_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot create the output folder"):
+        ensure_dir(blocker / "sub")
+    with pytest.raises(OutputError):
+        write_json(blocker / "sub" / "x.json", {})
