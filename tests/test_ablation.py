@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from vqlib import cli
-from vqlib.ablation import COLUMNS, codebook_ablation
+from vqlib.ablation import COLUMNS, codebook_ablation, resolve_variants, with_thresholds
 from vqlib.errors import ConfigError
 
 
@@ -50,3 +50,12 @@ def test_cli_parses_codebook_configurations():
     assert args.epochs == 2
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["ablation", "--configs", "25by16"])
+
+
+def test_threshold_sweep_expands_only_variants_with_restarts():
+    variants = with_thresholds(resolve_variants(["paper", "ema+kmeans+restarts"]), [0.5, 4])
+    assert list(variants) == ["paper", "ema+kmeans+restarts@0.5", "ema+kmeans+restarts@4"]
+    assert variants["paper"]["dead_code_threshold"] == 0.0
+    assert variants["ema+kmeans+restarts@4"] == {"codebook_update": "ema", "init": "kmeans", "dead_code_threshold": 4.0}
+    with pytest.raises(ConfigError, match="positive"):
+        with_thresholds(variants, [0.0])

@@ -45,7 +45,7 @@ def test_train_then_infer_on_a_tiny_subset(project, capsys):
     (["--embedding-dim", "0"], "embedding_dim must be a positive integer"),
     (["--epochs", "0"], "epochs must be a positive integer"),
     (["--learning-rate", "0"], "learning_rate must be positive"),
-    (["--learning-rate", "-1e-3"], "learning_rate must be positive"),
+    (["--learning-rate=-1e-3"], "learning_rate must be positive"),
     (["--batch-size", "0"], "batch_size must be a positive integer"),
     (["--train-subset", "100000"], "train_subset is 100000, but the split has only 55000"),
 ])

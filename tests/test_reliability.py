@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import signal
 import subprocess
@@ -98,8 +97,9 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"kind": "vqvae", "format_version": 1, "model_config": {}, "state_dict": _RunsCode(str(marker))}, evil)
-    with pytest.raises(CheckpointError, match="not a vqlib checkpoint"):
+    with pytest.raises(CheckpointError, match="not a vqlib checkpoint: it holds Python objects") as err:
         load_vqvae(evil)
+    assert "weights_only=False" not in str(err.value) and "set to `False`" not in str(err.value)
     assert not marker.exists()
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps(_RunsCode(str(marker))))
@@ -110,8 +110,8 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
 
 def test_wrong_files_are_refused_with_one_sentence(tmp_path):
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(os.urandom(1000))
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    junk.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="is not a (readable|vqlib) checkpoint"):
         load_checkpoint(junk)
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")

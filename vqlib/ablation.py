@@ -59,9 +59,22 @@ def resolve_variants(variants: Sequence[str] | Mapping[str, Mapping] | None) -> 
     return {name: dict(VARIANTS[name]) for name in variants}
 
 
+def with_thresholds(variants: Mapping[str, Mapping], thresholds: Sequence[float]) -> dict[str, dict]:
+    """Each variant with restarts once per dead-code threshold, named ``variant@T``; the others unchanged."""
+    if any(t <= 0 for t in thresholds):
+        raise ConfigError(f"restart thresholds must be positive, not {list(thresholds)}")
+    result: dict[str, dict] = {}
+    for name, options in variants.items():
+        if options.get("dead_code_threshold", 0.0) > 0:
+            result.update({f"{name}@{t:g}": {**options, "dead_code_threshold": float(t)} for t in thresholds})
+        else:
+            result[name] = dict(options)
+    return result
+
+
 def codebook_ablation(configs: Sequence[tuple[int, int]] = SEED_GRID_EXTREMES,
                       variants: Sequence[str] | Mapping[str, Mapping] | None = None, *,
-                      epochs: int = 3, train_subset: Optional[int] = 10_000, seed: int = 0,
+                      epochs: int = 2, train_subset: Optional[int] = 6400, seed: int = 0,
                       data: Optional[FashionMNIST] = None, results_dir: Optional[str | Path] = None,
                       checkpoints_dir: Optional[str | Path] = None, device: str = "auto",
                       base_config: Optional[VQVAEConfig] = None, progress: bool = True) -> pd.DataFrame:
@@ -112,8 +125,8 @@ def codebook_ablation(configs: Sequence[tuple[int, int]] = SEED_GRID_EXTREMES,
             table = pd.DataFrame(rows, columns=COLUMNS)
             write_csv(results_dir / "ablation.csv", table)
 
-    fig = ablation_figure(table, title=f"Codebook ablation: {epochs} epoch(s) on "
-                                       f"{train_subset or 'all'} training images, seed {seed}")
+    fig = ablation_figure(table, title=f"Codebook ablation: {epochs} epoch{'s' * (epochs != 1)} on "
+                                       f"{train_subset or 55_000} training images, seed {seed}")
     save_figure(fig, results_dir / "ablation.png")
     plt.close(fig)
     return table

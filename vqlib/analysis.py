@@ -287,7 +287,7 @@ def class_examples(labels: np.ndarray | torch.Tensor, per_class: int, *, seed: i
 
 # ----------------------------------------------------------------------------- interpolation
 
-def interpolation_pairs(labels: np.ndarray | torch.Tensor, count: int, *, seed: int = 0) -> list[tuple[int, int]]:
+def different_class_pairs(labels: np.ndarray | torch.Tensor, count: int, *, seed: int = 0) -> list[tuple[int, int]]:
     """`count` pairs of image indices whose classes differ, each class pair used once, seeded."""
     labels = np.asarray(labels)
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -342,19 +342,25 @@ def analysis_summary(table: pd.DataFrame, claim: dict, specific: pd.DataFrame, *
 
 
 def specific_code_patches(images: torch.Tensor | np.ndarray, indices: torch.Tensor, specific: pd.DataFrame,
-                          field: ReceptiveField, *, classes: int = 4, per_code: int = 8,
-                          seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+                          field: ReceptiveField, *, labels: Optional[np.ndarray | torch.Tensor] = None,
+                          classes: int = 4, per_code: int = 8, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
     """Patches of the most specific code of the `classes` classes whose best code is most specific.
 
-    `specific` is `class_specific_codes`'s table. Returns one (n, size, size)
-    array of patches per chosen code, and a label for each row.
+    `specific` is `class_specific_codes`'s table; each code is shown once.
+    With `labels`, the patches of a code come from images of its class.
+    Returns one (n, size, size) array of patches per chosen code, and a label
+    for each row.
     """
     best = (specific.sort_values(["specificity", "share_of_class"], ascending=False)
-            .drop_duplicates("class").head(classes))
-    rows, labels = [], []
+            .drop_duplicates("class").drop_duplicates("code").head(classes))
+    rows, row_labels = [], []
+    images = np.asarray(images)
     for row in best.to_dict(orient="records"):
-        patches, _ = code_patches(images, indices, row["code"], field, count=per_code, seed=seed)
+        keep = (np.arange(len(indices)) if labels is None
+                else np.flatnonzero(np.asarray(labels) == CLASS_NAMES.index(row["class"])))
+        patches, _ = code_patches(images[keep], indices[torch.from_numpy(keep)], row["code"], field,
+                                  count=per_code, seed=seed)
         if len(patches):
             rows.append(patches)
-            labels.append(f"code {row['code']}: {row['class']}\n({row['specificity']:.0%} of its uses)")
-    return rows, labels
+            row_labels.append(f"code {row['code']}: {row['class']}\n({row['specificity']:.0%} of its uses)")
+    return rows, row_labels

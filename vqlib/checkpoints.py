@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,12 +42,15 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None,
         raise CheckpointError(f"no checkpoint at {path}; train one first or check the path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         # weights_only refuses any global it does not know: this is where a pickle
-        # that would run code ends, before anything of it runs.
-        raise CheckpointError(f"{path} is not a vqlib checkpoint (it holds objects a weights-only load "
-                              f"refuses: {str(exc).splitlines()[0][:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        # that would run code ends, before anything of it runs. torch's own message
+        # suggests weights_only=False, which is exactly what must not be done here.
+        raise CheckpointError(f"{path} is not a vqlib checkpoint: it holds Python objects that a safe "
+                              "(weights-only) load refuses to run") from None
+    except Exception as exc:  # noqa: BLE001
+        # On bytes that are not a checkpoint, the legacy unpickler fails with whatever
+        # its parse hits first (KeyError, IndexError, EOFError, ...): all mean the same.
         raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or not REQUIRED_KEYS <= set(ckpt):
         raise CheckpointError(f"{path} is not a vqlib checkpoint (it lacks the keys {sorted(REQUIRED_KEYS)})")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from . import paths
 from .checkpoints import load_checkpoint, load_vqvae, save_checkpoint
@@ -33,7 +33,7 @@ from .config import (LABELS_PER_CLASS_AVAILABLE, ClassifierConfig, LabelEfficien
 from .data import (CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist,
                    read_idx, stratified_subset, to_float)
 from .device import resolve_device, seed_everything
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .files import ensure_dir, read_json, save_figure, write_csv, write_json
 from .models import VQVAE, ClassificationHead, PixelCNN, VQVAEClassifier
 
@@ -150,7 +150,7 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, epochs * steps_per_epoch) / (epochs * steps_per_epoch))))
     history: list[dict] = []
     best_acc, best_loss, best_epoch, best_state = -1.0, math.inf, 0, None
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = progress_bar(total=epochs * steps_per_epoch, desc=desc, unit="step", enabled=progress, leave=False)
     for epoch in range(epochs):
         model.train()
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -175,7 +175,6 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
         train_loss, train_correct = sums.tolist()
         if not math.isfinite(train_loss):
             bar.close()
-            from .errors import TrainingError
             raise TrainingError(f"the classifier's training loss became {train_loss} in epoch {epoch + 1}; "
                                 "lower the learning rate")
         val_logits = _evaluate_logits(model, val)
@@ -654,7 +653,7 @@ def label_efficiency(config: LabelEfficiencyConfig, data: Optional[FashionMNIST]
     jobs = [(n, config.seed + i) for n in counts
             for i in range(config.num_seeds if n is not None and n <= config.max_seeded_labels else 1)]
     rows = []
-    bar = tqdm(total=len(jobs) * len(methods), desc="label efficiency", unit="run", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(jobs) * len(methods), desc="label efficiency", unit="run", enabled=progress)
     for n, seed in jobs:
         idx = _label_subset(data, n, seed)
         didx = idx.to(device)

@@ -152,9 +152,12 @@ def _configure_ablation(p: argparse.ArgumentParser) -> None:
                    help="codebook sizes K x D to compare (default: the seed grid's extremes 25x16 100x64)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help=f"quantizer variants (default: all: {', '.join(VARIANTS)})")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of every run: a fixed budget (default: 3)")
-    p.add_argument("--train-subset", type=_parse_optional_int, default=10_000,
-                   help="training images (stratified; 'all' uses 55,000) (default: 10000)")
+    p.add_argument("--restart-thresholds", nargs="+", type=float, default=None, metavar="T",
+                   help="run every variant with restarts once per dead-code threshold T, named variant@T "
+                        "(default: each variant's own threshold)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of every run: a fixed budget (default: 2)")
+    p.add_argument("--train-subset", type=_parse_optional_int, default=6400,
+                   help="training images (stratified; 'all' uses 55,000) (default: 6400)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--results-dir", default=None, help="where ablation.csv and ablation.png go (default: results/ablation)")
@@ -166,8 +169,11 @@ def _configure_ablation(p: argparse.ArgumentParser) -> None:
                      "writes results/ablation/ablation.csv and ablation.png", _configure_ablation)
 def cmd_ablation(args: argparse.Namespace) -> int:
     from . import paths
-    from .ablation import codebook_ablation
-    table = codebook_ablation(args.configs, args.variants, epochs=args.epochs, train_subset=args.train_subset,
+    from .ablation import codebook_ablation, resolve_variants, with_thresholds
+    variants = resolve_variants(args.variants)
+    if args.restart_thresholds:
+        variants = with_thresholds(variants, args.restart_thresholds)
+    table = codebook_ablation(args.configs, variants, epochs=args.epochs, train_subset=args.train_subset,
                               seed=args.seed, data=_load_data(args), results_dir=args.results_dir,
                               checkpoints_dir=args.checkpoints_dir, device=args.device)
     columns = ["K", "D", "variant", "val_mse", "val_perplexity", "val_usage", "train_perplexity", "codes_restarted", "seconds"]
@@ -264,6 +270,79 @@ def cmd_label_efficiency(args: argparse.Namespace) -> int:
                                      if hasattr(args, f.name) and f.name not in ("vqvae_checkpoint", "results_dir")})
     frame = label_efficiency(config, _load_data(args), classifier=classifier)
     print(label_efficiency_summary(frame).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+# ----------------------------------------------------------------------------- grid, study, reports
+
+def _configure_grid(p: argparse.ArgumentParser) -> None:
+    from .config import GridConfig, TrainConfig, VQVAEConfig
+    from .grid import PROFILES
+    p.add_argument("--profile", choices=list(PROFILES), default="quick",
+                   help="settings to start from; the options below override them (default: quick)")
+    add_config_options(p, GridConfig)
+    add_config_options(p, VQVAEConfig, skip=("num_embeddings", "embedding_dim"))
+    add_config_options(p, TrainConfig, skip=("checkpoint_dir", "results_dir"))
+    # Only options given on the command line override the profile.
+    names = [f.name for cls in (GridConfig, VQVAEConfig, TrainConfig) for f in dataclasses.fields(cls)]
+    p.set_defaults(**{name: argparse.SUPPRESS for name in names})
+
+
+def _profile_overrides(args: argparse.Namespace, profile: dict) -> dict:
+    from .config import GridConfig, TrainConfig, VQVAEConfig
+    for stage, cls in (("grid", GridConfig), ("vqvae", VQVAEConfig), ("train", TrainConfig)):
+        profile[stage].update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    return profile
+
+
+@command("grid", "train every K x D configuration through notebooks/01_train_vqvae.ipynb (papermill); "
+                 "writes results/grid/K{K}_D{D}/ and results/grid/summary.csv", _configure_grid)
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .config import GridConfig, TrainConfig, VQVAEConfig, from_dict
+    from .grid import SUMMARY_FILE, get_profile, grid_dir, run_grid
+    prof = _profile_overrides(args, get_profile(args.profile))
+    grid = from_dict(GridConfig, prof["grid"])
+    frame = run_grid(grid, from_dict(VQVAEConfig, prof["vqvae"]), from_dict(TrainConfig, prof["train"]))
+    columns = ["name", "status", "reused", "val_mse", "val_perplexity", "val_usage", "run_seconds"]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"summary: {grid_dir(grid) / SUMMARY_FILE}")
+    failed = frame[frame["status"] != "success"]
+    for row in failed.itertuples():
+        print(f"{row.name} failed: {row.error}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
+def _configure_run(p: argparse.ArgumentParser) -> None:
+    from .grid import PROFILES
+    p.add_argument("--profile", choices=list(PROFILES), default="quick",
+                   help="quick: a few minutes on a CPU; full: the seed's protocol, for a GPU (default: quick)")
+    p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
+    p.add_argument("--jobs", type=int, default=None, help="grid configurations run at once (default: the profile's, 1)")
+
+
+@command("run", "the whole study: grid, notebooks 02-04, HTML reports -> results/reports/index.html", _configure_run)
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from .grid import run_study
+    started = time.perf_counter()
+    result = run_study(args.profile, with_code=args.with_code, jobs=args.jobs)
+    print(f"study finished in {time.perf_counter() - started:.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in result.seconds.items() if k != 'total')})")
+    for failure in result.failures:
+        print(f"problem: {failure}", file=sys.stderr)
+    print(result.index)
+    return 1 if result.failures else 0
+
+
+def _configure_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
+
+
+@command("report", "export the executed notebooks again to results/reports/*.html and index.html", _configure_report)
+def cmd_report(args: argparse.Namespace) -> int:
+    from .grid import write_reports
+    print(write_reports(with_code=args.with_code))
     return 0
 
 

@@ -285,7 +285,7 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
     replaced per point). Complete points are reused, failed ones recorded;
     `grid.jobs` > 1 runs that many points at once in separate processes.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     grid = grid or GridConfig()
     check_kernel()
@@ -312,7 +312,7 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
 
     if progress and reused:
         print(f"grid: {len(reused)} of {len(names)} configurations already complete, reused: {', '.join(reused)}")
-    bar = tqdm(total=len(specs), desc="grid", unit="config", disable=not progress or not specs, dynamic_ncols=True,
+    bar = progress_bar(total=len(specs), desc="grid", unit="config", enabled=progress and bool(specs),
                bar_format="{desc}: {n}/{total} configs done [{elapsed} elapsed, {remaining} left] {postfix}")
 
     def report(record: dict) -> None:
@@ -463,8 +463,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train": {"epochs": 2, "train_subset": 12_000},
         "grid": {},
         "summary": {},
-        "classifier": {"epochs": 6, "patience": 2, "label_counts": "10,100,1000", "num_seeds": 1,
-                       "methods": "vq_head,vq_linear,pixel_linear", "cnn_epochs_all": 1, "linear_max_iter": 100},
+        # Label efficiency without the pixel CNN (the slowest baseline) and with one seed.
+        "classifier": {"label_counts": "10,100,1000", "num_seeds": 1, "methods": "vq_head,vq_linear,pixel_linear",
+                       "linear_max_iter": 100},
         "analysis": {"tsne_points": 2000},
     },
     # The seed's protocol, for a GPU: 50 epochs on all 55,000 training images.
@@ -500,7 +501,12 @@ def classifier_parameters(notebook: str | os.PathLike, overrides: dict[str, Any]
     LabelEfficiencyConfig; an override the notebook does not take is an error,
     not a silently ignored setting.
     """
-    names = set(notebook_parameter_names(notebook))
+    from .config import ClassifierConfig, LabelEfficiencyConfig
+
+    # The dataclasses are the contract; papermill's reading of the cell is added in
+    # case the notebook takes more (it skips lines whose comment holds an '=').
+    names = {f.name for cls in (ClassifierConfig, LabelEfficiencyConfig) for f in dataclasses.fields(cls)}
+    names |= set(notebook_parameter_names(notebook))
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(f"the profile sets {', '.join(unknown)}, which {Path(notebook).name} does not take "
@@ -519,11 +525,12 @@ class StudyResult:
 
 
 def run_study(profile: str | dict = "quick", *, with_code: bool = False, jobs: Optional[int] = None,
-              progress: bool = True) -> StudyResult:
+              progress: bool = True, classifier: bool = True) -> StudyResult:
     """The grid, notebooks 02, 03 and 04, then HTML reports; returns where index.html is.
 
     A failed notebook after the grid is recorded and reported (its executed
     copy shows the error); the stages that need its output are skipped.
+    `classifier=False` leaves notebook 03 out (its own tests run it).
     """
     prof = get_profile(profile)
     grid_config = from_dict(GridConfig, {**prof["grid"], **({"jobs": jobs} if jobs else {})})
@@ -534,7 +541,8 @@ def run_study(profile: str | dict = "quick", *, with_code: bool = False, jobs: O
     notebooks = paths.notebooks_dir()
     classifier_nb = notebooks / CLASSIFIER_NOTEBOOK
     # Check the classifier's settings before an hour of grid, not after.
-    classifier_params = classifier_parameters(classifier_nb, prof["classifier"]) if classifier_nb.is_file() else None
+    classifier_params = (classifier_parameters(classifier_nb, prof["classifier"])
+                         if classifier and classifier_nb.is_file() else None)
 
     def say(text: str) -> None:
         if progress:
@@ -573,7 +581,7 @@ def run_study(profile: str | dict = "quick", *, with_code: bool = False, jobs: O
         if classifier_params is not None:
             stage("classifier", classifier_nb, classifier_dir() / CLASSIFIER_NOTEBOOK,
                   {**classifier_params, "vqvae_checkpoint": best["checkpoint"]})
-        else:
+        elif classifier:
             result.failures.append(f"{classifier_nb} does not exist, so the classifier was not run")
         stage("analysis", notebooks / ANALYSIS_NOTEBOOK, analysis_dir(analysis_config) / ANALYSIS_NOTEBOOK,
               {**dataclasses.asdict(analysis_config), "vqvae_checkpoint": best["checkpoint"]})
@@ -626,35 +634,45 @@ def executed_notebooks(grid_folder: Optional[Path] = None, analysis_folder: Opti
     return found
 
 
-def classifier_headline() -> dict:
-    """The classifier's test accuracy as notebook 03 recorded it (the newest JSON with a test_accuracy)."""
+def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
+    """The classifier's test accuracy as notebook 03 recorded it in results/classifier/*/metrics.json.
+
+    The newest record on `vqvae_checkpoint` (the chosen VQ-VAE) wins, so a
+    classifier left over from an earlier grid is not reported as this one.
+    """
     candidates = []
-    for path in classifier_dir().rglob("*.json"):
+    for path in classifier_dir().glob("*/metrics.json"):
         value = _read_or_empty(path)
-        if isinstance(value.get("test_accuracy"), (int, float)):
-            candidates.append((path.stat().st_mtime, path, value))
+        if not isinstance(value.get("test_accuracy"), (int, float)):
+            continue
+        if vqvae_checkpoint and value.get("vqvae_checkpoint") not in (None, vqvae_checkpoint):
+            continue
+        candidates.append((path.stat().st_mtime, path, value))
     if not candidates:
         return {}
     _, path, value = max(candidates, key=lambda c: c[0])
-    return {"test_accuracy": value["test_accuracy"], "source": path}
+    labels = (value.get("config") or {}).get("labels_per_class")
+    return {"test_accuracy": value["test_accuracy"], "source": path,
+            "labels": "all labels" if labels is None else f"{labels} labels per class"}
 
 
 def write_reports(*, with_code: bool = False, grid_folder: Optional[Path] = None,
                   analysis_folder: Optional[Path] = None, failures: Optional[list[str]] = None,
                   profile_description: str = "") -> Path:
     """Export every executed notebook to results/reports/*.html and write index.html; return its path."""
-    out = ensure_dir(reports_dir())
     grid_folder = Path(grid_folder or grid_dir())
-    reports = []
-    for name, notebook, title in executed_notebooks(grid_folder, analysis_folder):
-        reports.append((export_html(notebook, out / f"{name}.html", with_code=with_code), title))
-    if not reports:
+    executed = executed_notebooks(grid_folder, analysis_folder)
+    if not executed:
         raise OutputError(f"no executed notebooks found under {paths.results_dir()}; run `vqlib run` first")
+    out = ensure_dir(reports_dir())
+    reports = [(export_html(notebook, out / f"{name}.html", with_code=with_code), title)
+               for name, notebook, title in executed]
     best = _read_or_empty(grid_folder / BEST_FILE)
     grid = collect_grid(grid_folder)
     index = out / "index.html"
     with atomic_path(index) as tmp:
-        tmp.write_text(_index_html(reports, best, classifier_headline(), grid, failures or [], profile_description),
+        tmp.write_text(_index_html(reports, best, classifier_headline(best.get("checkpoint")), grid, failures or [],
+                                   profile_description),
                        encoding="utf-8")
     return index
 
@@ -676,11 +694,14 @@ def _index_html(reports: list[tuple[Path, str]], best: dict, classifier: dict, g
         ("Its test perplexity", _fmt(best.get("test_perplexity"), ".1f")
          + (f" of {best['num_embeddings']} codes" if best.get("test_perplexity") is not None else "")),
         ("Its test codebook usage", _fmt(best.get("test_usage"), ".0%")),
-        ("Classifier test accuracy", _fmt(classifier.get("test_accuracy"), ".2%")),
+        ("Classifier test accuracy (frozen code" + (f", {classifier['labels']})" if classifier else ")"),
+         _fmt(classifier.get("test_accuracy"), ".2%")),
     ]
     rows = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline)
     links = "\n".join(f'<li><a href="{esc(path.name)}">{esc(title)}</a></li>' for path, title in reports)
-    table = grid.drop(columns=["history", "checkpoint", "notebook", "error"], errors="ignore")
+    columns = {"name": "run", "status": "status", "val_mse": "val. MSE", "val_perplexity": "val. perplexity",
+               "val_usage": "codes used", "epochs": "epochs", "train_subset": "train images", "run_seconds": "seconds"}
+    table = grid[list(columns)].rename(columns=columns)
     grid_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, classes="grid")
     problems = ("<h2>Problems</h2><ul>" + "".join(f"<li>{esc(f)}</li>" for f in failures) + "</ul>") if failures else ""
     return f"""<!DOCTYPE html>

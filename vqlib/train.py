@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import paths
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -28,6 +27,7 @@ from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, TrainingError
 from .files import ensure_dir, write_json
 from .models import VQVAE
+from .progress import progress_bar
 from .models.quantizer import code_histogram, perplexity_and_usage
 
 # Fields of TrainConfig that may differ between a run and its resumption: where it
@@ -77,7 +77,9 @@ def autocast(train_config: TrainConfig, device: torch.device) -> contextlib.Abst
 
 
 def apply_speed_switches(model: VQVAE, train_config: TrainConfig) -> VQVAE:
-    """Channels-last weights and `torch.compile`, in place; the state_dict keys stay as they are.
+    """Channels-last (the model's own default) or NCHW weights, and `torch.compile`, in place.
+
+    The state_dict keys stay as they are, so checkpoints load either way.
 
     Channels-last: a conv with channels-last weights gives channels-last outputs
     whatever its input's layout, so the whole network runs NHWC, and the
@@ -85,8 +87,7 @@ def apply_speed_switches(model: VQVAE, train_config: TrainConfig) -> VQVAE:
     Only the encoder and decoder are compiled: the quantizer's codebook-health
     bookkeeping changes buffers in place and would break the graph.
     """
-    if train_config.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last if train_config.channels_last else torch.contiguous_format)
     if train_config.compile:
         model.encoder.compile()
         model.decoder.compile()
@@ -97,6 +98,24 @@ def make_optimizer(model: VQVAE, train_config: TrainConfig) -> torch.optim.Optim
     # The fused kernel updates every parameter in one pass (CPU and CUDA); the default
     # for-each path launches ~10 ops per parameter tensor, a measurable share of a small model's step.
     return torch.optim.Adam(model.parameters(), lr=train_config.learning_rate, fused=True)
+
+
+def train_step(model: VQVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, train_config: TrainConfig,
+               device: torch.device) -> torch.Tensor:
+    """One Adam step on the batch `x` (float, on the device).
+
+    Returns (reconstruction MSE, VQ loss, perplexity, usage) of the batch as one
+    detached tensor, without reading it back: the caller decides when to sync.
+    The benchmark times this same function.
+    """
+    with autocast(train_config, device):
+        out = model(x)
+    recon = F.mse_loss(out.reconstruction.float(), x)
+    loss = recon + out.vq.loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack([recon, out.vq.loss, out.vq.perplexity, out.vq.usage]).detach()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -159,8 +178,9 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
     """
     device = resolve_device(train_config.device)
     data = data or load_fashion_mnist()
-    ckpt_dir = ensure_dir(train_config.checkpoint_dir or default_checkpoint_dir(model_config))
+    # The subset is checked before the checkpoint folder exists: a refused run writes nothing.
     images, _ = subset(data.train_images, data.train_labels, train_config.train_subset, train_config.seed)
+    ckpt_dir = ensure_dir(train_config.checkpoint_dir or default_checkpoint_dir(model_config))
     train_x = to_float(images, device)
     n = len(train_x)
 
@@ -185,9 +205,9 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
     best_mse = min((row["val_mse"] for row in history), default=math.inf)
 
     steps_per_epoch = math.ceil(n / train_config.batch_size)
-    bar = tqdm(total=(train_config.epochs - start_epoch) * steps_per_epoch, disable=not progress,
-               desc=f"VQ-VAE {paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)}",
-               unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=(train_config.epochs - start_epoch) * steps_per_epoch, enabled=progress,
+                       desc=f"VQ-VAE {paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)}",
+                       unit="step")
     for epoch in range(start_epoch, train_config.epochs):
         model.train()
         # Shuffling depends on (seed, epoch) alone, so a resumed run sees the same batches.
@@ -196,15 +216,7 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
         restarts_before = int(model.quantizer.restarts)
         started = time.perf_counter()
         for step, idx in enumerate(batch_indices(n, train_config.batch_size, generator=generator, device=device)):
-            x = train_x[idx]
-            with autocast(train_config, device):
-                out = model(x)
-            recon = F.mse_loss(out.reconstruction.float(), x)
-            loss = recon + out.vq.loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([recon.detach(), out.vq.loss.detach(), out.vq.perplexity, out.vq.usage])
+            sums += train_step(model, optimizer, train_x[idx], train_config, device)
             if step % 25 == 0 or step == steps_per_epoch - 1:
                 # Reading the loss back is a device sync: do it every 25 steps, not every step.
                 current = sums / (step + 1)

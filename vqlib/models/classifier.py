@@ -23,9 +23,12 @@ LATENT_SIZE = 12  # the encoder maps 28x28 to 12x12 (vqvae.Encoder)
 class ClassificationHead(nn.Module):
     """(B, D, 12, 12) latents -> (B, 10) logits.
 
-    Two conv / batch-norm / ReLU / max-pool stages (12 -> 6 -> 3), then two
-    linear layers. Small on purpose: on the code-index cache an epoch over
-    55,000 images is a few seconds on two CPU cores.
+    A stride-2 conv (12 -> 6), a conv, each with batch norm and ReLU, a max
+    pool (6 -> 3), then two linear layers. Small on purpose: measured with one
+    thread, a 3x3 conv at the full 12x12 resolution first (and its batch norm)
+    made a training step 2.2x slower (2,850 against 6,400 images per CPU
+    second for D=32), and the head must train on 55,000 cached codes in well
+    under a minute on two cores.
     """
 
     def __init__(self, embedding_dim: int, *, conv_channels: int = 32, hidden_units: int = 128,
@@ -33,9 +36,8 @@ class ClassificationHead(nn.Module):
         super().__init__()
         c = conv_channels
         self.features = nn.Sequential(
-            nn.Conv2d(embedding_dim, c, 3, padding=1, bias=False),
+            nn.Conv2d(embedding_dim, c, 3, stride=2, padding=1, bias=False),  # 12 -> 6
             nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),  # 12 -> 6
             nn.Conv2d(c, 2 * c, 3, padding=1, bias=False),
             nn.BatchNorm2d(2 * c), nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # 6 -> 3

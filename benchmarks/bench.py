@@ -1,0 +1,488 @@
+"""How fast vqlib trains and infers on this machine, against the machine's own fp32 matmul peak.
+
+`make bench` runs the full measurement (a few minutes on 2 CPU cores); `--smoke`
+runs every section on tiny sizes in seconds, so the test suite keeps it alive.
+Prints a table and writes results/bench/bench.json (atomically):
+
+1. fp32 matmul GFLOP/s at a few sizes; the best is the reference peak.
+2. VQ-VAE training images/s for the default architecture and the grid's extremes,
+   and model FLOP utilisation: FLOPs per image (torch.utils.flop_counter, forward
+   and backward) x images/s / the matmul peak. Also the real `train_vqvae` loop,
+   and what each non-model part of a step costs.
+3. Training images/s against batch size and hidden width.
+4. The quantizer's nearest-neighbour step against torch.cdist and broadcasting.
+5. Inference: encoding the test set to code indices, and classifier predictions.
+6. One classifier-head epoch on the code-index cache against running the frozen
+   encoder every epoch.
+
+Timings are medians over repeats; the load average before and after each
+section is recorded, because other processes on a 2-core machine change every
+number here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vqlib import paths
+from vqlib.checkpoints import save_checkpoint
+from vqlib.config import GridConfig, TrainConfig, VQVAEConfig
+from vqlib.data import FashionMNIST, load_fashion_mnist, to_float
+from vqlib.device import resolve_device, seed_everything
+from vqlib.files import write_json
+from vqlib.models import VQVAE
+from vqlib.models.quantizer import code_histogram, perplexity_and_usage
+from vqlib.train import apply_speed_switches, autocast, make_optimizer, train_step, train_vqvae
+
+LATENT_POSITIONS = 12 * 12
+
+
+@dataclasses.dataclass
+class Profile:
+    """Sizes of one benchmark run; `smoke` shrinks every section to seconds."""
+
+    matmul_sizes: tuple[int, ...] = (512, 1024, 2048)
+    batch_size: Optional[int] = None  # of the training measurements; None: TrainConfig's default
+    repeats: int = 5
+    train_images: int = 1024  # images per timed repeat of a training measurement
+    batch_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    hidden_widths: tuple[int, ...] = (32, 64, 128)
+    nearest_ks: tuple[int, ...] = (25, 50, 100, 512)
+    nearest_batch: Optional[int] = None  # images whose latents are quantized; None: the default batch size
+    loop_subset: int = 5120  # training images of the real-loop measurement (2 epochs)
+    val_images: Optional[int] = None  # validation images of that loop; None: all 5,000
+    encode_images: Optional[int] = None  # test images encoded; None: all 10,000
+    classifier_labels_per_class: Optional[int] = None  # None: all 5,500 per class
+    classifier_batch_size: int = 128
+
+
+SMOKE = Profile(matmul_sizes=(64, 128), batch_size=16, repeats=2, train_images=32, batch_sizes=(16, 32), hidden_widths=(16,),
+                nearest_ks=(25, 50), nearest_batch=8, loop_subset=40, val_images=100, encode_images=200,
+                classifier_labels_per_class=10, classifier_batch_size=50)
+
+
+# ----------------------------------------------------------------------------- timing
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], *, repeats: int, device: torch.device, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` calls, and every time."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), times
+
+
+def load_average() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not every platform has it
+        return None
+
+
+# ----------------------------------------------------------------------------- 1. matmul peak
+
+def matmul_gflops(sizes: tuple[int, ...], *, repeats: int, device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> dict[int, float]:
+    """GFLOP/s of an n x n by n x n matmul (2 n^3 FLOPs) for each n."""
+    result = {}
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        seconds, _ = median_seconds(lambda: torch.mm(a, b), repeats=repeats, device=device)
+        result[n] = 2 * n ** 3 / seconds / 1e9
+    return result
+
+
+# ----------------------------------------------------------------------------- 2-3. training
+
+def flops_per_image(model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor,
+                    device: torch.device) -> float:
+    """Forward + backward FLOPs of one training batch, per image (matmuls and convolutions).
+
+    One step runs first, outside the counter: it holds the one-off k-means
+    initialisation of the codebook, which is not a per-step cost.
+    """
+    seed_everything(0)
+    model = VQVAE(model_config).to(device).train()
+    x = images[: train_config.batch_size]
+    with autocast(train_config, device):
+        model(x)
+        with FlopCounterMode(display=False) as counter:
+            out = model(x)
+            (torch.nn.functional.mse_loss(out.reconstruction.float(), x) + out.vq.loss).backward()
+    return counter.get_total_flops() / len(x)
+
+
+def train_throughput(model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor, *,
+                     profile: Profile, device: torch.device) -> dict:
+    """Images/s of `vqlib.train.train_step`, the step the training loop runs, on real images."""
+    seed_everything(0)
+    model = apply_speed_switches(VQVAE(model_config).to(device).train(), train_config)
+    optimizer = make_optimizer(model, train_config)
+    bs = train_config.batch_size
+    steps = max(1, profile.train_images // bs)
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(len(images), (bs,), generator=generator).to(device) for _ in range(steps)]
+
+    def run() -> None:
+        for idx in batches:
+            train_step(model, optimizer, images[idx], train_config, device)
+
+    seconds, times = median_seconds(run, repeats=profile.repeats, device=device)
+    return {"images_per_s": steps * bs / seconds, "step_ms": 1e3 * seconds / steps,
+            "repeat_seconds": times}
+
+
+def train_row(name: str, model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor,
+              peak: float, *, profile: Profile, device: torch.device) -> dict:
+    load_before = load_average()
+    speed = train_throughput(model_config, train_config, images, profile=profile, device=device)
+    flops = flops_per_image(model_config, train_config, images, device)
+    return {"name": name, "K": model_config.num_embeddings, "D": model_config.embedding_dim,
+            "hidden": model_config.hidden_channels, "batch_size": train_config.batch_size,
+            "channels_last": train_config.channels_last, "compile": train_config.compile,
+            "amp": train_config.amp, "gflop_per_image": flops / 1e9, **speed,
+            "mfu": flops * speed["images_per_s"] / (peak * 1e9), "load_before": load_before,
+            "load_after": load_average()}
+
+
+def loop_overhead(model_config: VQVAEConfig, train_config: TrainConfig, data: FashionMNIST, step_ms: float,
+                  *, profile: Profile, device: torch.device) -> dict:
+    """What a training step spends outside the model's own compute, in ms and as a share of `step_ms`.
+
+    Each non-model part of the loop is timed alone: slicing the batch out of the
+    training tensor, accumulating the step's metrics, reading them back (every
+    25 steps), the progress bar, and the quantizer's bookkeeping (code
+    histogram, perplexity, usage EMA, EMA codebook update, dead-code restarts:
+    its training-mode forward minus its eval-mode forward, plus the histogram
+    and perplexity that both modes compute).
+    """
+    from tqdm.auto import tqdm
+
+    bs = train_config.batch_size
+    train_x = to_float(data.train_images, device)
+    idx = torch.randperm(len(train_x))[:bs].to(device)
+    reps = max(3, profile.repeats)
+    seed_everything(0)
+    model = apply_speed_switches(VQVAE(model_config).to(device), train_config)
+    with torch.no_grad():
+        model.train()(train_x[:bs])  # the k-means initialisation, once
+        z = model.encoder(train_x[idx])
+    quantizer = model.quantizer
+    sums = torch.zeros(4, device=device)
+    metrics = torch.rand(4, device=device)
+    devnull = open(os.devnull, "w")
+    bar = tqdm(total=10 ** 9, file=devnull)
+
+    def quantize(training: bool) -> Callable[[], Any]:
+        def run() -> None:
+            quantizer.train(training)
+            quantizer(z.detach().requires_grad_())
+        return run
+
+    def histogram() -> None:
+        indices = quantizer.nearest(z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+        perplexity_and_usage(code_histogram(indices, quantizer.num_embeddings))
+
+    def nearest_only() -> None:
+        quantizer.nearest(z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+
+    ms = {}
+    for name, fn in {"batch slicing": lambda: train_x[idx], "metric accumulation": lambda: sums.add_(metrics),
+                     "progress bar": lambda: bar.update(1),
+                     "loss read-back (1 in 25 steps)": lambda: (sums / 2).tolist()}.items():
+        inner = 200
+        seconds, _ = median_seconds(lambda: [fn() for _ in range(inner)], repeats=reps, device=device)
+        ms[name] = 1e3 * seconds / inner
+    ms["loss read-back (1 in 25 steps)"] /= 25
+    train_q, _ = median_seconds(quantize(True), repeats=reps, device=device)
+    eval_q, _ = median_seconds(quantize(False), repeats=reps, device=device)
+    hist, _ = median_seconds(histogram, repeats=reps, device=device)
+    near, _ = median_seconds(nearest_only, repeats=reps, device=device)
+    ms["quantizer bookkeeping"] = 1e3 * (max(train_q - eval_q, 0.0) + max(hist - near, 0.0))
+    bar.close()
+    devnull.close()
+    total = sum(ms.values())
+    return {"step_ms": step_ms, "parts_ms": ms, "parts_share": {k: v / step_ms for k, v in ms.items()},
+            "total_ms": total, "total_share": total / step_ms}
+
+
+def real_loop(model_config: VQVAEConfig, train_config: TrainConfig, data: FashionMNIST, *,
+              profile: Profile) -> dict:
+    """Images/s of `train_vqvae` itself, epoch 2 of 2 (epoch 1 holds the k-means initialisation)."""
+    if profile.val_images is not None:
+        data = dataclasses.replace(data, val_images=data.val_images[: profile.val_images],
+                                   val_labels=data.val_labels[: profile.val_images])
+    with tempfile.TemporaryDirectory() as tmp:
+        config = dataclasses.replace(train_config, epochs=2, train_subset=profile.loop_subset,
+                                     checkpoint_dir=tmp, results_dir=tmp)
+        load_before = load_average()
+        run = train_vqvae(model_config, config, data, progress=False)
+    row = run.history[-1]
+    return {"images": profile.loop_subset, "epoch_seconds": row["epoch_seconds"],
+            "images_per_s": row["images_per_s"], "load_before": load_before, "load_after": load_average()}
+
+
+# ----------------------------------------------------------------------------- 4. nearest neighbour
+
+def nearest_rows(ks: tuple[int, ...], num_vectors: int, dim: int, *, repeats: int, device: torch.device) -> list[dict]:
+    """`VectorQuantizer.nearest` against the naive torch.cdist and broadcast versions."""
+    from vqlib.models import VectorQuantizer
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    flat = torch.randn(num_vectors, dim, generator=generator).to(device)
+    for k in ks:
+        quantizer = VectorQuantizer(k, dim).to(device)
+        with torch.no_grad():
+            quantizer.codebook.copy_(torch.randn(k, dim, generator=generator).to(device))
+        codebook = quantizer.codebook.detach()
+        ways = {
+            "vqlib": lambda: quantizer.nearest(flat),
+            "cdist": lambda: torch.cdist(flat, codebook).argmin(dim=1),
+            # N x K x D floats at once: 1.2 GB for 128 images at K=512, D=32.
+            "broadcast": lambda: (flat[:, None, :] - codebook[None]).pow(2).sum(-1).argmin(dim=1),
+        }
+        row: dict[str, Any] = {"K": k, "vectors": num_vectors, "D": dim}
+        with torch.no_grad():
+            reference = ways["broadcast"]()
+            for name, fn in ways.items():
+                seconds, _ = median_seconds(fn, repeats=repeats if name != "broadcast" else max(2, repeats // 2),
+                                            device=device)
+                row[f"{name}_ms"] = 1e3 * seconds
+                row[f"{name}_agrees"] = float((fn() == reference).float().mean())
+        row["speedup_vs_cdist"] = row["cdist_ms"] / row["vqlib_ms"]
+        row["speedup_vs_broadcast"] = row["broadcast_ms"] / row["vqlib_ms"]
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- 5-6. inference and classifier
+
+def inference(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile, device: torch.device) -> dict:
+    """Test-set encoding (`vqlib.classify.encode_codes`) and classification (`vqlib.classify.predict`)."""
+    try:
+        from vqlib.classify import build_classifier, encode_codes, predict
+        from vqlib.config import ClassifierConfig
+    except ImportError as exc:
+        return {"error": f"n/a: vqlib.classify is not importable ({exc})"}
+    images = data.test_images[: profile.encode_images]
+    result: dict[str, Any] = {"images": len(images)}
+    for layout in ("channels_last", "contiguous"):  # the model's default first
+        seed_everything(0)
+        model = VQVAE(model_config).to(device).eval()
+        if layout == "contiguous":
+            model.to(memory_format=torch.contiguous_format)
+        seconds, _ = median_seconds(lambda: encode_codes(model, images), repeats=max(3, profile.repeats // 2 + 1),
+                                    device=device)
+        result[f"encode_images_per_s_{layout}"] = len(images) / seconds
+        classifier = build_classifier(ClassifierConfig(), model).to(device).eval()
+        seconds, _ = median_seconds(lambda: predict(classifier, images), repeats=max(3, profile.repeats // 2 + 1),
+                                    device=device)
+        result[f"infer_cls_images_per_s_{layout}"] = len(images) / seconds
+    return result
+
+
+def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile,
+                      device: torch.device) -> dict:
+    """One head epoch with the code-index cache against the frozen encoder run every epoch (`train_classifier`)."""
+    try:
+        from vqlib.classify import train_classifier
+        from vqlib.config import ClassifierConfig
+    except ImportError as exc:
+        return {"error": f"n/a: vqlib.classify is not importable ({exc})"}
+    if profile.val_images is not None:
+        data = dataclasses.replace(data, val_images=data.val_images[: profile.val_images],
+                                   val_labels=data.val_labels[: profile.val_images])
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        seed_everything(0)
+        model = VQVAE(model_config)
+        checkpoint = save_checkpoint(Path(tmp) / "vqvae.pt", "vqvae", {
+            "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(TrainConfig()),
+            "state_dict": model.state_dict(), "epoch": 0, "history": []})
+        for cache in (True, False):
+            config = ClassifierConfig(vqvae_checkpoint=str(checkpoint), labels_per_class=profile.classifier_labels_per_class,
+                                      epochs=1, patience=1, min_steps_per_epoch=1, batch_size=profile.classifier_batch_size,
+                                      cache_codes=cache, device=device.type, checkpoint_dir=str(Path(tmp) / f"c{cache}"),
+                                      results_dir=str(Path(tmp) / f"r{cache}"))
+            run = train_classifier(config, data, progress=False)
+            name = "cached" if cache else "encoder_every_epoch"
+            result[f"{name}_epoch_seconds"] = run.history[0]["epoch_seconds"]
+            result[f"{name}_images_per_s"] = run.history[0]["images_per_s"]
+            if cache:
+                result["cache_encode_seconds"] = run.encode_seconds
+            result["images"] = run.train_images
+    result["speedup"] = result["encoder_every_epoch_epoch_seconds"] / result["cached_epoch_seconds"]
+    return result
+
+
+# ----------------------------------------------------------------------------- the run
+
+def grid_extremes() -> list[tuple[int, int]]:
+    pairs = GridConfig().configurations()
+    return [min(pairs), max(pairs)]
+
+
+def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
+    device = resolve_device("auto")
+    data = load_fashion_mnist(allow_download=False)
+    base_model = VQVAEConfig()
+    base_train = TrainConfig(device=device.type)
+    if profile.batch_size:
+        base_train = dataclasses.replace(base_train, batch_size=profile.batch_size)
+    pool = max(profile.train_images, max(profile.batch_sizes), base_train.batch_size)
+    images = to_float(data.train_images[:pool], device)
+    result: dict[str, Any] = {
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                        "cpu_count": os.cpu_count(), "smoke": profile is SMOKE, "load_start": load_average(),
+                        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
+
+    matmul = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device)
+    peak = max(matmul.values())
+    result.update(matmul=matmul, matmul_gflops=peak)
+    if device.type == "cuda":
+        bf16 = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=torch.bfloat16)
+        result.update(matmul_bf16=bf16, matmul_gflops_bf16=max(bf16.values()))
+    amp_peak = result.get("matmul_gflops_bf16", peak) if device.type == "cuda" else peak
+
+    rows = [train_row("default", base_model, base_train, images, amp_peak, profile=profile, device=device),
+            train_row("default, NCHW", base_model, dataclasses.replace(base_train, channels_last=False), images,
+                      amp_peak, profile=profile, device=device)]
+    if compile_variant:
+        rows.append(train_row("default, compiled", base_model, dataclasses.replace(base_train, compile=True),
+                              images, amp_peak, profile=profile, device=device))
+    for k, d in grid_extremes():
+        rows.append(train_row(f"grid K{k} D{d}", dataclasses.replace(base_model, num_embeddings=k, embedding_dim=d),
+                              base_train, images, amp_peak, profile=profile, device=device))
+    result["train"] = rows
+    default = rows[0]
+    result.update(train_images_per_s=default["images_per_s"], train_mfu=default["mfu"],
+                  train_gflop_per_image=default["gflop_per_image"], train_batch_size=base_train.batch_size)
+
+    result["batch_sweep"] = [
+        train_row(f"batch {bs}", base_model, dataclasses.replace(base_train, batch_size=bs), images, amp_peak,
+                  profile=profile, device=device) for bs in profile.batch_sizes]
+    result["width_sweep"] = [
+        train_row(f"hidden {h}", dataclasses.replace(base_model, hidden_channels=h, residual_channels=max(1, h // 2)),
+                  base_train, images, amp_peak, profile=profile, device=device) for h in profile.hidden_widths]
+
+    loop = real_loop(base_model, base_train, data, profile=profile)
+    loop["mfu"] = default["gflop_per_image"] * 1e9 * loop["images_per_s"] / (amp_peak * 1e9)
+    loop["share_of_step_throughput"] = loop["images_per_s"] / default["images_per_s"]
+    result.update(train_loop=loop, train_loop_images_per_s=loop["images_per_s"], train_loop_mfu=loop["mfu"])
+    result["overhead"] = loop_overhead(base_model, base_train, data, default["step_ms"], profile=profile, device=device)
+
+    nearest_batch = profile.nearest_batch or base_train.batch_size
+    result["nearest"] = nearest_rows(profile.nearest_ks, nearest_batch * LATENT_POSITIONS, base_model.embedding_dim,
+                                     repeats=profile.repeats, device=device)
+
+    result["inference"] = inference(base_model, data, profile=profile, device=device)
+    result["encode_images_per_s"] = result["inference"].get("encode_images_per_s_channels_last")
+    result["encode_images_per_s_nchw"] = result["inference"].get("encode_images_per_s_contiguous")
+    result["infer_cls_images_per_s"] = result["inference"].get("infer_cls_images_per_s_channels_last")
+    result["classifier_epoch"] = classifier_epochs(base_model, data, profile=profile, device=device)
+    result["environment"]["load_end"] = load_average()
+    return result
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def print_table(result: dict, out=sys.stdout) -> None:
+    env = result["environment"]
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(f"vqlib benchmark: torch {env['torch']} on {env['device']}, {env['threads']} threads, "
+      f"load average {env['load_start']} -> {env['load_end']}{' (smoke)' if env['smoke'] else ''}")
+    p("\n1. fp32 matmul (the reference peak is the best size)")
+    for n, g in result["matmul"].items():
+        p(f"   {n:>5} x {n:<5} {g:8.1f} GFLOP/s")
+    p(f"   peak        {result['matmul_gflops']:8.1f} GFLOP/s")
+    header = f"   {'configuration':<20}{'batch':>6}{'GFLOP/img':>10}{'images/s':>10}{'step ms':>9}{'MFU':>7}{'load':>11}"
+    for title, key in (("2. VQ-VAE training step (vqlib.train.train_step)", "train"),
+                       ("3a. batch size (default architecture)", "batch_sweep"),
+                       ("3b. hidden width (residual width = hidden / 2)", "width_sweep")):
+        p(f"\n{title}")
+        p(header)
+        for r in result[key]:
+            p(f"   {r['name']:<20}{r['batch_size']:>6}{r['gflop_per_image']:>10.3f}{r['images_per_s']:>10.0f}"
+              f"{r['step_ms']:>9.1f}{r['mfu']:>7.0%}{_fmt(r['load_before']):>6}->{_fmt(r['load_after'])}")
+    loop = result["train_loop"]
+    p(f"\n2b. train_vqvae loop (epoch 2 of 2 over {loop['images']} images): {loop['images_per_s']:.0f} images/s, "
+      f"MFU {loop['mfu']:.0%}, {loop['share_of_step_throughput']:.0%} of the bare step's throughput")
+    o = result["overhead"]
+    p(f"2c. non-model parts of one step ({o['step_ms']:.1f} ms):")
+    for name, ms in o["parts_ms"].items():
+        p(f"   {name:<32}{ms:8.3f} ms {o['parts_share'][name]:7.2%}")
+    p(f"   {'all of them':<32}{o['total_ms']:8.3f} ms {o['total_share']:7.2%}")
+    p("\n4. nearest code (ms per batch; agreement with the broadcast reference)")
+    p(f"   {'K':>5}{'vectors':>9}{'vqlib':>9}{'cdist':>9}{'broadcast':>11}{'x cdist':>9}{'x bcast':>9}{'agree':>7}")
+    for r in result["nearest"]:
+        p(f"   {r['K']:>5}{r['vectors']:>9}{r['vqlib_ms']:>9.2f}{r['cdist_ms']:>9.2f}{r['broadcast_ms']:>11.2f}"
+          f"{r['speedup_vs_cdist']:>9.1f}{r['speedup_vs_broadcast']:>9.1f}{r['vqlib_agrees']:>7.1%}")
+    inf = result["inference"]
+    p("\n5. inference (images/s)")
+    if "error" in inf:
+        p(f"   {inf['error']}")
+    else:
+        for layout in ("channels_last", "contiguous"):
+            p(f"   {layout:<14} encode {inf['images']} test images {inf[f'encode_images_per_s_{layout}']:>9.0f}   "
+              f"infer-cls (predict) {inf[f'infer_cls_images_per_s_{layout}']:>8.0f}")
+    c = result["classifier_epoch"]
+    p("\n6. classifier head, one epoch")
+    if "error" in c:
+        p(f"   {c['error']}")
+    else:
+        p(f"   {c['images']} images: cached codes {c['cached_epoch_seconds']:.2f} s "
+          f"(+ {c['cache_encode_seconds']:.2f} s encoding once), frozen encoder every epoch "
+          f"{c['encoder_every_epoch_epoch_seconds']:.2f} s: {c['speedup']:.1f}x")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every section on tiny sizes (seconds), for the tests")
+    parser.add_argument("--out", default=None, help="JSON output (default: results/bench/bench.json)")
+    parser.add_argument("--compile", action="store_true", help="also time the default training step with torch.compile")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of PyTorch (default: its own choice, one per core)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run_benchmark(SMOKE if args.smoke else Profile(), compile_variant=args.compile)
+    out = Path(args.out) if args.out else paths.results_dir() / "bench" / "bench.json"
+    write_json(out, result)
+    print_table(result)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""vqlib.analysis on the real test images with a small VQ-VAE (a few training steps, no notebook)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vqlib import analysis
+from vqlib.config import VQVAEConfig
+from vqlib.data import CLASS_NAMES, NUM_CLASSES
+from vqlib.errors import ConfigError
+from vqlib.models import VQVAE
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VQVAE(VQVAEConfig(num_embeddings=16, embedding_dim=8, hidden_channels=16, residual_channels=8,
+                             num_residual_blocks=2)).eval()
+
+
+@pytest.fixture(scope="module")
+def sample(data):
+    idx = analysis.stratified_sample(data.test_labels, 300, seed=0)
+    return data.test_images[idx], data.test_labels[idx].numpy()
+
+
+def test_stratified_sample_is_balanced_exact_and_seeded(data):
+    idx = analysis.stratified_sample(data.test_labels, 205, seed=3)
+    assert len(idx) == 205 and len(np.unique(idx)) == 205
+    per_class = np.bincount(data.test_labels[idx].numpy(), minlength=NUM_CLASSES)
+    assert per_class.max() - per_class.min() <= 1
+    assert np.array_equal(idx, analysis.stratified_sample(data.test_labels, 205, seed=3))
+    assert not np.array_equal(idx, analysis.stratified_sample(data.test_labels, 205, seed=4))
+    assert len(analysis.stratified_sample(data.test_labels, None)) == len(data.test_labels)
+
+
+def test_encode_split_shapes_and_pooled_equals_mean_of_encoder(model, sample):
+    images, labels = sample
+    encoded = analysis.encode_split(model, images, labels, batch_size=128)
+    assert encoded.indices.shape == (300, 12, 12) and encoded.pooled.shape == (300, 8)
+    assert int(encoded.indices.min()) >= 0 and int(encoded.indices.max()) < 16
+    with torch.no_grad():
+        z = model.encoder(images[:3].unsqueeze(1).float() / 255)
+    np.testing.assert_allclose(encoded.pooled[:3], z.mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tsne_embedding_is_2d_and_seeded(model, sample):
+    images, labels = sample
+    pooled = analysis.encode_split(model, images[:60], labels[:60]).pooled
+    a = analysis.tsne_embedding(pooled, seed=1, perplexity=30)
+    assert a.shape == (60, 2) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, analysis.tsne_embedding(pooled, seed=1, perplexity=30))
+    with pytest.raises(ConfigError):
+        analysis.tsne_embedding(pooled[:3])
+
+
+def test_code_counts_and_specific_codes():
+    # Class 0 images use code 1 only; class 1 images use codes 1 and 2 half-half.
+    indices = torch.zeros(4, 12, 12, dtype=torch.long)
+    indices[0:2] = 1
+    indices[2:4, :6] = 1
+    indices[2:4, 6:] = 2
+    labels = np.array([0, 0, 1, 1])
+    counts = analysis.code_counts_per_class(indices, labels, num_embeddings=3)
+    assert counts.shape == (NUM_CLASSES, 3)
+    assert counts[0].tolist() == [0, 288, 0] and counts[1].tolist() == [0, 144, 144]
+    freq = analysis.code_frequencies(counts)
+    np.testing.assert_allclose(freq[:2].sum(axis=1), 1.0)
+    assert freq[2:].sum() == 0  # classes without images stay empty
+    table = analysis.class_specific_codes(counts, top=2)
+    class1 = table[table["class"] == CLASS_NAMES[1]]
+    # Code 2 is used by class 1 alone: specificity 1, ranked first; code 1 is shared 288 : 144.
+    assert class1["code"].tolist() == [2, 1]
+    assert class1["specificity"].tolist() == pytest.approx([1.0, 144 / 432])
+    assert table[table["class"] == CLASS_NAMES[0]]["code"].tolist() == [1]
+
+
+def test_receptive_field_matches_the_encoders_gradient(model):
+    field = analysis.receptive_field(model.encoder)
+    # conv 4x4/2 pad 1, conv 3x3, two residual 3x3 convs at stride 2, 1x1 convs: 4 + 2*2 + 2*(2*2) = 16.
+    assert (field.size, field.stride) == (16, 2)
+    x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    for row, col in [(5, 6), (0, 0), (11, 3)]:
+        x.grad = None
+        model.encoder(x)[0, :, row, col].sum().backward()
+        ys, xs = np.nonzero(x.grad[0, 0].abs().numpy() > 0)
+        top, left = field.first(row), field.first(col)
+        assert ys.min() >= max(top, 0) and ys.max() <= min(top + field.size, 28) - 1
+        assert xs.min() >= max(left, 0) and xs.max() <= min(left + field.size, 28) - 1
+        if row == 5:  # an interior cell reaches the window's edges exactly
+            assert (ys.min(), ys.max()) == (top, top + field.size - 1)
+            assert (xs.min(), xs.max()) == (left, left + field.size - 1)
+
+
+def test_cell_patch_crops_with_zero_padding():
+    field = analysis.ReceptiveField(size=16, stride=2, offset=2.5)
+    image = np.arange(28 * 28, dtype=np.int64).reshape(28, 28) + 1
+    inner = analysis.cell_patch(image, 5, 6, field)
+    assert np.array_equal(inner, image[5:21, 7:23])
+    corner = analysis.cell_patch(image, 0, 0, field)
+    assert (corner[:5].sum(), corner[:, :5].sum()) == (0, 0)
+    assert np.array_equal(corner[5:, 5:], image[:11, :11])
+
+
+def test_code_patches_come_from_cells_using_the_code(model, sample):
+    images, labels = sample
+    encoded = analysis.encode_split(model, images, labels)
+    field = analysis.receptive_field(model.encoder)
+    code = int(torch.bincount(encoded.indices.reshape(-1)).argmax())
+    patches, where = analysis.code_patches(images, encoded.indices, code, field, count=5, seed=0)
+    assert patches.shape == (5, 16, 16) and len({i for i, _, _ in where}) == 5
+    for patch, (i, r, c) in zip(patches, where):
+        assert int(encoded.indices[i, r, c]) == code
+        assert np.array_equal(patch, analysis.cell_patch(images[i].numpy(), r, c, field))
+    specific = analysis.class_specific_codes(analysis.code_counts_per_class(encoded.indices, labels, 16), top=2,
+                                             min_share=0.0)
+    rows, row_labels = analysis.specific_code_patches(images, encoded.indices, specific, field, labels=labels,
+                                                      classes=3, per_code=4)
+    assert 1 <= len(rows) == len(row_labels) <= 3 and all(r.shape[1:] == (16, 16) for r in rows)
+    assert len({label.split(":")[0] for label in row_labels}) == len(row_labels)  # each code once
+
+
+def test_per_class_errors_sorted_and_consistent(model, sample):
+    images, labels = sample
+    errors = analysis.per_image_mse(model, images, batch_size=64)
+    assert errors.shape == (300,) and (errors > 0).all()
+    x = images[:4].unsqueeze(1).float() / 255
+    with torch.no_grad():
+        expected = (model(x).reconstruction - x).pow(2).mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(errors[:4], expected, rtol=1e-4)
+    table = analysis.per_class_errors(errors, labels)
+    assert list(table["rank"]) == list(range(1, 11))
+    assert table["mse_mean"].is_monotonic_increasing
+    assert table["images"].sum() == 300
+    trouser = table.set_index("class").loc["Trouser", "mse_mean"]
+    assert trouser == pytest.approx(errors[labels == 1].mean())
+
+
+def _table(order, std=None):
+    std = std or {}
+    return pd.DataFrame({"class": order, "mse_mean": np.linspace(0.01, 0.05, 10),
+                         "mse_std": [std.get(c, 0.01) for c in order], "rank": range(1, 11)})
+
+
+def test_seed_claim_check_agrees_and_disagrees():
+    agree = _table(["Trouser", "Ankle boot", "Sandal", "Bag", "Dress", "Sneaker", "Coat", "T-shirt/top", "Pullover",
+                    "Shirt"], std={"Shirt": 0.03, "Pullover": 0.02})
+    result = analysis.seed_claim_check(agree)
+    assert result["best_confirmed"] and result["worst_confirmed"] and result["variability_confirmed"]
+    assert result["ranks"] == {"Trouser": 1, "Ankle boot": 2, "Shirt": 10, "Pullover": 9}
+    assert "agrees" in result["sentence"] and "disagrees" not in result["sentence"]
+    disagree = _table(["Shirt", "Pullover", "Sandal", "Bag", "Dress", "Sneaker", "Coat", "T-shirt/top", "Ankle boot",
+                       "Trouser"])
+    result = analysis.seed_claim_check(disagree)
+    assert not result["best_confirmed"] and not result["worst_confirmed"] and not result["variability_confirmed"]
+    assert result["sentence"].count("disagrees") == 2
+    with pytest.raises(ConfigError, match="lacks the classes"):
+        analysis.seed_claim_check(agree[agree["class"] != "Shirt"])
+
+
+def test_interpolation_ends_are_the_two_images(model, data):
+    a, b = data.test_images[0], data.test_images[1]
+    result = analysis.interpolate(model, a, b, steps=5)
+    assert result.quantized.shape == (5, 1, 28, 28) and result.continuous.shape == (5, 1, 28, 28)
+    np.testing.assert_allclose(result.weights, [0, 0.25, 0.5, 0.75, 1])
+    with torch.no_grad():
+        ends = model(torch.stack([a, b]).unsqueeze(1).float() / 255).reconstruction
+        z = model.encoder(torch.stack([a, b]).unsqueeze(1).float() / 255)
+        mid = model.decode(0.5 * z[0:1] + 0.5 * z[1:2])
+    torch.testing.assert_close(result.quantized[[0, -1]], ends, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.continuous[2:3], mid, rtol=1e-4, atol=1e-5)
+    assert result.codes_changed[0] == 0 and 0 <= result.codes_changed.max() <= 1
+    with pytest.raises(ConfigError):
+        analysis.interpolate(model, a, b, steps=1)
+
+
+def test_interpolation_pairs_cross_classes(sample):
+    _, labels = sample
+    pairs = analysis.different_class_pairs(labels, 6, seed=0)
+    assert len(pairs) == 6 and all(labels[i] != labels[j] for i, j in pairs)
+    assert len({(labels[i], labels[j]) for i, j in pairs}) == 6
+    assert pairs == analysis.different_class_pairs(labels, 6, seed=0)
+    with pytest.raises(ConfigError):
+        analysis.different_class_pairs(labels, 46)
+
+
+def test_class_examples_one_row_per_class(sample):
+    _, labels = sample
+    rows = analysis.class_examples(labels, 4, seed=0)
+    assert rows.shape == (10, 4)
+    assert all((labels[row] == c).all() for c, row in enumerate(rows))
+    with pytest.raises(ConfigError):
+        analysis.class_examples(labels, 31)

@@ -1,0 +1,231 @@
+"""The speed switches change nothing but speed, and the benchmark runs (smoke mode) and writes its keys.
+
+The fast paths (channels-last, the fused Adam of `make_optimizer`, the
+`train_step` the loop runs) are compared with a plain NCHW step written here,
+on real images: same codes chosen, same losses and weights within float
+tolerance. bf16 autocast runs on the CPU too, through the same code a CUDA run
+takes, so the GPU path is exercised without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqlib.config import TrainConfig, VQVAEConfig
+from vqlib.data import to_float
+from vqlib.errors import CheckpointError, ConfigError
+from vqlib.models import VQVAE
+from vqlib.train import RESUMABLE_CHANGES, _check_resumable, amp_enabled, apply_speed_switches, autocast, make_optimizer, train_step
+
+from .conftest import REPO
+
+SMALL = dict(hidden_channels=32, residual_channels=16)
+
+
+def _start_state(model_config, x):
+    """A model whose codebook is initialised (k-means on `x`): both paths start from this state.
+
+    The k-means initialisation is chaotic in its input (Lloyd's iterations amplify
+    a 1e-7 difference of the encoder output into another codebook), so the
+    paths are compared from the same initialised state, one step at a time.
+    """
+    torch.manual_seed(0)
+    model = VQVAE(model_config)
+    with torch.no_grad():
+        model.train()(x)
+    return model.state_dict()
+
+
+def _plain_step(model, optimizer, x):
+    """The straightforward step: NCHW, torch's default (for-each) Adam, no autocast.
+
+    Also returns, for each position, how much nearer its code is than the
+    runner-up (float64, from the quantizer's input and its codebook before the step).
+    """
+    seen = {}
+    pre = model.quantizer.register_forward_pre_hook(lambda m, i: seen.update(z=i[0].detach().double(),
+                                                                             codebook=m.codebook.detach().double().clone()))
+    out = model(x)
+    pre.remove()
+    recon = F.mse_loss(out.reconstruction, x)
+    loss = recon + out.vq.loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    flat = seen["z"].permute(0, 2, 3, 1).reshape(-1, seen["z"].shape[1])
+    two = torch.cdist(flat, seen["codebook"]).pow(2).topk(2, dim=1, largest=False).values
+    return out.vq.indices, recon.item(), out.vq.loss.item(), (two[:, 1] - two[:, 0]).view_as(out.vq.indices)
+
+
+def _fast_step(model, optimizer, x, train_config):
+    codes = []  # train_step returns metrics only; the codes come from the same forward, by a hook
+    handle = model.quantizer.register_forward_hook(lambda m, i, o: codes.append(o.indices))
+    metrics = train_step(model, optimizer, x, train_config, torch.device("cpu"))
+    handle.remove()
+    return codes[0], metrics[0].item(), metrics[1].item()
+
+
+@pytest.fixture(scope="module")
+def batches(data):
+    return [to_float(data.train_images[i * 64:(i + 1) * 64]) for i in range(3)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("codebook_update", ["ema", "loss"])
+def test_fast_step_equals_the_plain_step(batches, channels_last, codebook_update):
+    """One step from the same initialised state: same codes, losses and gradients within float tolerance.
+
+    One step, because the next one cannot be compared: Adam's first update is
+    about lr * sign(gradient), so a weight whose gradient is ~0 moves by +-lr on
+    float noise alone, and the paths part ways for good reasons.
+    """
+    model_config = VQVAEConfig(codebook_update=codebook_update, **SMALL)
+    train_config = TrainConfig(channels_last=channels_last, amp="off")
+    start = _start_state(model_config, batches[0])
+    plain, fast = VQVAE(model_config).to(memory_format=torch.contiguous_format), VQVAE(model_config)
+    plain.load_state_dict(start)
+    fast.load_state_dict(start)
+    apply_speed_switches(fast, train_config)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=train_config.learning_rate)
+    fast_opt = make_optimizer(fast, train_config)
+    torch.manual_seed(1)  # the same dead-code restart draws on both paths
+    p_codes, p_recon, p_vq, margin = _plain_step(plain, plain_opt, batches[1])
+    torch.manual_seed(1)
+    f_codes, f_recon, f_vq = _fast_step(fast, fast_opt, batches[1], train_config)
+    # Another summation order moves the encoder output by ~1e-5, which can flip a
+    # code only where the runner-up is that close.
+    assert torch.equal(p_codes[margin > 1e-4], f_codes[margin > 1e-4])
+    assert (p_codes != f_codes).float().mean() <= 0.01
+    assert f_recon == pytest.approx(p_recon, rel=1e-4)
+    assert f_vq == pytest.approx(p_vq, rel=1e-3, abs=1e-6)
+    # The plain fp32 gradients are themselves ~1e-3 (relative norm) off a float64
+    # run of the same step, measured on these batches: the encoder's gradients
+    # pass through several batch norms, which subtract nearly equal sums.
+    for (name, p), f in zip(plain.named_parameters(), fast.parameters()):
+        assert (p.grad - f.grad).norm() <= 5e-3 * p.grad.norm() + 1e-8, name
+    assert fast.encoder.net[3].weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    if not channels_last:  # the same gradients in the same layout: the fused Adam gives the same weights
+        for name, value in plain.state_dict().items():
+            assert torch.allclose(value.float(), fast.state_dict()[name].float(), rtol=1e-5, atol=1e-7), name
+
+
+def test_channels_last_is_the_default_and_its_flattening_a_view(data):
+    """With channels-last activations, the quantizer's (B, D, H, W) -> (B*H*W, D) costs no copy."""
+    model = VQVAE(VQVAEConfig(**SMALL)).eval()
+    with torch.no_grad():
+        z = model.encoder(to_float(data.test_images[:8]))
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    assert flat.data_ptr() == z.data_ptr()
+    plain = apply_speed_switches(VQVAE(VQVAEConfig(**SMALL)).eval(), TrainConfig(channels_last=False))
+    with torch.no_grad():
+        z = plain.encoder(to_float(data.test_images[:8]))
+    assert z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).data_ptr() != z.data_ptr()
+
+
+def test_amp_defaults_to_cuda_only():
+    assert not amp_enabled(TrainConfig(), torch.device("cpu"))
+    assert amp_enabled(TrainConfig(), torch.device("cuda"))
+    assert amp_enabled(TrainConfig(amp="on"), torch.device("cpu"))
+    assert not amp_enabled(TrainConfig(amp="off"), torch.device("cuda"))
+    assert not TrainConfig().compile
+
+
+def test_bf16_autocast_step_is_close_and_keeps_distances_float32(data):
+    """The CUDA path (bf16 convolutions, fp32 distances) run on the CPU, on 8 real images.
+
+    bf16 has no hardware support on this CPU (a few GFLOP/s at best), so the
+    model and batch are tiny.
+    """
+    model_config = VQVAEConfig(hidden_channels=16, residual_channels=8, num_residual_blocks=1, embedding_dim=16)
+    x = to_float(data.train_images[:8])
+    amp = TrainConfig(amp="on", channels_last=True)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = VQVAE(model_config)
+    with torch.no_grad():
+        model.train()(x)  # k-means initialisation on this batch
+    model.eval()
+    with torch.no_grad():
+        reference = model(x)
+        with autocast(amp, device):
+            z = model.encoder(x)
+            mixed = model(x)
+    assert z.dtype == torch.bfloat16  # the convolutions did run in bf16
+    # The codes are those of fp32 distances to the bf16 encoder output.
+    flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    assert torch.equal(mixed.vq.indices.reshape(-1), model.quantizer.nearest(flat))
+    # ...and nearly those of the fp32 model: only near-ties may flip.
+    assert (mixed.vq.indices == reference.vq.indices).float().mean() > 0.9
+    assert torch.allclose(mixed.reconstruction.float(), reference.reconstruction, atol=0.05)
+
+    torch.manual_seed(0)
+    model = apply_speed_switches(VQVAE(model_config), amp)
+    optimizer = make_optimizer(model, amp)
+    first = train_step(model, optimizer, x, amp, device)
+    for _ in range(3):
+        last = train_step(model, optimizer, x, amp, device)
+    assert first.dtype == torch.float32 and torch.isfinite(last).all()
+    assert last[0] < first[0]  # a few bf16 steps on one batch still learn it
+
+
+def test_compile_switch_keeps_the_checkpoint_keys():
+    """nn.Module.compile wraps in place: checkpoints of compiled runs load into plain models."""
+    model = VQVAE(VQVAEConfig(**SMALL))
+    keys = list(model.state_dict())
+    apply_speed_switches(model, TrainConfig(compile=True, channels_last=False))
+    assert list(model.state_dict()) == keys
+
+
+def test_speed_switches_may_change_on_resume_but_training_settings_may_not():
+    assert {"amp", "channels_last", "compile"} <= RESUMABLE_CHANGES
+    model_config = VQVAEConfig()
+    saved = TrainConfig()
+    ckpt = {"model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(saved)}
+    _check_resumable(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True), "x")
+    # A checkpoint written before the switches existed still resumes.
+    old = {k: v for k, v in dataclasses.asdict(saved).items() if k not in ("amp", "channels_last", "compile")}
+    _check_resumable({**ckpt, "train_config": old}, model_config, saved, "x")
+    with pytest.raises(CheckpointError):
+        _check_resumable(ckpt, model_config, dataclasses.replace(saved, batch_size=64), "x")
+
+
+@pytest.mark.parametrize("values", [dict(amp="fast"), dict(channels_last="yes"), dict(compile=1)])
+def test_bad_switch_values_are_refused(values):
+    with pytest.raises(ConfigError):
+        TrainConfig(**values)
+
+
+def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
+    out = tmp_path / "bench" / "bench.json"
+    # One thread: the smoke run's tiny ops are what OpenMP handles worst on a busy 2-core machine.
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for key in ("matmul_gflops", "train_images_per_s", "train_mfu", "encode_images_per_s",
+                "infer_cls_images_per_s", "train_loop_images_per_s"):
+        assert isinstance(result[key], float) and result[key] > 0, key
+    assert result["environment"]["smoke"] is True
+    assert {row["name"] for row in result["train"]} >= {"default", "default, NCHW", "grid K25 D16", "grid K100 D64"}
+    assert all(row["gflop_per_image"] > 0 for row in result["train"] + result["batch_sweep"] + result["width_sweep"])
+    # The fast nearest-neighbour step picks the same codes as the naive ones.
+    assert all(row["vqlib_agrees"] == 1.0 and row["cdist_agrees"] == 1.0 for row in result["nearest"])
+    assert set(result["overhead"]["parts_ms"]) >= {"batch slicing", "quantizer bookkeeping"}
+    assert result["classifier_epoch"]["cached_epoch_seconds"] > 0
+    for heading in ("1. fp32 matmul", "MFU", "4. nearest code", "6. classifier head"):
+        assert heading in proc.stdout
+
+
+def test_code_histogram_equals_bincount():
+    """The sync-free histogram (scatter_add) counts like torch.bincount, unused top codes included."""
+    from vqlib.models.quantizer import code_histogram
+    indices = torch.tensor([[0, 3, 3], [7, 0, 3]])
+    assert code_histogram(indices, 12).tolist() == torch.bincount(indices.reshape(-1), minlength=12).tolist()
+    assert code_histogram(indices, 12)[8:].sum() == 0 and len(code_histogram(indices, 12)) == 12

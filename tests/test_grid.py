@@ -1,0 +1,181 @@
+"""The papermill grid on real data: a tiny 1 x 2 grid, one point impossible (D = 0), run twice."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from vqlib import grid as vqgrid
+from vqlib.config import GridConfig, TrainConfig, VQVAEConfig
+from vqlib.errors import ConfigError, TrainingError
+from vqlib.files import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = VQVAEConfig(hidden_channels=16, residual_channels=8, num_residual_blocks=1)
+TINY_TRAIN = TrainConfig(epochs=1, train_subset=300, batch_size=64)
+TINY_GRID = GridConfig(num_embeddings_values="8", embedding_dim_values="4,0")
+
+
+def tiny_root(tmp_path_factory, monkeypatch) -> Path:
+    """A project root with the repository's notebooks and fresh results/ and checkpoints/."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    monkeypatch.setenv("VQLIB_ROOT", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        root = tiny_root(tmp_path_factory, mp)
+        first = vqgrid.run_grid(TINY_GRID, TINY_MODEL, TINY_TRAIN, progress=False)
+        notebook = root / "results" / "grid" / "K8_D4" / vqgrid.TRAIN_NOTEBOOK
+        mtime = notebook.stat().st_mtime_ns
+        second = vqgrid.run_grid(TINY_GRID, TINY_MODEL, TINY_TRAIN, progress=False)
+        yield {"root": root, "first": first, "second": second, "mtime": mtime, "mp": mp}
+
+
+def test_failed_point_is_recorded_and_the_other_runs(grid_run):
+    frame = grid_run["first"].set_index("name")
+    assert list(frame.index) == ["K8_D4", "K8_D0"]
+    assert frame.loc["K8_D4", "status"] == "success" and frame.loc["K8_D4", "error"] == ""
+    assert frame.loc["K8_D0", "status"] == "failed"
+    assert "embedding_dim must be a positive integer, not 0" in frame.loc["K8_D0", "error"]
+    csv = pd.read_csv(grid_run["root"] / "results" / "grid" / vqgrid.SUMMARY_FILE).set_index("name")
+    assert csv.loc["K8_D0", "status"] == "failed" and "embedding_dim" in csv.loc["K8_D0", "error"]
+    assert csv.loc["K8_D4", "val_mse"] == pytest.approx(frame.loc["K8_D4", "val_mse"])
+    record = read_json(grid_run["root"] / "results" / "grid" / "K8_D0" / vqgrid.RUN_FILE)
+    assert record["status"] == "failed" and record["seconds"] > 0
+    # The failed notebook is kept: it shows the error.
+    assert (grid_run["root"] / "results" / "grid" / "K8_D0" / vqgrid.TRAIN_NOTEBOOK).is_file()
+
+
+def test_run_folder_holds_notebook_metrics_and_figures(grid_run):
+    folder = grid_run["root"] / "results" / "grid" / "K8_D4"
+    metrics = read_json(folder / vqgrid.METRICS_FILE)
+    assert metrics["status"] == "success" and (metrics["num_embeddings"], metrics["embedding_dim"]) == (8, 4)
+    assert metrics["train_config"]["train_subset"] == 300 and len(metrics["history"]) == 1
+    assert 0 < metrics["val_mse"] < 0.2 and 1 <= metrics["val_perplexity"] <= 8
+    assert Path(metrics["checkpoint"]).is_absolute() and Path(metrics["checkpoint"]).is_file()
+    assert Path(metrics["checkpoint"]).parent == grid_run["root"] / "checkpoints" / "vqvae" / "K8_D4"
+    for name in ("loss_curves.png", "reconstructions.png"):
+        assert (folder / name).stat().st_size > 5000
+    nb = nbformat.read(folder / vqgrid.TRAIN_NOTEBOOK, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "embedding_dim = 4" in injected[0].source
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+    # No progress bars in the kernel the grid starts: no widgets, no carriage-return bars in the outputs.
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "\r" not in text
+    assert "best epoch 1" in text
+
+
+def test_rerun_reuses_complete_points_and_retries_failed_ones(grid_run):
+    second = grid_run["second"].set_index("name")
+    assert bool(second.loc["K8_D4", "reused"]) and not bool(second.loc["K8_D0", "reused"])
+    assert second.loc["K8_D0", "status"] == "failed"
+    notebook = grid_run["root"] / "results" / "grid" / "K8_D4" / vqgrid.TRAIN_NOTEBOOK
+    assert notebook.stat().st_mtime_ns == grid_run["mtime"]
+
+
+def test_other_parameters_make_a_point_incomplete(grid_run):
+    folder = grid_run["root"] / "results" / "grid" / "K8_D4"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VQLIB_ROOT", str(grid_run["root"]))
+        same = vqgrid.grid_parameters(8, 4, TINY_MODEL, TINY_TRAIN, TINY_GRID)
+        longer = vqgrid.grid_parameters(8, 4, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=2), TINY_GRID)
+    assert vqgrid.is_complete(folder, same)
+    assert not vqgrid.is_complete(folder, longer)
+    assert not vqgrid.is_complete(grid_run["root"] / "results" / "grid" / "K8_D0", same)
+
+
+def test_best_is_chosen_on_validation_and_measured_on_test(grid_run, data):
+    folder = grid_run["root"] / "results" / "grid"
+    frame = vqgrid.collect_grid(folder)
+    assert set(frame["name"]) == {"K8_D4", "K8_D0"}
+    losses = vqgrid.load_losses(folder)
+    assert list(losses) == ["K8_D4"] and "val_mse" in losses["K8_D4"]
+    best = vqgrid.write_best(frame, folder, device="cpu", data=data)
+    saved = read_json(folder / vqgrid.BEST_FILE)
+    for key in ("num_embeddings", "embedding_dim", "checkpoint", "val_mse", "val_perplexity", "val_usage",
+                "test_mse", "test_perplexity", "test_usage"):
+        assert key in saved, key
+    assert saved["name"] == best["name"] == "K8_D4"
+    assert Path(saved["checkpoint"]).is_absolute()
+    assert 0 < saved["test_mse"] < 0.2 and len(saved["test_per_class_mse"]) == 10
+    failed_only = frame[frame["status"] == "failed"]
+    with pytest.raises(TrainingError, match="no grid configuration finished"):
+        vqgrid.find_best_model_params(failed_only)
+
+
+def test_find_best_picks_lowest_validation_mse():
+    frame = pd.DataFrame({"name": ["a", "b", "c"], "num_embeddings": [25, 50, 100], "embedding_dim": [16, 32, 64],
+                          "status": ["success", "success", "failed"], "val_mse": [0.02, 0.01, np.nan],
+                          "checkpoint": ["/a", "/b", ""], "val_psnr": 1.0, "val_perplexity": 1.0, "val_usage": 1.0,
+                          "best_epoch": 1, "epochs": 1, "train_subset": None})
+    best = vqgrid.find_best_model_params(frame)
+    assert best["name"] == "b" and isinstance(best["num_embeddings"], int) and best["val_mse"] == 0.01
+
+
+def test_plain_parameters_and_bad_values():
+    params = vqgrid.plain_parameters({"a": np.int64(3), "b": np.float32(0.5), "c": Path("/x"), "d": (1, 2),
+                                      "e": None, "f": True})
+    assert params == {"a": 3, "b": 0.5, "c": "/x", "d": [1, 2], "e": None, "f": True}
+    assert type(params["a"]) is int and type(params["b"]) is float
+    with pytest.raises(ConfigError, match="only numbers, strings"):
+        vqgrid.plain_parameters({"model": object()})
+
+
+def test_config_and_profile_errors_are_one_sentence():
+    with pytest.raises(ConfigError, match="integers separated by commas"):
+        GridConfig(num_embeddings_values="25,abc")
+    with pytest.raises(ConfigError, match="jobs"):
+        GridConfig(jobs=0)
+    assert GridConfig().configurations()[0] == (25, 16) and len(GridConfig().configurations()) == 9
+    with pytest.raises(ConfigError, match="profile must be one of"):
+        vqgrid.get_profile("medium")
+    with pytest.raises(ConfigError, match="unknown profile stage"):
+        vqgrid.get_profile({"trian": {}})
+    with pytest.raises(ConfigError, match="does not take"):
+        vqgrid.classifier_parameters(REPO / "notebooks" / vqgrid.SUMMARY_NOTEBOOK, {"bogus": 1})
+    with pytest.raises(vqgrid.NotebookError, match="not installed"):
+        vqgrid.check_kernel("no-such-kernel-vqlib")
+
+
+def test_profiles_build_valid_configs():
+    from vqlib.config import AnalysisConfig, SummaryConfig, from_dict
+    for name in vqgrid.PROFILES:
+        prof = vqgrid.get_profile(name)
+        from_dict(GridConfig, prof["grid"]), from_dict(VQVAEConfig, prof["vqvae"])
+        from_dict(TrainConfig, prof["train"]), from_dict(SummaryConfig, prof["summary"])
+        from_dict(AnalysisConfig, prof["analysis"])
+        notebook = REPO / "notebooks" / vqgrid.CLASSIFIER_NOTEBOOK
+        if notebook.is_file():
+            vqgrid.classifier_parameters(notebook, prof["classifier"])
+    assert vqgrid.get_profile("full")["train"] == {"epochs": 50, "train_subset": None}
+
+
+def test_classifier_headline_reads_the_record_of_the_chosen_vqvae(tmp_path, monkeypatch):
+    import os
+
+    from vqlib.files import write_json
+
+    monkeypatch.setenv("VQLIB_ROOT", str(tmp_path))
+    folder = tmp_path / "results" / "classifier"
+    write_json(folder / "K50_D32_all_frozen" / "metrics.json",
+               {"vqvae_checkpoint": "/ckpt/K50_D32/best.pt", "test_accuracy": 0.88, "config": {"labels_per_class": None}})
+    stale = write_json(folder / "K25_D16_all_frozen" / "metrics.json",
+                       {"vqvae_checkpoint": "/ckpt/K25_D16/best.pt", "test_accuracy": 0.80, "config": {}})
+    os.utime(stale, (2e9, 2e9))  # newer, but of another VQ-VAE
+    headline = vqgrid.classifier_headline("/ckpt/K50_D32/best.pt")
+    assert headline["test_accuracy"] == 0.88 and headline["labels"] == "all labels"
+    assert vqgrid.classifier_headline("/ckpt/K100_D64/best.pt") == {}

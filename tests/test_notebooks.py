@@ -1,0 +1,186 @@
+"""The notebooks: clean in git, parameters equal to the configs, and the whole study run tiny through papermill.
+
+One module-scoped study (a single tiny grid point, then notebooks 02 and 04 on
+a few hundred test images) feeds the checks of the files each notebook writes
+and of the HTML reports. Notebook 03 is left out here: tests/test_classifier.py
+executes it, and test_grid checks the study's settings for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from vqlib import grid as vqgrid
+from vqlib.config import AnalysisConfig, SummaryConfig, TrainConfig, VQVAEConfig
+from vqlib.files import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+PAPERMILL = Path(sys.executable).parent / "papermill"
+
+TINY_PROFILE = {
+    "grid": {"num_embeddings_values": "8", "embedding_dim_values": "4"},
+    "vqvae": {"hidden_channels": 16, "residual_channels": 8, "num_residual_blocks": 1},
+    "train": {"epochs": 1, "train_subset": 300, "batch_size": 64},
+    "summary": {"device": "cpu"},
+    "analysis": {"test_subset": 300, "tsne_points": 100, "images_per_class": 3, "patches_per_code": 4,
+                 "interpolation_pairs": 2, "interpolation_steps": 4, "device": "cpu"},
+}
+
+
+def field_names(*classes) -> list[str]:
+    return [f.name for cls in classes for f in dataclasses.fields(cls)]
+
+
+def git_notebooks() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files", "notebooks/*.ipynb"], cwd=REPO, capture_output=True, text=True).stdout
+    return sorted({*(REPO / line for line in listed.split()), *NOTEBOOKS.glob("*.ipynb")})
+
+
+@pytest.mark.parametrize("notebook, classes", [
+    ("01_train_vqvae.ipynb", (VQVAEConfig, TrainConfig)),
+    ("02_grid_summary.ipynb", (SummaryConfig,)),
+    ("04_latent_analysis.ipynb", (AnalysisConfig,)),
+])
+def test_parameters_cell_equals_the_config_fields(notebook, classes):
+    names = list(papermill.inspect_notebook(str(NOTEBOOKS / notebook)))
+    assert names == list(dict.fromkeys(field_names(*classes)))
+    nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    # Literals only, one per line, each with a comment.
+    for line in tagged[0].source.splitlines():
+        assert re.fullmatch(r"\w+ = (None|True|False|-?[\d.e+-]+|'[^']*')  # .+", line), line
+    assert nb.metadata["kernelspec"]["name"] == vqgrid.KERNEL_NAME
+
+
+def test_notebooks_in_git_carry_no_outputs():
+    notebooks = git_notebooks()
+    assert {p.name for p in notebooks} >= {"01_train_vqvae.ipynb", "02_grid_summary.ipynb", "04_latent_analysis.ipynb"}
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name} carries outputs"
+        assert "papermill" not in nb.metadata, f"{path.name} is an executed copy"
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_no_parameter_shadows_an_imported_name(notebook):
+    """A parameter named like an imported function replaces it once papermill injects it."""
+    import ast
+
+    nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
+    imported = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "import" in cell.source:
+            source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    assert not imported & set(papermill.inspect_notebook(str(NOTEBOOKS / notebook)))
+
+
+def test_notebooks_define_no_functions():
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                assert not re.search(r"^\s*(def|class) ", cell.source, re.M), f"{path.name} defines a function"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    shutil.copytree(NOTEBOOKS, root / "notebooks")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VQLIB_ROOT", str(root))
+        result = vqgrid.run_study(TINY_PROFILE, progress=False, classifier=False)
+        yield {"root": root, "result": result, "mp": mp}
+
+
+def test_study_runs_without_problems(study):
+    assert study["result"].failures == []
+    assert study["result"].index == study["root"] / "results" / "reports" / "index.html"
+
+
+def test_notebook_02_writes_best_json(study):
+    grid = study["root"] / "results" / "grid"
+    best = read_json(grid / vqgrid.BEST_FILE)
+    for key in ("num_embeddings", "embedding_dim", "checkpoint", "val_mse", "val_perplexity", "val_usage",
+                "test_mse", "test_perplexity", "test_usage"):
+        assert key in best, key
+    assert (best["num_embeddings"], best["embedding_dim"]) == (8, 4)
+    assert Path(best["checkpoint"]).is_absolute() and Path(best["checkpoint"]).is_file()
+    for name in ("loss_curves.png", "heatmaps.png", vqgrid.SUMMARY_NOTEBOOK):
+        assert (grid / name).stat().st_size > 5000, name
+
+
+def test_notebook_04_writes_figures_and_analysis(study):
+    folder = study["root"] / "results" / "analysis"
+    for name in ("tsne.png", "code_usage_per_class.png", "code_patches.png", "reconstructions_per_class.png",
+                 "per_class_mse.png", "interpolations.png", vqgrid.ANALYSIS_NOTEBOOK):
+        assert (folder / name).stat().st_size > 5000, name
+    summary = read_json(folder / "analysis.json")
+    assert len(summary["per_class_mse"]) == 10 and summary["images"] == 300
+    assert summary["receptive_field"]["size"] == 12  # one residual block: 4 + 2*2 + 2*2
+    assert summary["seed_claim"]["sentence"].startswith("Ranked by test reconstruction MSE")
+    nb = nbformat.read(folder / vqgrid.ANALYSIS_NOTEBOOK, as_version=4)
+    markdown = [o for c in nb.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
+    assert any("Verdict" in o["data"]["text/markdown"] for o in markdown)
+
+
+# Inline PNG figures each report must hold, at least.
+EXPECTED_IMAGES = {"02_grid_summary": 2, "04_latent_analysis": 6, "01_train_vqvae_K8_D4": 2}
+
+
+def test_html_reports_hold_their_figures_and_no_code(study):
+    reports = study["root"] / "results" / "reports"
+    names = {p.stem for p in reports.glob("*.html")} - {"index"}
+    assert names == set(EXPECTED_IMAGES)
+    for name in names:
+        text = (reports / f"{name}.html").read_text()
+        assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) >= EXPECTED_IMAGES[name], name
+        assert "from vqlib" not in text, f"{name}: code cells should be hidden"
+    index = (reports / "index.html").read_text()
+    for name in names:
+        assert f'href="{name}.html"' in index
+    best = read_json(study["root"] / "results" / "grid" / vqgrid.BEST_FILE)
+    assert "K=8, D=4" in index and f"{best['test_mse']:.5f}" in index and f"{best['test_perplexity']:.1f}" in index
+
+
+def test_reports_with_code_keep_the_code(study):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VQLIB_ROOT", str(study["root"]))
+        index = vqgrid.write_reports(with_code=True)
+    assert "analysis_summary" in (index.parent / "04_latent_analysis.html").read_text()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VQLIB_ROOT", str(study["root"]))
+        vqgrid.write_reports(with_code=False)
+
+
+def test_notebook_01_runs_through_the_papermill_cli(tmp_path):
+    """From outside the package: the plain papermill command, the project's kernel, real data."""
+    out = tmp_path / "out.ipynb"
+    args = {"num_embeddings": 8, "embedding_dim": 4, "hidden_channels": 16, "residual_channels": 8,
+            "num_residual_blocks": 1, "epochs": 1, "train_subset": 200, "batch_size": 100,
+            "checkpoint_dir": str(tmp_path / "ckpt"), "results_dir": str(tmp_path / "res")}
+    command = [str(PAPERMILL), str(NOTEBOOKS / "01_train_vqvae.ipynb"), str(out), "-k", vqgrid.KERNEL_NAME,
+               "--no-progress-bar"]
+    for name, value in args.items():
+        command += ["-p", name, str(value)]
+    env = dict(os.environ, TQDM_DISABLE="1", VQLIB_ROOT=str(tmp_path))
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = read_json(tmp_path / "res" / "metrics.json")
+    assert metrics["status"] == "success" and metrics["train_config"]["train_subset"] == 200
+    assert (tmp_path / "ckpt" / "best.pt").is_file() and (tmp_path / "res" / "loss_curves.png").is_file()
