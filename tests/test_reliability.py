@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import signal
 import subprocess
@@ -136,6 +137,16 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path):
             raise RuntimeError("crash in the middle of a write")
     assert target.read_text().strip().endswith("}") and '"version": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Not mkstemp's private 0600: a report written for sharing is as readable as any new file."""
+    old = os.umask(0o022)
+    try:
+        mode = write_json(tmp_path / "shared.json", {}).stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert mode == 0o644
 
 
 def test_a_killed_writer_never_leaves_a_half_written_checkpoint(tmp_path):
