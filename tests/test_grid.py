@@ -63,7 +63,7 @@ def test_run_folder_holds_notebook_metrics_and_figures(grid_run):
     assert metrics["train_config"]["train_subset"] == 300 and len(metrics["history"]) == 1
     assert 0 < metrics["val_mse"] < 0.2 and 1 <= metrics["val_perplexity"] <= 8
     assert Path(metrics["checkpoint"]).is_absolute() and Path(metrics["checkpoint"]).is_file()
-    assert Path(metrics["checkpoint"]).parent == grid_run["root"] / "checkpoints" / "vqvae" / "K8_D4"
+    assert Path(metrics["checkpoint"]).parent == grid_run["root"] / "checkpoints" / "grid" / "K8_D4"
     for name in ("loss_curves.png", "reconstructions.png"):
         assert (folder / name).stat().st_size > 5000
     nb = nbformat.read(folder / vqgrid.TRAIN_NOTEBOOK, as_version=4)

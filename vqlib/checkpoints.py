@@ -66,6 +66,15 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None,
     return ckpt
 
 
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.PathLike, what: str) -> None:
+    """Load a checkpoint's state_dict into `model`; a mismatch is a CheckpointError, not a traceback."""
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not match the {what} its config describes "
+                              f"({str(exc).splitlines()[0][:200]})") from None
+
+
 def load_vqvae(path: str | os.PathLike, *, device: torch.device | str = "cpu",
                expect: Optional[dict[str, Any]] = None):
     """A VQ-VAE in eval mode, rebuilt from its checkpoint alone; returns (model, checkpoint)."""
@@ -74,9 +83,5 @@ def load_vqvae(path: str | os.PathLike, *, device: torch.device | str = "cpu",
 
     ckpt = load_checkpoint(path, kind="vqvae", expect=expect)
     model = VQVAE(from_dict(VQVAEConfig, ckpt["model_config"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not match the VQ-VAE its config describes "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+    load_weights(model, ckpt, path, "VQ-VAE")
     return model.to(device).eval(), ckpt

@@ -27,7 +27,7 @@ from torch import nn
 from .progress import progress_bar
 
 from . import paths
-from .checkpoints import load_checkpoint, load_vqvae, save_checkpoint
+from .checkpoints import load_checkpoint, load_vqvae, load_weights, save_checkpoint
 from .config import (LABELS_PER_CLASS_AVAILABLE, ClassifierConfig, LabelEfficiencyConfig, VQVAEConfig,
                      from_dict, parse_floats, parse_label_counts, parse_methods)
 from .data import (CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist,
@@ -338,11 +338,7 @@ def load_classifier(path: str | os.PathLike, *, vqvae_checkpoint: Optional[str |
             raise CheckpointError(f"the classifier {path} was trained on the code of another VQ-VAE run than {vqvae_checkpoint} "
                                   f"(same configuration, other weights); pass {ckpt['vqvae_checkpoint']}")
     model = build_classifier(config, VQVAE(vqvae_config))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not match the classifier its config describes "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+    load_weights(model, ckpt, path, "classifier")
     return model.to(device).eval(), ckpt
 
 

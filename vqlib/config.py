@@ -259,7 +259,7 @@ class GridConfig:
     jobs: int = _opt(1, "configurations run at once, each in its own process (for a GPU; 1 on a small CPU)")
     cell_timeout: Optional[int] = _opt(None, "seconds one notebook cell may run before its configuration counts as failed; None: no limit")
     grid_dir: Optional[str] = _opt(None, "folder of the runs K{K}_D{D}/, summary.csv and best.json; None means results/grid")
-    checkpoint_root: Optional[str] = _opt(None, "folder of the runs' checkpoints K{K}_D{D}/; None means checkpoints/vqvae")
+    checkpoint_root: Optional[str] = _opt(None, "folder of the runs' checkpoints K{K}_D{D}/; None means checkpoints/grid (apart from manual train-vqvae runs in checkpoints/vqvae)")
 
     def __post_init__(self) -> None:
         parse_int_list("num_embeddings_values", self.num_embeddings_values)

@@ -67,7 +67,7 @@ def grid_dir(config: Optional[GridConfig] = None) -> Path:
 
 
 def checkpoint_root(config: Optional[GridConfig] = None) -> Path:
-    return Path(config.checkpoint_root) if config and config.checkpoint_root else paths.checkpoints_dir() / "vqvae"
+    return Path(config.checkpoint_root) if config and config.checkpoint_root else paths.checkpoints_dir() / "grid"
 
 
 def reports_dir() -> Path:
