@@ -103,7 +103,7 @@ def test_wrong_checksum_is_a_clear_error(tmp_path):
     labels[0] = (labels[0] + 1) % 10  # one flipped label: header and length still right
     bad = _write_gz(tmp_path / "t10k-labels-idx1-ubyte.gz", _idx_bytes(0x801, labels))
     with pytest.raises(DataError, match="fails its checksum"):
-        vdata.read_idx(bad, expected_md5=vdata.FILES["t10k-labels-idx1-ubyte.gz"][2])
+        vdata.read_idx(bad, expected_md5=vdata.FILES["t10k-labels-idx1-ubyte.gz"][1])
 
 
 def test_images_and_labels_of_different_counts(tmp_path):
@@ -145,3 +145,15 @@ def test_search_order_prefers_argument_then_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(vdata.ENV_VAR, str(tmp_path))
     assert vdata.find_data_dir(allow_download=False) == tmp_path
     assert vdata.find_data_dir(src, allow_download=False) == src
+
+
+def test_uncompressed_idx_reads_like_gzipped(tmp_path):
+    """infer-cls takes IDX files as users have them: gzip-compressed or not."""
+    array = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
+    raw = tmp_path / "images-idx3-ubyte"
+    raw.write_bytes(_idx_bytes(0x803, array))
+    gz = _write_gz(tmp_path / "images-idx3-ubyte.gz", _idx_bytes(0x803, array))
+    assert np.array_equal(vdata.read_idx(raw, expected_magic=0x803), vdata.read_idx(gz))
+    raw.write_bytes(_idx_bytes(0x803, array)[:-10])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        vdata.read_idx(raw)

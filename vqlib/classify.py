@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import struct
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,27 +33,11 @@ from .data import (CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, batch_ind
                    read_idx, stratified_subset, to_float)
 from .device import resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
-from .files import ensure_dir, read_json, save_figure, write_csv, write_json
+from .files import ensure_dir, save_figure, write_csv, write_json
+from .grid import resolve_vqvae_checkpoint
 from .models import VQVAE, ClassificationHead, PixelCNN, VQVAEClassifier
 
 # ----------------------------------------------------------------------------- where things are
-
-
-def resolve_vqvae_checkpoint(path: Optional[str | os.PathLike] = None) -> Path:
-    """`path` itself, or the best grid configuration's checkpoint named in results/grid/best.json."""
-    if path:
-        return Path(path)
-    best = paths.results_dir() / "grid" / "best.json"
-    if not best.is_file():
-        raise CheckpointError(f"no VQ-VAE checkpoint was given and {best} does not exist; "
-                              "run the grid first or pass a VQ-VAE checkpoint (--vqvae-checkpoint)")
-    try:
-        checkpoint = read_json(best)["checkpoint"]
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{best} names no VQ-VAE checkpoint (it lacks a 'checkpoint' entry); "
-                              "rerun the grid or pass --vqvae-checkpoint") from None
-    checkpoint = Path(checkpoint)
-    return checkpoint if checkpoint.is_absolute() else paths.project_root() / checkpoint
 
 
 def run_name(vqvae_checkpoint: str | os.PathLike, labels_per_class: Optional[int], finetune: bool) -> str:
@@ -450,17 +433,6 @@ def evaluate_classifier(checkpoint_or_model, data: Optional[FashionMNIST] = None
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _read_raw_idx(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    magic, count = struct.unpack(">II", raw[:8])
-    if magic != 0x00000803:
-        raise DataError(f"{path} is an IDX file of labels, not of images; pass an images file")
-    rows, cols = struct.unpack(">II", raw[8:16])
-    if len(raw) != 16 + count * rows * cols:
-        raise DataError(f"{path} is a truncated IDX file ({len(raw)} bytes for {count} images of {rows}x{cols})")
-    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
-
-
 def _is_idx(path: Path) -> bool:
     if path.suffix == ".gz":
         return True
@@ -526,9 +498,7 @@ def load_images(inputs: Sequence[str | os.PathLike], *, invert: Optional[bool] =
         if not path.is_file():
             raise DataError(f"{path} does not exist or is not a file")
         if _is_idx(path):
-            array = read_idx(path) if path.suffix == ".gz" else _read_raw_idx(path)
-            if array.ndim != 3:
-                raise DataError(f"{path} is an IDX file of labels, not of images; pass an images file")
+            array = read_idx(path, expected_magic=0x00000803)
             if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
                 array = np.stack([np.asarray(Image.fromarray(a).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
                                   for a in array])

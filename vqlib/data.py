@@ -36,14 +36,14 @@ DOWNLOAD_BASES = (
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
 )
 
-# (magic, item count, MD5 of the decompressed content, MD5 of the official .gz).
+# (magic, MD5 of the decompressed content, MD5 of the official .gz).
 # The decompressed MD5 is what we check: Debian re-compressed the files, so only
 # the content is common to both sources (DATA.md).
 FILES = {
-    "train-images-idx3-ubyte.gz": (0x00000803, 60000, "f4a8712d7a061bf5bd6d2ca38dc4d50a", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-    "train-labels-idx1-ubyte.gz": (0x00000801, 60000, "9018921c3c673c538a1fc5bad174d6f9", "25c81989df183df01b3e8a0aad5dffbe"),
-    "t10k-images-idx3-ubyte.gz": (0x00000803, 10000, "8181f5470baa50b63fa0f6fddb340f0a", "bef4ecab320f06d8554ea6380940ec79"),
-    "t10k-labels-idx1-ubyte.gz": (0x00000801, 10000, "15d484375f8d13e6eb1aabb0c3f46965", "bb300cfdad3c16e7a12a480ee83cd310"),
+    "train-images-idx3-ubyte.gz": (0x00000803, "f4a8712d7a061bf5bd6d2ca38dc4d50a", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train-labels-idx1-ubyte.gz": (0x00000801, "9018921c3c673c538a1fc5bad174d6f9", "25c81989df183df01b3e8a0aad5dffbe"),
+    "t10k-images-idx3-ubyte.gz": (0x00000803, "8181f5470baa50b63fa0f6fddb340f0a", "bef4ecab320f06d8554ea6380940ec79"),
+    "t10k-labels-idx1-ubyte.gz": (0x00000801, "15d484375f8d13e6eb1aabb0c3f46965", "bb300cfdad3c16e7a12a480ee83cd310"),
 }
 
 VALIDATION_SIZE = 5000
@@ -61,10 +61,12 @@ HOW_TO_PROVIDE = (
 
 def read_idx(path: str | os.PathLike, *, expected_magic: Optional[int] = None,
              expected_md5: Optional[str] = None) -> np.ndarray:
-    """Read one gzip-compressed IDX file into a uint8 array, checking header, length and checksum."""
+    """Read one IDX file (gzip-compressed or not) into a uint8 array, checking header, length and checksum."""
     path = Path(path)
     try:
-        with gzip.open(path, "rb") as f:
+        with open(path, "rb") as f:
+            compressed = f.read(2) == b"\x1f\x8b"  # the gzip magic
+        with (gzip.open if compressed else open)(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
@@ -112,7 +114,7 @@ def candidate_dirs(data_dir: Optional[str | os.PathLike] = None) -> list[tuple[s
 def download(target: Optional[Path] = None, *, timeout: float = 30.0) -> Path:
     """Download the official files into `target`, verifying both checksums of each."""
     target = ensure_dir(target or paths.data_dir())
-    for name, (magic, _, content_md5, gz_md5) in FILES.items():
+    for name, (magic, content_md5, gz_md5) in FILES.items():
         dest = target / name
         if dest.is_file():
             continue
@@ -210,7 +212,7 @@ def _load(folder: Path) -> FashionMNIST:
     for split in ("train", "t10k"):
         img_name, lab_name = f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz"
         images, labels = read_idx_pair(folder / img_name, folder / lab_name,
-                                       images_md5=FILES[img_name][2], labels_md5=FILES[lab_name][2])
+                                       images_md5=FILES[img_name][1], labels_md5=FILES[lab_name][1])
         arrays[f"{split}-images"], arrays[f"{split}-labels"] = images, labels
     train_x, train_y = arrays["train-images"], arrays["train-labels"]
     val = validation_indices(train_y)

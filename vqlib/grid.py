@@ -449,9 +449,22 @@ def read_best(folder: Optional[str | os.PathLike] = None) -> dict:
     return read_json(path)
 
 
-def resolve_vqvae_checkpoint(checkpoint: Optional[str] = None) -> Path:
-    """`checkpoint`, or the best grid configuration's best.pt from results/grid/best.json."""
-    return Path(checkpoint) if checkpoint else Path(read_best()["checkpoint"])
+def resolve_vqvae_checkpoint(checkpoint: Optional[str | os.PathLike] = None) -> Path:
+    """`checkpoint` itself, or the best grid configuration's best.pt named in results/grid/best.json."""
+    from .errors import CheckpointError
+
+    if checkpoint:
+        return Path(checkpoint)
+    best = grid_dir() / BEST_FILE
+    if not best.is_file():
+        raise CheckpointError(f"no VQ-VAE checkpoint was given and {best} does not exist; "
+                              "run the grid first or pass a VQ-VAE checkpoint (--vqvae-checkpoint)")
+    try:
+        found = Path(read_json(best)["checkpoint"])
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{best} names no VQ-VAE checkpoint (it lacks a 'checkpoint' entry); "
+                              "rerun the grid or pass --vqvae-checkpoint") from None
+    return found if found.is_absolute() else paths.project_root() / found
 
 
 # ----------------------------------------------------------------------------- profiles
