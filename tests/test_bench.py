@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from vqlib.config import TrainConfig, VQVAEConfig
 from vqlib.data import to_float
-from vqlib.errors import CheckpointError, ConfigError
+from vqlib.errors import ConfigError
 from vqlib.models import VQVAE
-from vqlib.train import RESUMABLE_CHANGES, _check_resumable, amp_enabled, apply_speed_switches, autocast, make_optimizer, train_step
+from vqlib.train import RESUMABLE_CHANGES, _config_problem, amp_enabled, apply_speed_switches, autocast, make_optimizer, train_step
 
 from .conftest import REPO
 
@@ -74,7 +74,7 @@ def _fast_step(model, optimizer, x, train_config):
 
 @pytest.fixture(scope="module")
 def batches(data):
-    return [to_float(data.train_images[i * 64:(i + 1) * 64]) for i in range(3)]
+    return [to_float(data.train_images[i * 64:(i + 1) * 64]) for i in range(5)]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -89,31 +89,46 @@ def test_fast_step_equals_the_plain_step(batches, channels_last, codebook_update
     model_config = VQVAEConfig(codebook_update=codebook_update, **SMALL)
     train_config = TrainConfig(channels_last=channels_last, amp="off")
     start = _start_state(model_config, batches[0])
-    plain, fast = VQVAE(model_config).to(memory_format=torch.contiguous_format), VQVAE(model_config)
-    plain.load_state_dict(start)
-    fast.load_state_dict(start)
-    apply_speed_switches(fast, train_config)
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=train_config.learning_rate)
-    fast_opt = make_optimizer(fast, train_config)
-    torch.manual_seed(1)  # the same dead-code restart draws on both paths
-    p_codes, p_recon, p_vq, margin = _plain_step(plain, plain_opt, batches[1])
-    torch.manual_seed(1)
-    f_codes, f_recon, f_vq = _fast_step(fast, fast_opt, batches[1], train_config)
-    # Another summation order moves the encoder output by ~1e-5, which can flip a
-    # code only where the runner-up is that close.
-    assert torch.equal(p_codes[margin > 1e-4], f_codes[margin > 1e-4])
-    assert (p_codes != f_codes).float().mean() <= 0.01
-    assert f_recon == pytest.approx(p_recon, rel=1e-4)
-    assert f_vq == pytest.approx(p_vq, rel=1e-3, abs=1e-6)
-    # The plain fp32 gradients are themselves ~1e-3 (relative norm) off a float64
-    # run of the same step, measured on these batches: the encoder's gradients
-    # pass through several batch norms, which subtract nearly equal sums.
-    for (name, p), f in zip(plain.named_parameters(), fast.parameters()):
-        assert (p.grad - f.grad).norm() <= 5e-3 * p.grad.norm() + 1e-8, name
-    assert fast.encoder.net[3].weight.is_contiguous(memory_format=torch.channels_last) == channels_last
-    if not channels_last:  # the same gradients in the same layout: the fused Adam gives the same weights
-        for name, value in plain.state_dict().items():
-            assert torch.allclose(value.float(), fast.state_dict()[name].float(), rtol=1e-5, atol=1e-7), name
+    compared = 0
+    for x in batches[1:]:
+        plain, fast = VQVAE(model_config).to(memory_format=torch.contiguous_format), VQVAE(model_config)
+        plain.load_state_dict(start)
+        fast.load_state_dict(start)
+        apply_speed_switches(fast, train_config)
+        plain_opt = torch.optim.Adam(plain.parameters(), lr=train_config.learning_rate)
+        fast_opt = make_optimizer(fast, train_config)
+        torch.manual_seed(1)  # the same dead-code restart draws on both paths
+        p_codes, p_recon, p_vq, margin = _plain_step(plain, plain_opt, x)
+        torch.manual_seed(1)
+        f_codes, f_recon, f_vq = _fast_step(fast, fast_opt, x, train_config)
+        # Another summation order moves the encoder output by ~1e-5, which can flip a
+        # code only where the runner-up is that close.
+        assert torch.equal(p_codes[margin > 1e-4], f_codes[margin > 1e-4])
+        assert (p_codes != f_codes).float().mean() <= 0.01
+        assert f_recon == pytest.approx(p_recon, rel=1e-4)
+        assert f_vq == pytest.approx(p_vq, rel=1e-3, abs=1e-6)
+        assert fast.encoder.net[3].weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        if not torch.equal(p_codes, f_codes):
+            # One flipped code of 9,216 moves the encoder's gradients by ~2% (measured with one
+            # thread): the gradients are compared on batches where both paths chose the same codes.
+            continue
+        compared += 1
+        # The plain fp32 gradients are themselves off a float64 run of the same step, by
+        # ~1e-3 of their norm and up to ~5e-3 for some batch-norm weights (their gradients
+        # subtract nearly equal sums): the fast path may differ from the plain one by a
+        # few times that rounding error, no more.
+        exact = VQVAE(model_config).to(memory_format=torch.contiguous_format)
+        exact.load_state_dict(start)
+        exact.encoder.double(), exact.decoder.double()  # the quantizer computes in float32 by design
+        torch.manual_seed(1)
+        _plain_step(exact, torch.optim.Adam(exact.parameters(), lr=train_config.learning_rate), x.double())
+        for (name, p), f, e in zip(plain.named_parameters(), fast.parameters(), exact.parameters()):
+            rounding = (p.grad.double() - e.grad).norm()
+            assert (p.grad - f.grad).norm() <= 4 * rounding + 1e-3 * e.grad.norm() + 1e-8, name
+        if not channels_last:  # the same gradients in the same layout: the fused Adam gives the same weights
+            for name, value in plain.state_dict().items():
+                assert torch.allclose(value.float(), fast.state_dict()[name].float(), rtol=1e-5, atol=1e-7), name
+    assert compared >= 2, "the paths chose other codes on most batches"
 
 
 def test_channels_last_is_the_default_and_its_flattening_a_view(data):
@@ -188,12 +203,11 @@ def test_speed_switches_may_change_on_resume_but_training_settings_may_not():
     model_config = VQVAEConfig()
     saved = TrainConfig()
     ckpt = {"model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(saved)}
-    _check_resumable(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True), "x")
+    assert _config_problem(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True), "x") is None
     # A checkpoint written before the switches existed still resumes.
     old = {k: v for k, v in dataclasses.asdict(saved).items() if k not in ("amp", "channels_last", "compile")}
-    _check_resumable({**ckpt, "train_config": old}, model_config, saved, "x")
-    with pytest.raises(CheckpointError):
-        _check_resumable(ckpt, model_config, dataclasses.replace(saved, batch_size=64), "x")
+    assert _config_problem({**ckpt, "train_config": old}, model_config, saved, "x") is None
+    assert "batch_size" in _config_problem(ckpt, model_config, dataclasses.replace(saved, batch_size=64), "x")
 
 
 @pytest.mark.parametrize("values", [dict(amp="fast"), dict(channels_last="yes"), dict(compile=1)])

@@ -77,3 +77,16 @@ def test_help_documents_every_hyperparameter(capsys):
                    "--num-residual-blocks", "--beta", "--epochs", "--batch-size", "--learning-rate",
                    "--seed", "--train-subset", "--device", "--resume", "--data-dir"):
         assert option in out, option
+
+
+def test_grid_options_override_only_what_they_name():
+    """`vqlib grid`'s options start unset, so the profile keeps every setting not given."""
+    from vqlib.cli import _profile_overrides, build_parser
+    from vqlib.grid import get_profile
+
+    args = build_parser().parse_args(["grid", "--epochs", "3", "--jobs", "2", "--no-channels-last"])
+    profile = _profile_overrides(args, get_profile(args.profile))
+    assert profile["train"] == {**get_profile("quick")["train"], "epochs": 3, "channels_last": False}
+    assert profile["grid"] == {"jobs": 2} and profile["vqvae"] == {}
+    args = build_parser().parse_args(["grid", "--profile", "full"])
+    assert _profile_overrides(args, get_profile("full")) == get_profile("full")

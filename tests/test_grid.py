@@ -179,3 +179,65 @@ def test_classifier_headline_reads_the_record_of_the_chosen_vqvae(tmp_path, monk
     headline = vqgrid.classifier_headline("/ckpt/K50_D32/best.pt")
     assert headline["test_accuracy"] == 0.88 and headline["labels"] == "all labels"
     assert vqgrid.classifier_headline("/ckpt/K100_D64/best.pt") == {}
+
+
+GRID_ARGS = ["grid", "--num-embeddings-values", "8", "--embedding-dim-values", "4", "--hidden-channels", "16",
+             "--residual-channels", "8", "--num-residual-blocks", "1", "--batch-size", "32", "--train-subset", "3000",
+             "--epochs", "3"]
+
+
+def test_an_interrupted_grid_point_continues_from_its_last_pt(tmp_path_factory, monkeypatch):
+    """SIGKILL the grid and its kernel after epoch 1; the rerun continues at epoch 2 (the VQ-VAE's
+    bitwise resume is tested in test_reliability)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from vqlib.checkpoints import load_checkpoint
+
+    from .conftest import VQLIB
+
+    root = tiny_root(tmp_path_factory, monkeypatch)
+    env = dict(os.environ, VQLIB_ROOT=str(root), TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+    last = root / "checkpoints" / "grid" / "K8_D4" / "last.pt"
+    proc = subprocess.Popen(VQLIB + GRID_ARGS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.time()
+    while not last.exists():
+        assert proc.poll() is None and time.time() < started + 600, "the grid ended before it could be killed"
+        time.sleep(0.02)
+    family = [proc, *psutil.Process(proc.pid).children(recursive=True)]  # the grid and its Jupyter kernel
+    for p in family:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(p.pid) for p in family if psutil.pid_exists(p.pid)], timeout=30)
+    killed = load_checkpoint(last)
+    assert killed["epoch"] < 3
+
+    rerun = subprocess.run(VQLIB + GRID_ARGS, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"K8_D4 continues from its last.pt (epoch {killed['epoch']} of 3 done)" in rerun.stdout
+    final = load_checkpoint(last)
+    assert final["epoch"] == 3
+    # The epochs done before the kill are kept as they were, timings included: not trained again.
+    assert final["history"][:killed["epoch"]] == killed["history"]
+    assert read_json(root / "results" / "grid" / "K8_D4" / vqgrid.RUN_FILE)["resumed"] is True
+    assert read_json(root / "results" / "grid" / "K8_D4" / vqgrid.METRICS_FILE)["status"] == "success"
+
+
+def test_a_last_pt_of_other_settings_is_trained_afresh_and_said(tmp_path, monkeypatch, data):
+    from vqlib.train import train_vqvae
+
+    monkeypatch.setenv("VQLIB_ROOT", str(tmp_path))
+    quick = vqgrid.grid_parameters(8, 4, TINY_MODEL, TINY_TRAIN, TINY_GRID)
+    assert vqgrid.resume_decision("K8_D4", quick) == (False, "")  # nothing to continue
+    model_config, train_config = vqgrid.configs_from_parameters(quick)
+    train_vqvae(model_config, train_config, data, progress=False)
+    longer = vqgrid.grid_parameters(8, 4, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=3), TINY_GRID)
+    assert vqgrid.resume_decision("K8_D4", longer) == (True, "K8_D4 continues from its last.pt (epoch 1 of 3 done)")
+    other = vqgrid.grid_parameters(8, 4, TINY_MODEL, dataclasses.replace(TINY_TRAIN, train_subset=600), TINY_GRID)
+    resume, note = vqgrid.resume_decision("K8_D4", other)
+    assert not resume and note.startswith("K8_D4 starts afresh and replaces its checkpoints:")
+    assert "other settings ({'train_subset': 300})" in note
+

@@ -38,18 +38,8 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tmp_path, c
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(full)], env=cli_env, check=True, capture_output=True)
 
-    proc = subprocess.Popen(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed)], env=cli_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = time.time()
-    while not (killed / "last.pt").exists():  # epoch 1 is done once last.pt appears
-        assert proc.poll() is None and time.time() < started + 600, "training ended before it could be killed"
-        time.sleep(0.02)
-    epoch_seconds = time.time() - started  # an upper bound of one epoch, start-up included
-    time.sleep(min(0.5, epoch_seconds / 4))  # inside epoch 2 on a fast or a busy machine
-    assert proc.poll() is None, "training ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 1 <= load_checkpoint(killed / "last.pt")["epoch"] < 4
+    assert 1 <= _kill_after_first_epoch(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed)],
+                                        killed / "last.pt", cli_env) < 4
 
     subprocess.run(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, check=True,
                    capture_output=True)
@@ -58,6 +48,56 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tmp_path, c
     assert _strip_timing(a["history"]) == _strip_timing(b["history"])
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
+
+
+def _kill_after_first_epoch(args, last, env):
+    """Start `args`, SIGKILL it inside its second epoch (after last.pt first appears); return last.pt's epoch."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.time()
+    while not last.exists():  # epoch 1 is done once last.pt appears
+        assert proc.poll() is None and time.time() < started + 600, "training ended before it could be killed"
+        time.sleep(0.02)
+    epoch_seconds = time.time() - started  # an upper bound of one epoch, start-up included
+    time.sleep(min(0.5, epoch_seconds / 4))  # inside epoch 2 on a fast or a busy machine
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return load_checkpoint(last)["epoch"]
+
+
+def test_classifier_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path, cli_env):
+    """train-cls --resume: last.pt holds the head, AdamW's moments, the cosine schedule,
+    the best state so far and the RNG states (dropout); on CPU the result is bitwise equal."""
+    vqvae = tmp_path / "vqvae"
+    train_vqvae(VQVAEConfig(num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8,
+                            num_residual_blocks=1),
+                TrainConfig(epochs=1, batch_size=64, train_subset=640, checkpoint_dir=str(vqvae)), data, progress=False)
+    args = VQLIB + ["train-cls", "--vqvae-checkpoint", str(vqvae / "best.pt"), "--labels-per-class", "100",
+                    "--epochs", "4", "--patience", "4", "--min-steps-per-epoch", "300", "--batch-size", "64",
+                    "--seed", "3"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(args + ["--checkpoint-dir", str(full)], env=cli_env, check=True, capture_output=True)
+    assert 1 <= _kill_after_first_epoch(args + ["--checkpoint-dir", str(killed)], killed / "last.pt", cli_env) < 4
+    assert not (killed / "best.pt").exists()  # best.pt is written when training ends
+
+    subprocess.run(args + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, check=True, capture_output=True)
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(full / name, kind="classifier"), load_checkpoint(killed / name, kind="classifier")
+        assert a["epoch"] == b["epoch"] and len(a["history"]) == 4
+        assert _strip_timing(a["history"]) == _strip_timing(b["history"])
+        for key, tensor in a["state_dict"].items():
+            assert torch.equal(tensor, b["state_dict"][key]), (name, key)
+
+    # Other settings, or another VQ-VAE under the same path, are refused.
+    other = subprocess.run(args[:-2] + ["--seed", "4", "--checkpoint-dir", str(killed), "--resume"], env=cli_env,
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "other settings ({'seed': 3})" in other.stderr
+    ckpt = load_checkpoint(vqvae / "best.pt")
+    ckpt["state_dict"]["quantizer.codebook"] += 1.0
+    save_checkpoint(vqvae / "best.pt", "vqvae", {k: v for k, v in ckpt.items() if k not in ("kind", "format_version")})
+    moved = subprocess.run(args + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env,
+                           capture_output=True, text=True)
+    assert moved.returncode == 2 and "as it was then" in moved.stderr
 
 
 def test_resume_refuses_another_configuration(data, tmp_path):
@@ -157,18 +197,31 @@ def test_a_killed_writer_never_leaves_a_half_written_checkpoint(tmp_path):
         "from vqlib.checkpoints import save_checkpoint\n"
         "i = 0\n"
         "while True:\n"
+        "    print(i, flush=True)\n"
         "    save_checkpoint(sys.argv[1], 'vqvae', {'model_config': {'i': i}, 'state_dict': {'w': torch.full((10_000_000,), float(i))}})\n"
         "    i += 1\n"
     )
-    for delay in (0.9, 1.3, 1.7):
-        proc = subprocess.Popen([sys.executable, "-c", script, str(target)])
+    for writes, delay in ((2, 0.0), (1, 0.05), (3, 0.11)):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+        for _ in range(writes):  # wait for the writer's start-up, however slow the machine, then kill mid-write
+            assert proc.stdout.readline(), "the writer ended"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if target.exists():
-            ckpt = load_checkpoint(target)
-            assert torch.all(ckpt["state_dict"]["w"] == ckpt["model_config"]["i"])
+        proc.stdout.close()
+        ckpt = load_checkpoint(target)
+        assert torch.all(ckpt["state_dict"]["w"] == ckpt["model_config"]["i"])
     assert target.exists()
+    # What the killed writers left half-written is removed by the next write; a living writer's file stays.
+    with subprocess.Popen(["true"]) as dead:
+        pass
+    (tmp_path / f".big.pt.{dead.pid}.dead.tmp").write_bytes(b"x")
+    with subprocess.Popen(["sleep", "60"]) as alive:
+        in_progress = tmp_path / f".big.pt.{alive.pid}.abcd.tmp"
+        in_progress.write_bytes(b"x")
+        save_checkpoint(target, "vqvae", {"model_config": {}, "state_dict": {}})
+        assert [p.name for p in tmp_path.glob(".big.pt.*.tmp")] == [in_progress.name]
+        alive.kill()
 
 
 def test_an_unwritable_output_folder_is_a_clear_error(tmp_path):

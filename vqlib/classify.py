@@ -31,11 +31,14 @@ from .config import (LABELS_PER_CLASS_AVAILABLE, ClassifierConfig, LabelEfficien
                      from_dict, parse_floats, parse_label_counts, parse_methods)
 from .data import (CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist,
                    read_idx, stratified_subset, to_float)
-from .device import resolve_device, seed_everything
+from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .files import ensure_dir, save_figure, write_csv, write_json
 from .grid import resolve_vqvae_checkpoint
 from .models import VQVAE, ClassificationHead, PixelCNN, VQVAEClassifier
+
+# What may differ between a last.pt and the run that continues it: where it runs and writes.
+CLASSIFIER_RESUMABLE_CHANGES = {"device", "checkpoint_dir", "results_dir"}
 
 # ----------------------------------------------------------------------------- where things are
 
@@ -116,13 +119,20 @@ def _evaluate_logits(model: nn.Module, inputs: _Inputs, batch_size: int = 1000) 
 
 
 def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Inputs, *, epochs: int,
-         config: ClassifierConfig, seed: int, desc: str, progress: bool) -> tuple[list[dict], dict, int]:
+         config: ClassifierConfig, seed: int, desc: str, progress: bool,
+         resume_from: Optional[dict] = None,
+         on_epoch: Optional[Callable[[dict], None]] = None) -> tuple[list[dict], dict, int]:
     """AdamW with cosine decay; the state of the best validation accuracy is kept (early stopping).
 
     Returns (history, best state_dict, best epoch). An epoch is one pass over the
     labelled images or `min_steps_per_epoch` steps, whichever is longer: with 10
     labels per class one pass is a single step, far too few between two
     validation checks.
+
+    `on_epoch` receives, after every epoch, what training needs to go on
+    (optimiser, schedule, history, best so far, RNG states); `resume_from` is
+    such a dict, and training continues after its epoch. The caller restores
+    the model's weights of that epoch.
     """
     device = train.stored.device
     n = len(train.labels)
@@ -133,8 +143,20 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, epochs * steps_per_epoch) / (epochs * steps_per_epoch))))
     history: list[dict] = []
     best_acc, best_loss, best_epoch, best_state = -1.0, math.inf, 0, None
-    bar = progress_bar(total=epochs * steps_per_epoch, desc=desc, unit="step", enabled=progress, leave=False)
-    for epoch in range(epochs):
+    start_epoch, stopped = 0, False
+    if resume_from is not None:
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        history = list(resume_from["history"])
+        best_acc, best_loss, best_epoch = resume_from["best_acc"], resume_from["best_loss"], resume_from["best_epoch"]
+        best_state, stopped = resume_from["best_state"], resume_from["stopped"]
+        start_epoch = len(history)
+        set_rng_state(resume_from["rng"])
+    if stopped:
+        start_epoch = epochs  # early stopping had already ended this run
+    bar = progress_bar(total=max(epochs - start_epoch, 0) * steps_per_epoch, desc=desc, unit="step",
+                       enabled=progress, leave=False)
+    for epoch in range(start_epoch, epochs):
         model.train()
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         started = time.perf_counter()
@@ -170,7 +192,13 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
         if val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss):
             best_acc, best_loss, best_epoch = val_acc, val_loss, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch + 1 - best_epoch >= config.patience:
+        else:
+            stopped = epoch + 1 - best_epoch >= config.patience
+        if on_epoch is not None:
+            on_epoch({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+                      "best_acc": best_acc, "best_loss": best_loss, "best_epoch": best_epoch,
+                      "best_state": best_state, "stopped": stopped, "rng": rng_state()})
+        if stopped:
             break
     bar.close()
     model.load_state_dict(best_state)
@@ -227,12 +255,15 @@ def build_classifier(config: ClassifierConfig, vqvae: VQVAE) -> VQVAEClassifier:
 
 
 def train_classifier(config: ClassifierConfig, data: Optional[FashionMNIST] = None, *,
-                     progress: bool = True) -> ClassifierRun:
+                     resume: bool = False, progress: bool = True) -> ClassifierRun:
     """Train the head on the VQ-VAE's code (frozen, or fine-tuned with `config.finetune`).
 
     Model selection and early stopping use the validation split only. Writes
     best.pt (classifier config, VQ-VAE config and checkpoint path, weights,
-    history), history.json and config.json into the checkpoint folder.
+    history), last.pt (the same for the latest epoch, with what training needs
+    to go on), history.json and config.json into the checkpoint folder.
+    With `resume`, training continues from last.pt (a missing one starts afresh);
+    on the CPU the result is bitwise that of an uninterrupted run.
     """
     device = resolve_device(config.device)
     data = data or load_fashion_mnist()
@@ -240,6 +271,8 @@ def train_classifier(config: ClassifierConfig, data: Optional[FashionMNIST] = No
     vqvae, _ = load_vqvae(vqvae_path, device=device)
     ckpt_dir = ensure_dir(config.checkpoint_dir or default_checkpoint_dir(config, vqvae_path))
     results_dir = Path(config.results_dir or default_results_dir(config, vqvae_path))
+    last_path = ckpt_dir / "last.pt"
+    resumed = _resumable_classifier(last_path, config, vqvae_path, vqvae) if resume and last_path.is_file() else None
     write_json(ckpt_dir / "config.json", {"classifier": dataclasses.asdict(config),
                                           "vqvae": dataclasses.asdict(vqvae.config),
                                           "vqvae_checkpoint": str(vqvae_path)})
@@ -266,23 +299,27 @@ def train_classifier(config: ClassifierConfig, data: Optional[FashionMNIST] = No
             params.append({"params": model.encoder.parameters(), "lr": config.encoder_learning_rate})
     for group in params:
         group["initial_lr"] = group["lr"]
-    started = time.perf_counter()
     name = run_name(vqvae_path, config.labels_per_class, config.finetune)
+    about = {"model_config": dataclasses.asdict(config), "vqvae_config": dataclasses.asdict(vqvae.config),
+             "vqvae_checkpoint": str(vqvae_path), "run_name": name, "results_dir": str(results_dir)}
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+
+    def save_last(fit_state: dict) -> None:
+        save_checkpoint(last_path, "classifier", {**about, "state_dict": model.state_dict(),
+                                                  "epoch": len(fit_state["history"]), "history": fit_state["history"],
+                                                  "fit": fit_state})
+        write_json(ckpt_dir / "history.json", fit_state["history"])
+
+    started = time.perf_counter()
     history, _, best_epoch = _fit(trained, params, train, val, epochs=config.epochs, config=config,
-                                  seed=config.seed, desc=f"classifier {name}", progress=progress)
+                                  seed=config.seed, desc=f"classifier {name}", progress=progress,
+                                  resume_from=resumed["fit"] if resumed is not None else None, on_epoch=save_last)
     train_seconds = time.perf_counter() - started
     model.eval()
     best = history[best_epoch - 1]
-    save_checkpoint(ckpt_dir / "best.pt", "classifier", {
-        "model_config": dataclasses.asdict(config),
-        "vqvae_config": dataclasses.asdict(vqvae.config),
-        "vqvae_checkpoint": str(vqvae_path),
-        "run_name": name,
-        "results_dir": str(results_dir),
-        "state_dict": model.state_dict(),
-        "epoch": best_epoch, "history": history,
-    })
-    write_json(ckpt_dir / "history.json", history)
+    save_checkpoint(ckpt_dir / "best.pt", "classifier", {**about, "state_dict": model.state_dict(),
+                                                         "epoch": best_epoch, "history": history})
     if progress:
         print(f"best validation accuracy {best['val_acc']:.4f} at epoch {best_epoch} of {len(history)}; "
               f"{len(idx)} training images, head training {train_seconds:.1f} s"
@@ -291,6 +328,24 @@ def train_classifier(config: ClassifierConfig, data: Optional[FashionMNIST] = No
                          config=config, vqvae_checkpoint=vqvae_path, best_epoch=best_epoch,
                          best_val_acc=best["val_acc"], train_seconds=train_seconds,
                          encode_seconds=encode_seconds, train_images=len(idx))
+
+
+def _resumable_classifier(path: Path, config: ClassifierConfig, vqvae_path: Path, vqvae: VQVAE) -> dict:
+    """last.pt, checked to continue exactly this run: same settings, same VQ-VAE weights."""
+    ckpt = load_checkpoint(path, kind="classifier")
+    if "fit" not in ckpt:
+        raise CheckpointError(f"cannot resume from {path}: it is not a last.pt (it has no optimiser state)")
+    saved = {k: v for k, v in ckpt["model_config"].items() if k not in CLASSIFIER_RESUMABLE_CHANGES}
+    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in CLASSIFIER_RESUMABLE_CHANGES}
+    if saved != wanted:
+        diff = {k: v for k, v in saved.items() if wanted.get(k) != v}
+        raise CheckpointError(f"cannot resume from {path}: it was trained with other settings ({diff})")
+    # A fine-tuned encoder has moved away from the VQ-VAE's: only a frozen one can be compared.
+    if Path(ckpt["vqvae_checkpoint"]) != vqvae_path or (
+            not config.finetune and not _same_code(ckpt["state_dict"], vqvae.state_dict())):
+        raise CheckpointError(f"cannot resume from {path}: it was trained on the VQ-VAE {ckpt['vqvae_checkpoint']} "
+                              f"as it was then, not on {vqvae_path} as it is now")
+    return ckpt
 
 
 # ----------------------------------------------------------------------------- load

@@ -32,16 +32,22 @@ def _parse_optional_int(text: str) -> Optional[int]:
     return None if text.lower() in ("none", "all") else int(text)
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
-    """One --option per dataclass field, typed, with the field's help and default."""
+def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (),
+                       profile: bool = False) -> None:
+    """One --option per dataclass field, typed, with the field's help and default.
+
+    With `profile`, an option not given is left out of the parsed arguments, so
+    that only the options given on the command line override a profile.
+    """
     group = parser.add_argument_group(f"{cls.__name__} options")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         kind = hints[f.name]
-        kwargs: dict[str, Any] = {"default": f.default, "dest": f.name,
-                                  "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
+        default = f"the profile's, or {f.default} where it sets none" if profile else f.default
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS if profile else f.default, "dest": f.name,
+                                  "help": f"{f.metadata.get('help', '')} (default: {default})"}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind in (int, float, str):
@@ -188,14 +194,15 @@ def _configure_train_cls(p: argparse.ArgumentParser) -> None:
     from .config import ClassifierConfig
     add_config_options(p, ClassifierConfig)
     _data_option(p)
+    p.add_argument("--resume", action="store_true", help="continue from last.pt in the checkpoint folder")
 
 
 @command("train-cls", "train the classification head on a frozen (or fine-tuned) VQ-VAE encoder; "
-                      "writes checkpoints/classifier/<run>/best.pt and history.json", _configure_train_cls)
+                      "writes checkpoints/classifier/<run>/best.pt, last.pt and history.json", _configure_train_cls)
 def cmd_train_cls(args: argparse.Namespace) -> int:
     from .classify import train_classifier
     from .config import ClassifierConfig
-    run = train_classifier(config_from_args(ClassifierConfig, args), _load_data(args))
+    run = train_classifier(config_from_args(ClassifierConfig, args), _load_data(args), resume=args.resume)
     print(f"validation accuracy {run.best_val_acc:.4f} (epoch {run.best_epoch} of {len(run.history)}), "
           f"{run.train_images} training images, training {run.train_seconds:.1f} s"
           + (f" + encoding once {run.encode_seconds:.1f} s" if run.encode_seconds else ""))
@@ -280,12 +287,10 @@ def _configure_grid(p: argparse.ArgumentParser) -> None:
     from .grid import PROFILES
     p.add_argument("--profile", choices=list(PROFILES), default="quick",
                    help="settings to start from; the options below override them (default: quick)")
-    add_config_options(p, GridConfig)
-    add_config_options(p, VQVAEConfig, skip=("num_embeddings", "embedding_dim"))
-    add_config_options(p, TrainConfig, skip=("checkpoint_dir", "results_dir"))
     # Only options given on the command line override the profile.
-    names = [f.name for cls in (GridConfig, VQVAEConfig, TrainConfig) for f in dataclasses.fields(cls)]
-    p.set_defaults(**{name: argparse.SUPPRESS for name in names})
+    add_config_options(p, GridConfig, profile=True)
+    add_config_options(p, VQVAEConfig, skip=("num_embeddings", "embedding_dim"), profile=True)
+    add_config_options(p, TrainConfig, skip=("checkpoint_dir", "results_dir"), profile=True)
 
 
 def _profile_overrides(args: argparse.Namespace, profile: dict) -> dict:

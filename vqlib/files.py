@@ -38,12 +38,38 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove temporary files of `path` whose writer died (SIGKILL, power loss) before moving them into place.
+
+    Their names carry the writer's PID; a file of a living process is another
+    write in progress and is left alone.
+    """
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success move it onto `path`."""
+    """Yield a temporary path next to `path`; on success move it onto `path`.
+
+    The temporary file is `.NAME.PID.XXXX.tmp`; a later write of the same
+    target removes those that a killed writer left behind.
+    """
     path = Path(path)
     ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     # mkstemp makes the file private (0600), and os.replace would keep that: give it
@@ -55,6 +81,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_orphans(path)
 
 
 def _plain(obj: Any) -> Any:

@@ -37,6 +37,7 @@ import pandas as pd
 from . import paths
 from .config import (AnalysisConfig, GridConfig, SummaryConfig, TrainConfig, VQVAEConfig, from_dict,
                      split_fields)
+from .checkpoints import load_checkpoint
 from .errors import ConfigError, OutputError, TrainingError, VqlibError
 from .files import atomic_path, ensure_dir, read_json, write_csv, write_json
 
@@ -254,6 +255,29 @@ def is_complete(folder: str | os.PathLike, parameters: dict[str, Any]) -> bool:
     return recorded == parameters and Path(metrics.get("checkpoint", "")).is_file()
 
 
+def resume_decision(name: str, parameters: dict[str, Any]) -> tuple[bool, str]:
+    """Whether an unfinished grid point continues from its last.pt, and a line saying what happens.
+
+    An interrupted point continues where its last.pt left off. A last.pt of other
+    settings (another profile, say) cannot be continued: the grid owns that folder
+    and was asked for these settings, so the point is trained afresh, and says so.
+    """
+    from .train import resume_problem
+
+    last = Path(parameters["checkpoint_dir"]) / "last.pt"
+    if not last.is_file():
+        return False, ""
+    try:
+        model_config, train_config = configs_from_parameters(parameters)
+    except ConfigError:
+        return False, ""  # an impossible point fails in its own notebook, where the error is recorded
+    problem = resume_problem(last, model_config, train_config)
+    if problem:
+        return False, f"{name} starts afresh and replaces its checkpoints: {problem}"
+    epoch = load_checkpoint(last, kind="vqvae")["epoch"]
+    return True, f"{name} continues from its last.pt (epoch {epoch} of {train_config.epochs} done)"
+
+
 def _execute_configuration(spec: dict) -> dict:
     """Run notebook 01 for one grid point; never raises for a failed notebook (it is recorded)."""
     folder = Path(spec["folder"])
@@ -263,9 +287,10 @@ def _execute_configuration(spec: dict) -> dict:
     started = time.perf_counter()
     record = {"name": spec["name"], "num_embeddings": spec["parameters"]["num_embeddings"],
               "embedding_dim": spec["parameters"]["embedding_dim"], "status": "success", "error": "",
+              "resumed": spec["resume"],
               "notebook": str(folder / TRAIN_NOTEBOOK), "started": _now()}
     try:
-        execute_notebook(spec["notebook"], folder / TRAIN_NOTEBOOK, spec["parameters"],
+        execute_notebook(spec["notebook"], folder / TRAIN_NOTEBOOK, {**spec["parameters"], "resume": spec["resume"]},
                          cwd=spec["cwd"], cell_timeout=spec["cell_timeout"])
         if not is_complete(folder, spec["parameters"]):
             raise NotebookError(f"{TRAIN_NOTEBOOK} ended without recording success in {folder / METRICS_FILE}")
@@ -296,15 +321,19 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
     if not notebook.is_file():
         raise NotebookError(f"no notebook at {notebook}; the grid executes it once per configuration")
     root = ensure_dir(grid_dir(grid))
-    specs, reused = [], {}
+    specs, reused, notes = [], {}, []
     for k, d in grid.configurations():
         name = paths.vqvae_run_name(k, d)
         parameters = grid_parameters(k, d, model, train, grid)
         if is_complete(root / name, parameters):
             reused[name] = True
             continue
+        resume, note = resume_decision(name, parameters)
+        if note:
+            notes.append(note)
         specs.append({"name": name, "folder": str(root / name), "notebook": str(notebook),
-                      "cwd": str(paths.notebooks_dir()), "parameters": parameters, "cell_timeout": grid.cell_timeout})
+                      "cwd": str(paths.notebooks_dir()), "parameters": parameters, "resume": resume,
+                      "cell_timeout": grid.cell_timeout})
     names = [paths.vqvae_run_name(k, d) for k, d in grid.configurations()]
 
     def summary() -> pd.DataFrame:
@@ -315,6 +344,9 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
 
     if progress and reused:
         print(f"grid: {len(reused)} of {len(names)} configurations already complete, reused: {', '.join(reused)}")
+    if progress:
+        for note in notes:
+            print(f"grid: {note}")
     bar = progress_bar(total=len(specs), desc="grid", unit="config", enabled=progress and bool(specs),
                bar_format="{desc}: {n}/{total} configs done [{elapsed} elapsed, {remaining} left] {postfix}")
 

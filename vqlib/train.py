@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,15 +157,29 @@ def evaluate_vqvae(model: VQVAE, images: torch.Tensor, labels: Optional[torch.Te
 
 # ----------------------------------------------------------------------------- training
 
-def _check_resumable(ckpt: dict, model_config: VQVAEConfig, train_config: TrainConfig, path: Path) -> None:
+def resume_problem(path: str | os.PathLike, model_config: VQVAEConfig, train_config: TrainConfig) -> Optional[str]:
+    """Why last.pt at `path` cannot be resumed with these configs, or None when it can."""
+    try:
+        ckpt = load_checkpoint(path, kind="vqvae")
+    except CheckpointError as exc:
+        return str(exc)
+    if "optimizer" not in ckpt or "rng" not in ckpt:
+        return f"{path} is not a last.pt (it has no optimiser or RNG state to continue from)"
+    return _config_problem(ckpt, model_config, train_config, path)
+
+
+def _config_problem(ckpt: dict, model_config: VQVAEConfig, train_config: TrainConfig, path) -> Optional[str]:
+    """Only RESUMABLE_CHANGES may differ (more epochs, another device, other folders, speed
+    switches): anything else would make the continued run another run."""
     if ckpt["model_config"] != dataclasses.asdict(model_config):
         diff = {k: v for k, v in ckpt["model_config"].items() if dataclasses.asdict(model_config).get(k) != v}
-        raise CheckpointError(f"cannot resume from {path}: it was trained with another model configuration ({diff})")
+        return f"{path} was trained with another model configuration ({diff})"
     saved = {k: v for k, v in ckpt["train_config"].items() if k not in RESUMABLE_CHANGES}
     wanted = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in RESUMABLE_CHANGES}
     if saved != wanted:
         diff = {k: v for k, v in saved.items() if wanted.get(k) != v}
-        raise CheckpointError(f"cannot resume from {path}: it was trained with other settings ({diff})")
+        return f"{path} was trained with other settings ({diff})"
+    return None
 
 
 def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Optional[FashionMNIST] = None,
@@ -194,8 +209,10 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
     start_epoch = 0
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if resume and last_path.is_file():
+        problem = resume_problem(last_path, model_config, train_config)
+        if problem:
+            raise CheckpointError(f"cannot resume: {problem}")
         ckpt = load_checkpoint(last_path, kind="vqvae")
-        _check_resumable(ckpt, model_config, train_config, last_path)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, start_epoch = ckpt["history"], ckpt["epoch"]
