@@ -253,3 +253,17 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
     assert frame["test_acc"].between(0, 1).all()
     assert (frame.loc[frame["method"].isin(["vq_linear", "pixel_linear"]), "test_acc"] > 0.3).all()
     assert (tmp_path / "cls" / "best.pt").is_file()
+
+
+def test_label_efficiency_command(vqvae_checkpoint, tmp_path, capsys):
+    from vqlib.cli import main
+
+    results = tmp_path / "le"
+    assert main(["label-efficiency", "--vqvae-checkpoint", str(vqvae_checkpoint), "--label-counts", "5,10",
+                 "--num-seeds", "1", "--methods", "vq_linear,pixel_linear", "--linear-c", "0.1",
+                 "--linear-max-iter", "30", "--device", "cpu", "--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "vq_linear" in out and "pixel_linear" in out
+    frame = pd.read_csv(results / "label_efficiency.csv")
+    assert sorted(frame["labels_per_class"].unique()) == [5, 10] and len(frame) == 4
+    assert (results / "label_efficiency.png").stat().st_size > 5000
