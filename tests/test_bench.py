@@ -203,11 +203,11 @@ def test_speed_switches_may_change_on_resume_but_training_settings_may_not():
     model_config = VQVAEConfig()
     saved = TrainConfig()
     ckpt = {"model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(saved)}
-    assert _config_problem(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True), "x") is None
+    assert _config_problem(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True)) is None
     # A checkpoint written before the switches existed still resumes.
     old = {k: v for k, v in dataclasses.asdict(saved).items() if k not in ("amp", "channels_last", "compile")}
-    assert _config_problem({**ckpt, "train_config": old}, model_config, saved, "x") is None
-    assert "batch_size" in _config_problem(ckpt, model_config, dataclasses.replace(saved, batch_size=64), "x")
+    assert _config_problem({**ckpt, "train_config": old}, model_config, saved) is None
+    assert "batch_size" in _config_problem(ckpt, model_config, dataclasses.replace(saved, batch_size=64))
 
 
 @pytest.mark.parametrize("values", [dict(amp="fast"), dict(channels_last="yes"), dict(compile=1)])

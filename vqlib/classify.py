@@ -28,7 +28,7 @@ from .progress import progress_bar
 from . import paths
 from .checkpoints import load_checkpoint, load_vqvae, load_weights, save_checkpoint
 from .config import (LABELS_PER_CLASS_AVAILABLE, ClassifierConfig, LabelEfficiencyConfig, VQVAEConfig,
-                     from_dict, parse_floats, parse_label_counts, parse_methods)
+                     changed_fields, from_dict, parse_floats, parse_label_counts, parse_methods)
 from .data import (CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist,
                    read_idx, stratified_subset, to_float)
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
@@ -335,10 +335,8 @@ def _resumable_classifier(path: Path, config: ClassifierConfig, vqvae_path: Path
     ckpt = load_checkpoint(path, kind="classifier")
     if "fit" not in ckpt:
         raise CheckpointError(f"cannot resume from {path}: it is not a last.pt (it has no optimiser state)")
-    saved = {k: v for k, v in ckpt["model_config"].items() if k not in CLASSIFIER_RESUMABLE_CHANGES}
-    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in CLASSIFIER_RESUMABLE_CHANGES}
-    if saved != wanted:
-        diff = {k: v for k, v in saved.items() if wanted.get(k) != v}
+    diff = changed_fields(ckpt["model_config"], dataclasses.asdict(config), CLASSIFIER_RESUMABLE_CHANGES)
+    if diff:
         raise CheckpointError(f"cannot resume from {path}: it was trained with other settings ({diff})")
     # A fine-tuned encoder has moved away from the VQ-VAE's: only a frozen one can be compared.
     if Path(ckpt["vqvae_checkpoint"]) != vqvae_path or (

@@ -115,6 +115,17 @@ def split_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
+def changed_fields(saved: dict[str, Any], wanted: dict[str, Any], ignore: Any = ()) -> dict[str, Any]:
+    """The saved values of the fields (outside `ignore`) where two config dicts differ; empty when equal.
+
+    How a checkpoint's config is compared with the one a run asks for: the
+    result is what an error message shows as "trained with ...".
+    """
+    keys = [k for k in dict.fromkeys([*saved, *wanted]) if k not in ignore]
+    missing = object()
+    return {k: saved.get(k) for k in keys if saved.get(k, missing) != wanted.get(k, missing)}
+
+
 # The training split holds 6,000 images of each class minus the 500 of each class
 # carved out for validation (data.VALIDATION_SIZE / 10).
 LABELS_PER_CLASS_AVAILABLE = 5500

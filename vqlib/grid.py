@@ -37,8 +37,7 @@ import pandas as pd
 from . import paths
 from .config import (AnalysisConfig, GridConfig, SummaryConfig, TrainConfig, VQVAEConfig, from_dict,
                      split_fields)
-from .checkpoints import load_checkpoint
-from .errors import ConfigError, OutputError, TrainingError, VqlibError
+from .errors import CheckpointError, ConfigError, OutputError, TrainingError, VqlibError
 from .files import atomic_path, ensure_dir, read_json, write_csv, write_json
 
 # The Jupyter kernel papermill runs every notebook in: `python -m ipykernel install
@@ -262,7 +261,7 @@ def resume_decision(name: str, parameters: dict[str, Any]) -> tuple[bool, str]:
     settings (another profile, say) cannot be continued: the grid owns that folder
     and was asked for these settings, so the point is trained afresh, and says so.
     """
-    from .train import resume_problem
+    from .train import read_last
 
     last = Path(parameters["checkpoint_dir"]) / "last.pt"
     if not last.is_file():
@@ -271,10 +270,10 @@ def resume_decision(name: str, parameters: dict[str, Any]) -> tuple[bool, str]:
         model_config, train_config = configs_from_parameters(parameters)
     except ConfigError:
         return False, ""  # an impossible point fails in its own notebook, where the error is recorded
-    problem = resume_problem(last, model_config, train_config)
-    if problem:
-        return False, f"{name} starts afresh and replaces its checkpoints: {problem}"
-    epoch = load_checkpoint(last, kind="vqvae")["epoch"]
+    try:
+        epoch = read_last(last, model_config, train_config)["epoch"]
+    except CheckpointError as exc:
+        return False, f"{name} starts afresh and replaces its checkpoints: {exc}"
     return True, f"{name} continues from its last.pt (epoch {epoch} of {train_config.epochs} done)"
 
 

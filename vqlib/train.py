@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import paths
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import TrainConfig, VQVAEConfig
+from .config import TrainConfig, VQVAEConfig, changed_fields
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset, to_float
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, TrainingError
@@ -157,28 +157,26 @@ def evaluate_vqvae(model: VQVAE, images: torch.Tensor, labels: Optional[torch.Te
 
 # ----------------------------------------------------------------------------- training
 
-def resume_problem(path: str | os.PathLike, model_config: VQVAEConfig, train_config: TrainConfig) -> Optional[str]:
-    """Why last.pt at `path` cannot be resumed with these configs, or None when it can."""
-    try:
-        ckpt = load_checkpoint(path, kind="vqvae")
-    except CheckpointError as exc:
-        return str(exc)
+def read_last(path: str | os.PathLike, model_config: VQVAEConfig, train_config: TrainConfig) -> dict:
+    """last.pt at `path`, checked to continue a run of these configs; a CheckpointError says why not."""
+    ckpt = load_checkpoint(path, kind="vqvae")
     if "optimizer" not in ckpt or "rng" not in ckpt:
-        return f"{path} is not a last.pt (it has no optimiser or RNG state to continue from)"
-    return _config_problem(ckpt, model_config, train_config, path)
+        raise CheckpointError(f"cannot resume from {path}: it is not a last.pt (it has no optimiser or RNG state)")
+    problem = _config_problem(ckpt, model_config, train_config)
+    if problem:
+        raise CheckpointError(f"cannot resume from {path}: {problem}")
+    return ckpt
 
 
-def _config_problem(ckpt: dict, model_config: VQVAEConfig, train_config: TrainConfig, path) -> Optional[str]:
+def _config_problem(ckpt: dict, model_config: VQVAEConfig, train_config: TrainConfig) -> Optional[str]:
     """Only RESUMABLE_CHANGES may differ (more epochs, another device, other folders, speed
     switches): anything else would make the continued run another run."""
-    if ckpt["model_config"] != dataclasses.asdict(model_config):
-        diff = {k: v for k, v in ckpt["model_config"].items() if dataclasses.asdict(model_config).get(k) != v}
-        return f"{path} was trained with another model configuration ({diff})"
-    saved = {k: v for k, v in ckpt["train_config"].items() if k not in RESUMABLE_CHANGES}
-    wanted = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in RESUMABLE_CHANGES}
-    if saved != wanted:
-        diff = {k: v for k, v in saved.items() if wanted.get(k) != v}
-        return f"{path} was trained with other settings ({diff})"
+    diff = changed_fields(ckpt["model_config"], dataclasses.asdict(model_config))
+    if diff:
+        return f"it was trained with another model configuration ({diff})"
+    diff = changed_fields(ckpt["train_config"], dataclasses.asdict(train_config), RESUMABLE_CHANGES)
+    if diff:
+        return f"it was trained with other settings ({diff})"
     return None
 
 
@@ -209,10 +207,7 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
     start_epoch = 0
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if resume and last_path.is_file():
-        problem = resume_problem(last_path, model_config, train_config)
-        if problem:
-            raise CheckpointError(f"cannot resume: {problem}")
-        ckpt = load_checkpoint(last_path, kind="vqvae")
+        ckpt = read_last(last_path, model_config, train_config)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, start_epoch = ckpt["history"], ckpt["epoch"]
