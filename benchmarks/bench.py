@@ -4,11 +4,13 @@
 runs every section on tiny sizes in seconds, so the test suite keeps it alive.
 Prints a table and writes results/bench/bench.json (atomically):
 
-1. fp32 matmul GFLOP/s at a few sizes; the best is the reference peak.
+1. fp32 matmul GFLOP/s at a few sizes, before and after the training
+   measurements; the best is the reference peak.
 2. VQ-VAE training images/s for the default architecture and the grid's extremes,
    and model FLOP utilisation: FLOPs per image (torch.utils.flop_counter, forward
    and backward) x images/s / the matmul peak. Also the real `train_vqvae` loop,
-   and what each non-model part of a step costs.
+   what each non-model part of a step costs, and each layer of the step timed
+   alone (which layers run near the peak and which are memory-bound).
 3. Training images/s against batch size and hidden width.
 4. The quantizer's nearest-neighbour step against torch.cdist and broadcasting.
 5. Inference: encoding the test set to code indices, and classifier predictions.
@@ -43,7 +45,7 @@ from vqlib.device import resolve_device, seed_everything
 from vqlib.files import write_json
 from vqlib.models import VQVAE
 from vqlib.models.quantizer import code_histogram, perplexity_and_usage
-from vqlib.train import apply_speed_switches, autocast, make_optimizer, train_step, train_vqvae
+from vqlib.train import amp_enabled, apply_speed_switches, autocast, make_optimizer, train_step, train_vqvae
 
 LATENT_POSITIONS = 12 * 12
 
@@ -155,16 +157,22 @@ def train_throughput(model_config: VQVAEConfig, train_config: TrainConfig, image
 
 
 def train_row(name: str, model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor,
-              peak: float, *, profile: Profile, device: torch.device) -> dict:
+              *, profile: Profile, device: torch.device) -> dict:
+    """Speed and FLOPs of one configuration; its MFU is added once the peak is known (`add_mfu`)."""
     load_before = load_average()
     speed = train_throughput(model_config, train_config, images, profile=profile, device=device)
     flops = flops_per_image(model_config, train_config, images, device)
     return {"name": name, "K": model_config.num_embeddings, "D": model_config.embedding_dim,
             "hidden": model_config.hidden_channels, "batch_size": train_config.batch_size,
             "channels_last": train_config.channels_last, "compile": train_config.compile,
-            "amp": train_config.amp, "gflop_per_image": flops / 1e9, **speed,
-            "mfu": flops * speed["images_per_s"] / (peak * 1e9), "load_before": load_before,
+            "amp": train_config.amp, "gflop_per_image": flops / 1e9, **speed, "load_before": load_before,
             "load_after": load_average()}
+
+
+def add_mfu(row: dict, peak_gflops: float) -> dict:
+    """Model FLOP utilisation: FLOPs per image x images/s / the matmul peak."""
+    row["mfu"] = row["gflop_per_image"] * row["images_per_s"] / peak_gflops
+    return row
 
 
 def loop_overhead(model_config: VQVAEConfig, train_config: TrainConfig, data: FashionMNIST, step_ms: float,
@@ -242,6 +250,69 @@ def real_loop(model_config: VQVAEConfig, train_config: TrainConfig, data: Fashio
     row = run.history[-1]
     return {"images": profile.loop_subset, "epoch_seconds": row["epoch_seconds"],
             "images_per_s": row["images_per_s"], "load_before": load_before, "load_after": load_average()}
+
+
+def layer_kind(module: torch.nn.Module) -> Optional[str]:
+    """The group a layer of the VQ-VAE is reported in, or None for layers not timed alone."""
+    if isinstance(module, torch.nn.BatchNorm2d):
+        return "batch norm + ReLU"
+    if isinstance(module, torch.nn.ConvTranspose2d):
+        return "transposed conv"
+    if isinstance(module, torch.nn.Conv2d):
+        return f"{module.kernel_size[0]}x{module.kernel_size[1]} conv" + (" (stride 2)" if module.stride[0] > 1 else "")
+    return None
+
+
+def layer_breakdown(model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor, step_ms: float, *,
+                    profile: Profile, device: torch.device) -> dict:
+    """Where a training step's time goes: every conv and batch norm of the model timed alone.
+
+    Each layer runs forward and backward on an input of the shape and layout it
+    gets in training (batch norm with the ReLU that follows it), grouped by
+    kind; shares are of the layers' summed time. Their GFLOP/s
+    (torch.utils.flop_counter) against the matmul peak says which layers are
+    compute-bound and which are not. Timed alone, a layer loses the cache reuse
+    it has inside a whole step, so the sum can exceed `step_ms`, which also
+    holds the quantizer, residual additions, the loss and Adam.
+    """
+    seed_everything(0)
+    model = apply_speed_switches(VQVAE(model_config).to(device).train(), train_config)
+    inputs: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
+
+    def keep_input(name: str) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple) -> None:  # returns None: the forward pass is unchanged
+            inputs.setdefault(name, (module, args[0].detach().clone()))
+        return hook
+
+    hooks = [module.register_forward_pre_hook(keep_input(name))
+             for name, module in model.named_modules() if layer_kind(module)]
+    with torch.no_grad():
+        model(images[: train_config.batch_size])
+    for hook in hooks:
+        hook.remove()
+    groups: dict[str, dict] = {}
+    for name, (module, x) in inputs.items():
+        # The first layer's input is the image batch: no gradient flows into it in training either.
+        x.requires_grad_(x.shape[1] > 1)
+
+        def run(module=module, x=x) -> None:
+            y = module(x)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                y = torch.relu(y)
+            y.backward(torch.ones_like(y))
+
+        with FlopCounterMode(display=False) as counter:
+            run()
+        seconds, _ = median_seconds(run, repeats=profile.repeats, device=device)
+        group = groups.setdefault(layer_kind(module), {"layers": 0, "ms": 0.0, "gflop": 0.0})
+        group["layers"] += 1
+        group["ms"] += 1e3 * seconds
+        group["gflop"] += counter.get_total_flops() / 1e9
+    timed = sum(g["ms"] for g in groups.values())
+    for group in groups.values():
+        group["share"] = group["ms"] / timed
+        group["gflops"] = group["gflop"] / (group["ms"] / 1e3) if group["gflop"] else None
+    return {"step_ms": step_ms, "groups": groups, "layers_ms": timed, "layers_over_step": timed / step_ms}
 
 
 # ----------------------------------------------------------------------------- 4. nearest neighbour
@@ -359,40 +430,47 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
                         "cpu_count": os.cpu_count(), "smoke": profile is SMOKE, "load_start": load_average(),
                         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
 
-    matmul = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device)
-    peak = max(matmul.values())
-    result.update(matmul=matmul, matmul_gflops=peak)
-    if device.type == "cuda":
-        bf16 = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=torch.bfloat16)
-        result.update(matmul_bf16=bf16, matmul_gflops_bf16=max(bf16.values()))
-    amp_peak = result.get("matmul_gflops_bf16", peak) if device.type == "cuda" else peak
+    # The peak is measured before and after the training measurements, and the best of both
+    # is used: a shared machine's speed drifts within a run, and a low peak would flatter the MFU.
+    peak_dtypes = {"matmul": torch.float32, **({"matmul_bf16": torch.bfloat16} if device.type == "cuda" else {})}
+    for key, dtype in peak_dtypes.items():
+        result[key] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
 
-    rows = [train_row("default", base_model, base_train, images, amp_peak, profile=profile, device=device),
+    rows = [train_row("default", base_model, base_train, images, profile=profile, device=device),
             train_row("default, NCHW", base_model, dataclasses.replace(base_train, channels_last=False), images,
-                      amp_peak, profile=profile, device=device)]
+                      profile=profile, device=device)]
     if compile_variant:
         rows.append(train_row("default, compiled", base_model, dataclasses.replace(base_train, compile=True),
-                              images, amp_peak, profile=profile, device=device))
+                              images, profile=profile, device=device))
     for k, d in grid_extremes():
         rows.append(train_row(f"grid K{k} D{d}", dataclasses.replace(base_model, num_embeddings=k, embedding_dim=d),
-                              base_train, images, amp_peak, profile=profile, device=device))
+                              base_train, images, profile=profile, device=device))
     result["train"] = rows
     default = rows[0]
-    result.update(train_images_per_s=default["images_per_s"], train_mfu=default["mfu"],
-                  train_gflop_per_image=default["gflop_per_image"], train_batch_size=base_train.batch_size)
 
     result["batch_sweep"] = [
-        train_row(f"batch {bs}", base_model, dataclasses.replace(base_train, batch_size=bs), images, amp_peak,
+        train_row(f"batch {bs}", base_model, dataclasses.replace(base_train, batch_size=bs), images,
                   profile=profile, device=device) for bs in profile.batch_sizes]
     result["width_sweep"] = [
         train_row(f"hidden {h}", dataclasses.replace(base_model, hidden_channels=h, residual_channels=max(1, h // 2)),
-                  base_train, images, amp_peak, profile=profile, device=device) for h in profile.hidden_widths]
+                  base_train, images, profile=profile, device=device) for h in profile.hidden_widths]
 
     loop = real_loop(base_model, base_train, data, profile=profile)
-    loop["mfu"] = default["gflop_per_image"] * 1e9 * loop["images_per_s"] / (amp_peak * 1e9)
-    loop["share_of_step_throughput"] = loop["images_per_s"] / default["images_per_s"]
-    result.update(train_loop=loop, train_loop_images_per_s=loop["images_per_s"], train_loop_mfu=loop["mfu"])
+    loop.update(gflop_per_image=default["gflop_per_image"],
+                share_of_step_throughput=loop["images_per_s"] / default["images_per_s"])
+    result["train_loop"] = loop
     result["overhead"] = loop_overhead(base_model, base_train, data, default["step_ms"], profile=profile, device=device)
+    result["layers"] = layer_breakdown(base_model, base_train, images, default["step_ms"], profile=profile, device=device)
+
+    for key, dtype in peak_dtypes.items():
+        result[f"{key}_end"] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
+        result[f"{key}_gflops"] = max(*result[key].values(), *result[f"{key}_end"].values())
+    peak = result["matmul_gflops_bf16"] if amp_enabled(base_train, device) else result["matmul_gflops"]
+    for row in [*rows, *result["batch_sweep"], *result["width_sweep"], loop]:
+        add_mfu(row, peak)
+    result.update(train_images_per_s=default["images_per_s"], train_mfu=default["mfu"],
+                  train_gflop_per_image=default["gflop_per_image"], train_batch_size=base_train.batch_size,
+                  train_loop_images_per_s=loop["images_per_s"], train_loop_mfu=loop["mfu"])
 
     nearest_batch = profile.nearest_batch or base_train.batch_size
     result["nearest"] = nearest_rows(profile.nearest_ks, nearest_batch * LATENT_POSITIONS, base_model.embedding_dim,
@@ -422,9 +500,9 @@ def print_table(result: dict, out=sys.stdout) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"vqlib benchmark: torch {env['torch']} on {env['device']}, {env['threads']} threads, "
       f"load average {env['load_start']} -> {env['load_end']}{' (smoke)' if env['smoke'] else ''}")
-    p("\n1. fp32 matmul (the reference peak is the best size)")
+    p("\n1. fp32 matmul, before and after the training measurements (the peak is the best of all)")
     for n, g in result["matmul"].items():
-        p(f"   {n:>5} x {n:<5} {g:8.1f} GFLOP/s")
+        p(f"   {n:>5} x {n:<5} {g:8.1f} {result['matmul_end'][n]:8.1f} GFLOP/s")
     p(f"   peak        {result['matmul_gflops']:8.1f} GFLOP/s")
     header = f"   {'configuration':<20}{'batch':>6}{'GFLOP/img':>10}{'images/s':>10}{'step ms':>9}{'MFU':>7}{'load':>11}"
     for title, key in (("2. VQ-VAE training step (vqlib.train.train_step)", "train"),
@@ -443,6 +521,14 @@ def print_table(result: dict, out=sys.stdout) -> None:
     for name, ms in o["parts_ms"].items():
         p(f"   {name:<32}{ms:8.3f} ms {o['parts_share'][name]:7.2%}")
     p(f"   {'all of them':<32}{o['total_ms']:8.3f} ms {o['total_share']:7.2%}")
+    lay = result["layers"]
+    p("2d. the default step's convolutions and batch norms, each timed alone, forward + backward:")
+    p(f"   {'layer kind':<24}{'layers':>7}{'ms':>8}{'share':>8}{'GFLOP/s':>9}{'of peak':>9}")
+    for kind, g in lay["groups"].items():
+        of_peak = f"{g['gflops'] / result['matmul_gflops']:.0%}" if g["gflops"] else ""
+        p(f"   {kind:<24}{g['layers']:>7}{g['ms']:>8.1f}{g['share']:>8.0%}{_fmt(g['gflops']):>9}{of_peak:>9}")
+    p(f"   {'all of them':<24}{'':>7}{lay['layers_ms']:>8.1f}   ({lay['layers_over_step']:.0%} of the whole step's "
+      f"{lay['step_ms']:.1f} ms: alone, a layer loses the step's cache reuse)")
     p("\n4. nearest code (ms per batch; agreement with the broadcast reference)")
     p(f"   {'K':>5}{'vectors':>9}{'vqlib':>9}{'cdist':>9}{'broadcast':>11}{'x cdist':>9}{'x bcast':>9}{'agree':>7}")
     for r in result["nearest"]:

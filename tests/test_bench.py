@@ -233,7 +233,14 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     assert all(row["vqlib_agrees"] == 1.0 and row["cdist_agrees"] == 1.0 for row in result["nearest"])
     assert set(result["overhead"]["parts_ms"]) >= {"batch slicing", "quantizer bookkeeping"}
     assert result["classifier_epoch"]["cached_epoch_seconds"] > 0
-    for heading in ("1. fp32 matmul", "MFU", "4. nearest code", "6. classifier head"):
+    # The peak is the best matmul of both passes, and every MFU is taken against it.
+    assert result["matmul_gflops"] == max(*result["matmul"].values(), *result["matmul_end"].values())
+    default = result["train"][0]
+    assert result["train_mfu"] == pytest.approx(default["gflop_per_image"] * default["images_per_s"] / result["matmul_gflops"])
+    groups = result["layers"]["groups"]
+    assert {"3x3 conv", "1x1 conv", "batch norm + ReLU", "transposed conv"} <= set(groups)
+    assert all(g["ms"] > 0 for g in groups.values()) and groups["3x3 conv"]["gflops"] > 0
+    for heading in ("1. fp32 matmul", "MFU", "2d. the default step's convolutions", "4. nearest code", "6. classifier head"):
         assert heading in proc.stdout
 
 
