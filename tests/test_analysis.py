@@ -194,3 +194,46 @@ def test_class_examples_one_row_per_class(sample):
     assert all((labels[row] == c).all() for c, row in enumerate(rows))
     with pytest.raises(ConfigError):
         analysis.class_examples(labels, 31)
+
+
+def test_grid_loss_curves_read_like_the_grid_and_count_whole_epochs():
+    """plot_losses: a colour per K, a dash per D; epoch ticks are whole numbers even for a 2-epoch run."""
+    import matplotlib.pyplot as plt
+
+    from vqlib import plots
+
+    history = [{"epoch": 1, "train_mse": 0.03, "val_mse": 0.02}, {"epoch": 2, "train_mse": 0.01, "val_mse": 0.01}]
+    names = ["K25_D16", "K25_D32", "K50_D16", "K50_D32"]
+    fig = plots.plot_losses({name: history for name in names})
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["K25_D16"].get_color() == lines["K25_D32"].get_color() != lines["K50_D16"].get_color()
+    assert lines["K25_D16"].get_linestyle() == lines["K50_D16"].get_linestyle() != lines["K25_D32"].get_linestyle()
+    low, high = fig.axes[0].get_xlim()
+    ticks = [t for t in fig.axes[0].get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)
+    # Names of another form still get lines that differ.
+    fig = plots.plot_losses({"first": history, "second": history})
+    first, second = fig.axes[0].get_lines()
+    assert first.get_color() != second.get_color()
+    plt.close(fig)
+
+
+def test_codebook_usage_heatmap_scales_each_code_by_its_top_class():
+    """The bottom panel is 1 for the class that uses a code most; a code nobody uses is 0, never NaN."""
+    import matplotlib.pyplot as plt
+
+    from vqlib import plots
+
+    rng = np.random.default_rng(0)
+    frequencies = rng.random((NUM_CLASSES, 12))
+    frequencies[:, 5] = 0.0
+    frequencies /= frequencies.sum(axis=1, keepdims=True)
+    fig = plots.class_code_heatmap(frequencies, CLASS_NAMES)
+    top, bottom = fig.axes[0], fig.axes[1]
+    relative = np.asarray(bottom.collections[0].get_array()).reshape(NUM_CLASSES, 12)
+    assert np.isfinite(relative).all()
+    used = relative.max(axis=0) > 0
+    assert used.sum() == 11 and np.allclose(relative.max(axis=0)[used], 1.0)
+    assert np.isfinite(np.asarray(top.collections[0].get_array(), dtype=float)).all()
+    plt.close(fig)

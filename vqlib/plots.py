@@ -18,6 +18,12 @@ if matplotlib.get_backend().lower() not in ("inline", "module://matplotlib_inlin
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
+
+
+def epoch_axis(ax) -> None:
+    """Whole epochs on the x axis: a 2-epoch run gets ticks 1 and 2, not 1.0, 1.2, ..., 2.0."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _as_images(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -83,6 +89,7 @@ def loss_curves(history, *, title: Optional[str] = None):
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+        epoch_axis(ax)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -183,6 +190,25 @@ def label_efficiency_figure(frame, *, title: Optional[str] = None):
 
 # ----------------------------------------------------------------------------- grid (notebook 02)
 
+def _grid_line_styles(names: Sequence[str]) -> list[dict]:
+    """A colour per codebook size K and a line style per dimension D, from run names K{K}_D{D}.
+
+    Nine lines of one colour map are hard to tell apart; K x D as colour x dash
+    reads like the grid. Names of another form get a colour each.
+    """
+    import re
+
+    parsed = [re.fullmatch(r"K(\d+)_D(\d+)", name) for name in names]
+    palette = plt.get_cmap("tab10").colors
+    if not all(parsed):
+        return [{"color": palette[i % len(palette)]} for i in range(len(names))]
+    ks = sorted({int(m.group(1)) for m in parsed})
+    ds = sorted({int(m.group(2)) for m in parsed})
+    dashes = ["-", "--", ":", "-."]
+    return [{"color": palette[ks.index(int(m.group(1))) % len(palette)],
+             "linestyle": dashes[ds.index(int(m.group(2))) % len(dashes)]} for m in parsed]
+
+
 def plot_losses(losses, *, title: Optional[str] = "Training of every grid configuration"):
     """The seed's `plot_losses`: training and validation MSE per epoch, one line per configuration.
 
@@ -192,14 +218,14 @@ def plot_losses(losses, *, title: Optional[str] = "Training of every grid config
     import pandas as pd
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(losses), 1)))
-    for color, (name, history) in zip(colors, losses.items()):
+    for (name, history), style in zip(losses.items(), _grid_line_styles(list(losses))):
         frame = pd.DataFrame(history)
-        axes[0].plot(frame["epoch"], frame["train_mse"], marker="o", ms=3, color=color, label=name)
-        axes[1].plot(frame["epoch"], frame["val_mse"], marker="o", ms=3, color=color, label=name)
+        axes[0].plot(frame["epoch"], frame["train_mse"], marker="o", ms=3, label=name, **style)
+        axes[1].plot(frame["epoch"], frame["val_mse"], marker="o", ms=3, label=name, **style)
     for ax, split in zip(axes, ("training", "validation")):
         ax.set(xlabel="epoch", ylabel="reconstruction MSE", yscale="log", title=f"{split} MSE")
         ax.grid(alpha=0.3)
+        epoch_axis(ax)
     axes[1].legend(fontsize=7, ncol=2, loc="upper right")
     if title:
         fig.suptitle(title)
@@ -243,17 +269,35 @@ def tsne_scatter(points: np.ndarray, labels: np.ndarray, class_names: Sequence[s
 
 
 def class_code_heatmap(frequencies: np.ndarray, class_names: Sequence[str], *, title: Optional[str] = None):
-    """Class x code heatmap of code frequencies (each row sums to 1), codes sorted by their most frequent class."""
+    """Class x code heatmaps of code frequencies (each row sums to 1), codes sorted by their most frequent class.
+
+    Top: the share of each class's latent cells that use the code, on a log
+    colour scale (a few background codes take a quarter of all cells; on a
+    linear scale they would hide everything else). Bottom: each code's
+    frequency relative to the class that uses it most (1 = that class), where
+    the codes a class owns form a bright block and codes all classes share
+    form bright columns.
+    """
     import seaborn as sns
+    from matplotlib.colors import LogNorm
 
     order = np.lexsort((-frequencies.max(axis=0), frequencies.argmax(axis=0)))
+    sorted_freq = frequencies[:, order]
     k = frequencies.shape[1]
-    fig, ax = plt.subplots(figsize=(min(2 + 0.16 * k, 18), 4.2))
-    sns.heatmap(frequencies[:, order], ax=ax, cmap="magma", cbar_kws={"label": "share of the class's latent cells"},
-                yticklabels=class_names, xticklabels=[str(i) for i in order] if k <= 64 else False)
-    ax.set(xlabel="code (sorted by the class that uses it most)", ylabel="")
-    ax.tick_params(axis="x", labelsize=6)
-    ax.set_title(title or "Codebook usage per class (test images)")
+    fig, axes = plt.subplots(2, 1, figsize=(min(2 + 0.16 * k, 18), 7.6), sharex=True)
+    floor = 1e-4  # zero counts (codes a class never uses) are drawn as this
+    sns.heatmap(np.maximum(sorted_freq, floor), ax=axes[0], cmap="magma",
+                norm=LogNorm(vmin=floor, vmax=max(sorted_freq.max(), floor * 10)),
+                cbar_kws={"label": "share of the class's cells (log)"}, yticklabels=class_names, xticklabels=False)
+    axes[0].set_title(title or "Codebook usage per class (test images)")
+    relative = sorted_freq / np.maximum(sorted_freq.max(axis=0, keepdims=True), 1e-12)
+    sns.heatmap(relative, ax=axes[1], cmap="magma", vmin=0, vmax=1,
+                cbar_kws={"label": "relative to the code's top class"}, yticklabels=class_names,
+                xticklabels=[str(i) for i in order] if k <= 64 else False)
+    axes[1].set_title("The same, each code relative to the class that uses it most: blocks are the codes a class owns",
+                      fontsize=10)
+    axes[1].set(xlabel="code (sorted by the class that uses it most)", ylabel="")
+    axes[1].tick_params(axis="x", labelsize=6)
     fig.tight_layout()
     return fig
 
