@@ -45,6 +45,7 @@ from vqlib.device import resolve_device, seed_everything
 from vqlib.files import write_json
 from vqlib.models import VQVAE
 from vqlib.models.quantizer import code_histogram, perplexity_and_usage
+from vqlib.progress import progress_bar
 from vqlib.train import amp_enabled, apply_speed_switches, autocast, make_optimizer, train_step, train_vqvae
 
 LATENT_POSITIONS = 12 * 12
@@ -430,12 +431,26 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
                         "cpu_count": os.cpu_count(), "smoke": profile is SMOKE, "load_start": load_average(),
                         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
 
+    sections = ["1. matmul peak", "2. training step", "3a. batch size", "3b. hidden width", "2b. train_vqvae loop",
+                "2c. non-model parts", "2d. layers", "1. matmul peak again", "4. nearest code", "5. inference",
+                "6. classifier head"]
+    bar = progress_bar(total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections")
+    todo = iter(sections)
+
+    def section() -> None:
+        """Advance the bar to the next section (stderr; the table comes at the end)."""
+        if bar.n or bar.desc:
+            bar.update(1)
+        bar.set_description_str(f"bench: {next(todo)}")
+
     # The peak is measured before and after the training measurements, and the best of both
     # is used: a shared machine's speed drifts within a run, and a low peak would flatter the MFU.
+    section()
     peak_dtypes = {"matmul": torch.float32, **({"matmul_bf16": torch.bfloat16} if device.type == "cuda" else {})}
     for key, dtype in peak_dtypes.items():
         result[key] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
 
+    section()
     rows = [train_row("default", base_model, base_train, images, profile=profile, device=device),
             train_row("default, NCHW", base_model, dataclasses.replace(base_train, channels_last=False), images,
                       profile=profile, device=device)]
@@ -448,20 +463,26 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     result["train"] = rows
     default = rows[0]
 
+    section()
     result["batch_sweep"] = [
         train_row(f"batch {bs}", base_model, dataclasses.replace(base_train, batch_size=bs), images,
                   profile=profile, device=device) for bs in profile.batch_sizes]
+    section()
     result["width_sweep"] = [
         train_row(f"hidden {h}", dataclasses.replace(base_model, hidden_channels=h, residual_channels=max(1, h // 2)),
                   base_train, images, profile=profile, device=device) for h in profile.hidden_widths]
 
+    section()
     loop = real_loop(base_model, base_train, data, profile=profile)
     loop.update(gflop_per_image=default["gflop_per_image"],
                 share_of_step_throughput=loop["images_per_s"] / default["images_per_s"])
     result["train_loop"] = loop
+    section()
     result["overhead"] = loop_overhead(base_model, base_train, data, default["step_ms"], profile=profile, device=device)
+    section()
     result["layers"] = layer_breakdown(base_model, base_train, images, default["step_ms"], profile=profile, device=device)
 
+    section()
     for key, dtype in peak_dtypes.items():
         result[f"{key}_end"] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
         result[f"{key}_gflops"] = max(*result[key].values(), *result[f"{key}_end"].values())
@@ -473,14 +494,19 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
                   train_loop_images_per_s=loop["images_per_s"], train_loop_mfu=loop["mfu"])
 
     nearest_batch = profile.nearest_batch or base_train.batch_size
+    section()
     result["nearest"] = nearest_rows(profile.nearest_ks, nearest_batch * LATENT_POSITIONS, base_model.embedding_dim,
                                      repeats=profile.repeats, device=device)
 
+    section()
     result["inference"] = inference(base_model, data, profile=profile, device=device)
     result["encode_images_per_s"] = result["inference"].get("encode_images_per_s_channels_last")
     result["encode_images_per_s_nchw"] = result["inference"].get("encode_images_per_s_contiguous")
     result["infer_cls_images_per_s"] = result["inference"].get("infer_cls_images_per_s_channels_last")
+    section()
     result["classifier_epoch"] = classifier_epochs(base_model, data, profile=profile, device=device)
+    bar.update(1)
+    bar.close()
     result["environment"]["load_end"] = load_average()
     return result
 
