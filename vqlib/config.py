@@ -229,7 +229,9 @@ class LabelEfficiencyConfig:
     num_seeds: int = _opt(3, "seeds (label subsets and initialisations) per label count up to max_seeded_labels")
     max_seeded_labels: int = _opt(1000, "label counts above this (and 'all') run one seed only")
     cnn_epochs_all: int = _opt(3, "maximum epochs of pixel_cnn on all labels (it runs the CNN on every image, every step)")
-    linear_c: str = _opt("0.01,0.1,1", "inverse regularisation strengths C of the logistic regressions, chosen on validation")
+    # Measured: on standardised features the best C was the smallest of 0.01,0.1,1 in 14 of 18 fits
+    # (full-settings K100_D16, 10-1,000 labels, 3 seeds); with 0.0003-0.01 the code's probe chose 0.003.
+    linear_c: str = _opt("0.001,0.003,0.01,0.1,1", "inverse regularisation strengths C of the logistic regressions, chosen on validation")
     linear_max_iter: int = _opt(200, "L-BFGS iterations of each logistic regression")
     seed: int = _opt(0, "first seed; seed i of a label count uses seed + i")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
