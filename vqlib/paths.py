@@ -9,7 +9,9 @@ installed, non-editable copy of the package, for example).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Optional
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -38,3 +40,9 @@ def notebooks_dir() -> Path:
 def vqvae_run_name(num_embeddings: int, embedding_dim: int) -> str:
     """The folder name of one grid point, ``K{K}_D{D}``, used under checkpoints/ and results/."""
     return f"K{num_embeddings}_D{embedding_dim}"
+
+
+def parse_vqvae_run_name(name: str) -> Optional[tuple[int, int]]:
+    """(K, D) of a name made by `vqvae_run_name`, or None for a name of another form."""
+    match = re.fullmatch(r"K(\d+)_D(\d+)", name)
+    return (int(match.group(1)), int(match.group(2))) if match else None

@@ -196,17 +196,17 @@ def _grid_line_styles(names: Sequence[str]) -> list[dict]:
     Nine lines of one colour map are hard to tell apart; K x D as colour x dash
     reads like the grid. Names of another form get a colour each.
     """
-    import re
+    from .paths import parse_vqvae_run_name
 
-    parsed = [re.fullmatch(r"K(\d+)_D(\d+)", name) for name in names]
+    parsed = [parse_vqvae_run_name(name) for name in names]
     palette = plt.get_cmap("tab10").colors
     if not all(parsed):
         return [{"color": palette[i % len(palette)]} for i in range(len(names))]
-    ks = sorted({int(m.group(1)) for m in parsed})
-    ds = sorted({int(m.group(2)) for m in parsed})
+    ks = sorted({k for k, _ in parsed})
+    ds = sorted({d for _, d in parsed})
     dashes = ["-", "--", ":", "-."]
-    return [{"color": palette[ks.index(int(m.group(1))) % len(palette)],
-             "linestyle": dashes[ds.index(int(m.group(2))) % len(dashes)]} for m in parsed]
+    return [{"color": palette[ks.index(k) % len(palette)], "linestyle": dashes[ds.index(d) % len(dashes)]}
+            for k, d in parsed]
 
 
 def plot_losses(losses, *, title: Optional[str] = "Training of every grid configuration"):
