@@ -115,6 +115,15 @@ def split_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
+def with_defaults(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict completed with the defaults of fields added since it was saved.
+
+    A checkpoint or metrics file written before a field existed then compares
+    equal to a config that leaves the new field at its default.
+    """
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING} | saved
+
+
 def changed_fields(saved: dict[str, Any], wanted: dict[str, Any], ignore: Any = ()) -> dict[str, Any]:
     """The saved values of the fields (outside `ignore`) where two config dicts differ; empty when equal.
 
@@ -260,7 +269,7 @@ def parse_int_list(name: str, text: str) -> list[int]:
 
 @dataclass
 class GridConfig:
-    """Which VQ-VAE configurations the grid trains (K x D), and how the grid runs them.
+    """Which VQ-VAE configurations the grid trains (K x D x seed), and how the grid places them.
 
     The values are checked as integers only: each configuration is validated
     when it runs, so that one impossible point is recorded as failed and does
@@ -269,7 +278,10 @@ class GridConfig:
 
     num_embeddings_values: str = _opt("25,50,100", "codebook sizes K, comma-separated")
     embedding_dim_values: str = _opt("16,32,64", "code dimensions D, comma-separated")
-    jobs: int = _opt(1, "configurations run at once, each in its own process (for a GPU; 1 on a small CPU)")
+    seeds: str = _opt("0", "training seeds of every K x D, comma-separated; summaries show mean and std over them")
+    jobs: Optional[int] = _opt(None, "configurations run at once; None chooses from the machine (CPU: one per core with "
+                               "one thread each, measured fastest; CUDA: one)")
+    threads_per_config: Optional[int] = _opt(None, "torch threads of each configuration; None: the cores divided by jobs")
     cell_timeout: Optional[int] = _opt(None, "seconds one notebook cell may run before its configuration counts as failed; None: no limit")
     grid_dir: Optional[str] = _opt(None, "folder of the runs K{K}_D{D}/, summary.csv and best.json; None means results/grid")
     checkpoint_root: Optional[str] = _opt(None, "folder of the runs' checkpoints K{K}_D{D}/; None means checkpoints/grid (apart from manual train-vqvae runs in checkpoints/vqvae)")
@@ -277,7 +289,12 @@ class GridConfig:
     def __post_init__(self) -> None:
         parse_int_list("num_embeddings_values", self.num_embeddings_values)
         parse_int_list("embedding_dim_values", self.embedding_dim_values)
-        _check(isinstance(self.jobs, int) and self.jobs >= 1, f"jobs must be a positive integer, not {self.jobs!r}")
+        seeds = parse_int_list("seeds", self.seeds)
+        _check(all(s >= 0 for s in seeds), f"seeds must be 0 or more, not {self.seeds!r}")
+        for name in ("jobs", "threads_per_config"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                   f"{name} must be a positive integer or None (chosen from the machine), not {value!r}")
         _check(self.cell_timeout is None or (isinstance(self.cell_timeout, int) and self.cell_timeout >= 1),
                f"cell_timeout must be a positive number of seconds or None, not {self.cell_timeout!r}")
 
@@ -286,6 +303,11 @@ class GridConfig:
         ks = parse_int_list("num_embeddings_values", self.num_embeddings_values)
         ds = parse_int_list("embedding_dim_values", self.embedding_dim_values)
         return list(dict.fromkeys((k, d) for k in ks for d in ds))
+
+    def points(self) -> list[tuple[int, int, int]]:
+        """(K, D, seed) triples: every configuration with every seed, K-major, duplicates removed."""
+        seeds = list(dict.fromkeys(parse_int_list("seeds", self.seeds)))
+        return [(k, d, s) for k, d in self.configurations() for s in seeds]
 
 
 @dataclass

@@ -36,7 +36,7 @@ import pandas as pd
 
 from . import paths
 from .config import (AnalysisConfig, GridConfig, SummaryConfig, TrainConfig, VQVAEConfig, from_dict,
-                     split_fields)
+                     changed_fields, split_fields, with_defaults)
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError, VqlibError
 from .files import atomic_path, ensure_dir, read_json, write_csv, write_json
 
@@ -105,14 +105,20 @@ def record_vqvae_run(run, results_dir: str | os.PathLike) -> dict:
     best = min(run.history, key=lambda row: row["val_mse"])
     metrics = {
         "status": "success",
-        "name": paths.vqvae_run_name(run.model_config.num_embeddings, run.model_config.embedding_dim),
+        "name": paths.vqvae_run_name(run.model_config.num_embeddings, run.model_config.embedding_dim,
+                                     run.train_config.seed),
         "num_embeddings": run.model_config.num_embeddings,
         "embedding_dim": run.model_config.embedding_dim,
+        "seed": run.train_config.seed,
         "best_epoch": best["epoch"],
         "val_mse": best["val_mse"], "val_psnr": best["val_psnr"],
         "val_perplexity": best["val_perplexity"], "val_usage": best["val_usage"],
         "train_seconds": float(sum(row["epoch_seconds"] for row in run.history)),
         "images_per_s": float(np.mean([row["images_per_s"] for row in run.history])),
+        # Soak figures of the whole run, resumed parts included: the largest resident memory
+        # of any epoch, and every code version that trained an epoch (older histories lack them).
+        "peak_rss_mb": max((row.get("peak_rss_mb", math.nan) for row in run.history), default=math.nan),
+        "code": sorted({row["code"] for row in run.history if "code" in row}),
         "checkpoint": str(run.best_checkpoint.resolve()),
         "model_config": dataclasses.asdict(run.model_config),
         "train_config": dataclasses.asdict(run.train_config),
@@ -158,21 +164,27 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
 
 
 @contextlib.contextmanager
-def _kernel_environment() -> Iterator[None]:
-    """The kernel papermill starts inherits this process's environment: silence tqdm there.
+def _kernel_environment(threads: Optional[int] = None) -> Iterator[None]:
+    """The environment the kernel papermill starts inherits from this process: quiet, and `threads` threads.
 
     Progress bars inside an executed notebook end up as pages of text in the
-    HTML reports; tqdm >= 4.66 reads TQDM_DISABLE when a bar is created.
+    HTML reports; tqdm >= 4.66 reads TQDM_DISABLE when a bar is created. Torch
+    reads OMP_NUM_THREADS when the kernel imports it, so this is how a grid
+    point gets its share of the cores.
     """
-    saved = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    values = {"TQDM_DISABLE": "1"}
+    if threads:
+        values |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def notebook_parameter_names(notebook: str | os.PathLike) -> list[str]:
@@ -182,7 +194,8 @@ def notebook_parameter_names(notebook: str | os.PathLike) -> list[str]:
 
 
 def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict[str, Any], *,
-                     cwd: Optional[str | os.PathLike] = None, cell_timeout: Optional[int] = None) -> Path:
+                     cwd: Optional[str | os.PathLike] = None, cell_timeout: Optional[int] = None,
+                     threads: Optional[int] = None) -> Path:
     """Execute `notebook` with papermill into `output`; raise `NotebookError` with one sentence on failure.
 
     The notebook is written next to `output` under a temporary name and moved
@@ -200,7 +213,7 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
     partial = output.with_name(f".{output.stem}.running.ipynb")
     error: Optional[str] = None
     try:
-        with _kernel_environment():
+        with _kernel_environment(threads):
             papermill.execute_notebook(str(notebook), str(partial), parameters=plain_parameters(parameters),
                                        kernel_name=KERNEL_NAME, cwd=str(cwd or notebook.parent),
                                        progress_bar=False, log_output=False, execution_timeout=cell_timeout,
@@ -227,22 +240,32 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
 # ----------------------------------------------------------------------------- the grid
 
 def grid_parameters(num_embeddings: int, embedding_dim: int, model: Optional[VQVAEConfig] = None,
-                    train: Optional[TrainConfig] = None, grid: Optional[GridConfig] = None) -> dict[str, Any]:
+                    train: Optional[TrainConfig] = None, grid: Optional[GridConfig] = None,
+                    seed: int = 0) -> dict[str, Any]:
     """The parameters of notebook 01 for one grid point: every field of VQVAEConfig and TrainConfig.
 
     K and D are substituted without validation, so that an impossible point
     fails inside its own notebook (recorded) rather than stopping the grid.
     """
-    name = paths.vqvae_run_name(num_embeddings, embedding_dim)
+    name = paths.vqvae_run_name(num_embeddings, embedding_dim, seed)
     return plain_parameters({**dataclasses.asdict(model or VQVAEConfig()),
                              "num_embeddings": num_embeddings, "embedding_dim": embedding_dim,
-                             **dataclasses.asdict(train or TrainConfig()),
+                             **dataclasses.asdict(train or TrainConfig()), "seed": seed,
                              "checkpoint_dir": str((checkpoint_root(grid) / name).resolve()),
                              "results_dir": str((grid_dir(grid) / name).resolve())})
 
 
+# Where and how fast a point ran, not what it computed: a finished point is reused
+# whatever these were (another machine's folders, CUDA, speed switches).
+PLACEMENT_FIELDS = ("device", "checkpoint_dir", "results_dir", "amp", "channels_last", "compile")
+
+
 def is_complete(folder: str | os.PathLike, parameters: dict[str, Any]) -> bool:
-    """True when the run folder's metrics record success for exactly these parameters and best.pt exists."""
+    """True when the run folder's metrics record success for these parameters and its best.pt exists.
+
+    Only what determines the result is compared (`PLACEMENT_FIELDS` may differ),
+    and fields added to the configs since the run count at their defaults.
+    """
     path = Path(folder) / METRICS_FILE
     try:
         metrics = read_json(path)
@@ -250,8 +273,13 @@ def is_complete(folder: str | os.PathLike, parameters: dict[str, Any]) -> bool:
         return False
     if not isinstance(metrics, dict) or metrics.get("status") != "success":
         return False
-    recorded = {**metrics.get("model_config", {}), **metrics.get("train_config", {})}
-    return recorded == parameters and Path(metrics.get("checkpoint", "")).is_file()
+    model_config, train_config = metrics.get("model_config"), metrics.get("train_config")
+    if not isinstance(model_config, dict) or not isinstance(train_config, dict):
+        return False
+    recorded = {**with_defaults(VQVAEConfig, model_config), **with_defaults(TrainConfig, train_config)}
+    if changed_fields(recorded, parameters, PLACEMENT_FIELDS):
+        return False
+    return (Path(parameters["checkpoint_dir"]) / "best.pt").is_file()
 
 
 def resume_decision(name: str, parameters: dict[str, Any]) -> tuple[bool, str]:
@@ -285,12 +313,12 @@ def _execute_configuration(spec: dict) -> dict:
     (folder / METRICS_FILE).unlink(missing_ok=True)
     started = time.perf_counter()
     record = {"name": spec["name"], "num_embeddings": spec["parameters"]["num_embeddings"],
-              "embedding_dim": spec["parameters"]["embedding_dim"], "status": "success", "error": "",
-              "resumed": spec["resume"],
-              "notebook": str(folder / TRAIN_NOTEBOOK), "started": _now()}
+              "embedding_dim": spec["parameters"]["embedding_dim"], "seed": spec["parameters"]["seed"],
+              "status": "success", "error": "", "resumed": spec["resume"], "threads": spec["threads"],
+              "code": paths.code_version(), "notebook": str(folder / TRAIN_NOTEBOOK), "started": _now()}
     try:
         execute_notebook(spec["notebook"], folder / TRAIN_NOTEBOOK, {**spec["parameters"], "resume": spec["resume"]},
-                         cwd=spec["cwd"], cell_timeout=spec["cell_timeout"])
+                         cwd=spec["cwd"], cell_timeout=spec["cell_timeout"], threads=spec["threads"])
         if not is_complete(folder, spec["parameters"]):
             raise NotebookError(f"{TRAIN_NOTEBOOK} ended without recording success in {folder / METRICS_FILE}")
     except VqlibError as exc:
@@ -304,13 +332,43 @@ def _execute_configuration(spec: dict) -> dict:
     return record
 
 
+def cpu_cores() -> int:
+    """Cores this process may use (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def choose_placement(points: int, jobs: Optional[int] = None, threads: Optional[int] = None,
+                     device: str = "auto") -> tuple[int, int]:
+    """(configurations at once, torch threads each) for `points` grid points; given values are kept.
+
+    On a CPU, one configuration per core with one thread each: these small
+    convolutions scale poorly across threads, so on 2 cores two single-thread
+    trainings finish 1.33x more images per second than one two-thread training
+    (`make bench`, section "placement"). On CUDA, one at a time: the GPU is the
+    shared resource, and the host threads only feed it.
+    """
+    import torch
+
+    cores = cpu_cores()
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if jobs is None:
+        jobs = 1 if cuda else max(1, min(cores, points))
+    if threads is None:
+        threads = max(1, cores // jobs)
+    return jobs, threads
+
+
 def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = None,
              train: Optional[TrainConfig] = None, *, progress: bool = True) -> pd.DataFrame:
     """Train every (K, D) of `grid` through notebook 01; return (and write) the summary table.
 
-    `model` and `train` give every other setting (their K, D and folders are
-    replaced per point). Complete points are reused, failed ones recorded;
-    `grid.jobs` > 1 runs that many points at once in separate processes.
+    `model` and `train` give every other setting (their K, D, seed and folders
+    are replaced per point). Complete points are reused, failed ones recorded;
+    `choose_placement` decides how many points run at once, each in its own
+    kernel with its share of the cores.
     """
     from .progress import progress_bar
 
@@ -321,9 +379,12 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
         raise NotebookError(f"no notebook at {notebook}; the grid executes it once per configuration")
     root = ensure_dir(grid_dir(grid))
     specs, reused, notes = [], {}, []
-    for k, d in grid.configurations():
-        name = paths.vqvae_run_name(k, d)
-        parameters = grid_parameters(k, d, model, train, grid)
+    points = grid.points()
+    jobs, threads = choose_placement(len(points), grid.jobs, grid.threads_per_config,
+                                     (train or TrainConfig()).device)
+    for k, d, seed in points:
+        name = paths.vqvae_run_name(k, d, seed)
+        parameters = grid_parameters(k, d, model, train, grid, seed)
         if is_complete(root / name, parameters):
             reused[name] = True
             continue
@@ -332,12 +393,12 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
             notes.append(note)
         specs.append({"name": name, "folder": str(root / name), "notebook": str(notebook),
                       "cwd": str(paths.notebooks_dir()), "parameters": parameters, "resume": resume,
-                      "cell_timeout": grid.cell_timeout})
-    names = [paths.vqvae_run_name(k, d) for k, d in grid.configurations()]
+                      "cell_timeout": grid.cell_timeout, "threads": threads})
+    names = [paths.vqvae_run_name(k, d, seed) for k, d, seed in points]
 
     def summary() -> pd.DataFrame:
         frame = collect_grid(root, names=names)
-        frame.insert(4, "reused", [name in reused for name in frame["name"]])
+        frame.insert(5, "reused", [name in reused for name in frame["name"]])
         write_csv(root / SUMMARY_FILE, frame.drop(columns=["history"], errors="ignore"))
         return frame
 
@@ -359,15 +420,18 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
             bar.write(f"{record['name']}: FAILED after {record['seconds']:.0f} s: {record['error']}")
         summary()
 
-    if grid.jobs == 1 or len(specs) <= 1:
+    jobs = min(jobs, max(len(specs), 1))
+    if progress and specs:
+        print(f"grid: {len(specs)} to run, {jobs} at once with {threads} thread{'s' * (threads > 1)} each")
+    if jobs == 1:
         for i, spec in enumerate(specs):
             bar.set_postfix_str(f"running {spec['name']} ({len(specs) - i} left)")
             report(_execute_configuration(spec))
     else:
         # spawn, not fork: the parent may hold threads (tqdm, torch) that fork would copy mid-state.
-        with ProcessPoolExecutor(max_workers=grid.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_execute_configuration, spec) for spec in specs]
-            bar.set_postfix_str(f"{min(grid.jobs, len(specs))} running at once")
+            bar.set_postfix_str(f"{jobs} running at once")
             for future in as_completed(futures):
                 report(future.result())
     bar.close()
@@ -384,21 +448,21 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
     """
     root = Path(folder) if folder else grid_dir()
     if names is None:
-        names = sorted((p.name for p in root.glob("K*_D*") if p.is_dir()),
-                       key=lambda n: tuple(int(part[1:]) for part in n.split("_")))
+        names = sorted((p.name for p in root.glob("K*_D*") if p.is_dir() and paths.parse_vqvae_run_name(p.name)),
+                       key=paths.parse_vqvae_run_name)
     rows = []
     for name in names:
         run_dir = root / name
         record = _read_or_empty(run_dir / RUN_FILE)
         metrics = _read_or_empty(run_dir / METRICS_FILE)
-        k, d = (int(part[1:]) for part in name.split("_"))
+        k, d, seed = paths.parse_vqvae_run_name(name)
         ok = metrics.get("status") == "success"
         status = "success" if ok else (record.get("status") or "missing")
         if status == "success" and not ok:
             status = "missing"  # the grid said success but the metrics are gone
         train_config = metrics.get("train_config", {})
         rows.append({
-            "name": name, "num_embeddings": k, "embedding_dim": d, "status": status,
+            "name": name, "num_embeddings": k, "embedding_dim": d, "seed": seed, "status": status,
             "error": "" if ok else record.get("error", "no metrics.json yet"),
             "val_mse": metrics.get("val_mse", math.nan), "val_psnr": metrics.get("val_psnr", math.nan),
             "val_perplexity": metrics.get("val_perplexity", math.nan), "val_usage": metrics.get("val_usage", math.nan),
@@ -406,12 +470,14 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
             "train_subset": train_config.get("train_subset"),
             "train_seconds": metrics.get("train_seconds", math.nan), "run_seconds": record.get("seconds", math.nan),
             "images_per_s": metrics.get("images_per_s", math.nan),
+            "peak_rss_mb": metrics.get("peak_rss_mb", math.nan), "threads": record.get("threads"),
+            "code": " ".join(metrics.get("code", [])),
             "checkpoint": metrics.get("checkpoint", ""), "notebook": record.get("notebook", str(run_dir / TRAIN_NOTEBOOK)),
             "history": metrics.get("history", []),
         })
-    columns = ["name", "num_embeddings", "embedding_dim", "status", "error", "val_mse", "val_psnr", "val_perplexity",
-               "val_usage", "best_epoch", "epochs", "train_subset", "train_seconds", "run_seconds", "images_per_s",
-               "checkpoint", "notebook", "history"]
+    columns = ["name", "num_embeddings", "embedding_dim", "seed", "status", "error", "val_mse", "val_psnr",
+               "val_perplexity", "val_usage", "best_epoch", "epochs", "train_subset", "train_seconds", "run_seconds",
+               "images_per_s", "peak_rss_mb", "threads", "code", "checkpoint", "notebook", "history"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -517,9 +583,10 @@ PROFILES: dict[str, dict[str, Any]] = {
                        "linear_max_iter": 100, "linear_c": "0.003,0.01,0.1"},
         "analysis": {"tsne_points": 2000},
     },
-    # The seed's protocol, for a GPU: 50 epochs on all 55,000 training images.
+    # The seed's protocol: 50 epochs on all 55,000 training images. About 7-10 hours on a
+    # 2-core CPU (two configurations at once, one thread each); minutes per configuration on a GPU.
     "full": {
-        "description": "the seed's protocol: 50 epochs on all training data, 3 x 3 grid; a GPU job",
+        "description": "the seed's protocol: 50 epochs on all training data, 3 x 3 grid; hours on a CPU, a GPU job",
         "vqvae": {},
         "train": {"epochs": 50, "train_subset": None},
         "grid": {},

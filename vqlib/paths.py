@@ -8,8 +8,10 @@ installed, non-editable copy of the package, for example).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -37,12 +39,39 @@ def notebooks_dir() -> Path:
     return project_root() / "notebooks"
 
 
-def vqvae_run_name(num_embeddings: int, embedding_dim: int) -> str:
-    """The folder name of one grid point, ``K{K}_D{D}``, used under checkpoints/ and results/."""
-    return f"K{num_embeddings}_D{embedding_dim}"
+def vqvae_run_name(num_embeddings: int, embedding_dim: int, seed: int = 0) -> str:
+    """The folder name of one grid point, ``K{K}_D{D}`` (``K{K}_D{D}_s{seed}`` for a seed other than 0).
+
+    Seed 0, the default of every profile, keeps the plain name, so a one-seed
+    grid, its published checkpoints (``pretrained:K100_D16``) and older run
+    folders keep their names when seeds are added.
+    """
+    return f"K{num_embeddings}_D{embedding_dim}" + (f"_s{seed}" if seed else "")
 
 
-def parse_vqvae_run_name(name: str) -> Optional[tuple[int, int]]:
-    """(K, D) of a name made by `vqvae_run_name`, or None for a name of another form."""
-    match = re.fullmatch(r"K(\d+)_D(\d+)", name)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+def parse_vqvae_run_name(name: str) -> Optional[tuple[int, int, int]]:
+    """(K, D, seed) of a name made by `vqvae_run_name`, or None for a name of another form."""
+    match = re.fullmatch(r"K(\d+)_D(\d+)(?:_s(\d+))?", name)
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)) if match else None
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """The git commit of the code this process imported, ``-dirty`` when vqlib or notebooks had local changes.
+
+    Recorded with every trained epoch, so a result says which code made it. A
+    process imports the package once, so one reading per process is the truth.
+    "unknown" outside a git checkout (an installed copy).
+    """
+    root = PACKAGE_DIR.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "vqlib", "notebooks")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")

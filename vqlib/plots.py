@@ -202,11 +202,11 @@ def _grid_line_styles(names: Sequence[str]) -> list[dict]:
     palette = plt.get_cmap("tab10").colors
     if not all(parsed):
         return [{"color": palette[i % len(palette)]} for i in range(len(names))]
-    ks = sorted({k for k, _ in parsed})
-    ds = sorted({d for _, d in parsed})
+    ks = sorted({k for k, _, _ in parsed})
+    ds = sorted({d for _, d, _ in parsed})
     dashes = ["-", "--", ":", "-."]
     return [{"color": palette[ks.index(k) % len(palette)], "linestyle": dashes[ds.index(d) % len(dashes)]}
-            for k, d in parsed]
+            for k, d, _ in parsed]
 
 
 def plot_losses(losses, *, title: Optional[str] = "Training of every grid configuration"):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import paths
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import TrainConfig, VQVAEConfig, changed_fields
+from .config import TrainConfig, VQVAEConfig, changed_fields, with_defaults
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset, to_float
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, TrainingError
@@ -39,7 +39,7 @@ RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_dir", "results_dir", "amp",
 
 @dataclass
 class VQVAERun:
-    """What `train_vqvae` returns: the trained model (eval mode) and where its files are."""
+    """What `train_vqvae` returns: the best epoch's model (eval mode, = best.pt) and where its files are."""
 
     model: VQVAE
     history: list[dict]  # one dict per epoch: pandas.DataFrame(history) is the table
@@ -171,18 +171,36 @@ def read_last(path: str | os.PathLike, model_config: VQVAEConfig, train_config: 
 def _config_problem(ckpt: dict, model_config: VQVAEConfig, train_config: TrainConfig) -> Optional[str]:
     """Only RESUMABLE_CHANGES may differ (more epochs, another device, other folders, speed
     switches): anything else would make the continued run another run."""
-    diff = changed_fields(ckpt["model_config"], dataclasses.asdict(model_config))
+    diff = changed_fields(with_defaults(VQVAEConfig, ckpt["model_config"]), dataclasses.asdict(model_config))
     if diff:
         return f"it was trained with another model configuration ({diff})"
-    diff = changed_fields(ckpt["train_config"], dataclasses.asdict(train_config), RESUMABLE_CHANGES)
+    diff = changed_fields(with_defaults(TrainConfig, ckpt["train_config"]), dataclasses.asdict(train_config),
+                          RESUMABLE_CHANGES)
     if diff:
         return f"it was trained with other settings ({diff})"
     return None
 
 
+def memory_mb() -> tuple[float, float]:
+    """(resident, peak resident) memory of this process in MB; NaN where the OS does not say.
+
+    Recorded after every epoch: a long run whose resident memory grows from
+    epoch to epoch leaks (the full study is the project's soak test).
+    """
+    try:
+        import resource
+        # ru_maxrss is in KiB on Linux.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ImportError, OSError, ValueError, IndexError):
+        return math.nan, math.nan
+    return current, peak
+
+
 def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Optional[FashionMNIST] = None,
                 *, resume: bool = False, progress: bool = True) -> VQVAERun:
-    """Train one VQ-VAE with Adam; keep best.pt (lowest validation MSE) and last.pt.
+    """Train one VQ-VAE with Adam; keep best.pt (lowest validation MSE) and last.pt; return the best epoch's model.
 
     With `resume`, continue from last.pt in the checkpoint folder (model,
     optimiser, epoch, RNG states, history); a missing last.pt starts afresh.
@@ -254,6 +272,9 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
                "val_mse": val["mse"], "val_psnr": val["psnr"], "val_perplexity": val["perplexity"],
                "val_usage": val["codebook_usage"], "codes_restarted": int(model.quantizer.restarts) - restarts_before,
                "epoch_seconds": seconds, "images_per_s": n / seconds}
+        row["rss_mb"], row["peak_rss_mb"] = memory_mb()
+        row["threads"] = torch.get_num_threads()
+        row["code"] = paths.code_version()
         history.append(row)
 
         payload = {"model_config": dataclasses.asdict(model_config),
@@ -269,6 +290,9 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
                       f"val MSE {row['val_mse']:.4f}, val perplexity {row['val_perplexity']:.1f}, "
                       f"codes used {row['val_usage']:.0%}, {row['images_per_s']:.0f} images/s")
     bar.close()
+    # The run's result is the best epoch (the one best.pt and the metrics describe), not the last.
+    if history and history[-1]["val_mse"] > best_mse:
+        model.load_state_dict(load_checkpoint(best_path, kind="vqvae")["state_dict"])
     model.eval()
     return VQVAERun(model=model, history=history, checkpoint_dir=ckpt_dir,
                     model_config=model_config, train_config=train_config)
