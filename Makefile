@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 KERNEL := vqlib
 PROFILE ?= quick
 
-.PHONY: run test data bench lab clean-results help
+.PHONY: run test lint format data bench lab clean-results help
 
 help:
 	@echo "make run    - the whole study (quick profile) -> results/reports/index.html"
-	@echo "make test   - the test suite on the real data"
+	@echo "make test   - lint (ruff) and the test suite on the real data"
+	@echo "make format - ruff's fixes and formatting, in place"
 	@echo "make bench  - speed benchmarks -> results/bench/bench.json"
 	@echo "make lab    - JupyterLab with the project's kernel"
 
@@ -39,7 +40,16 @@ data: $(STAMP)
 run: data
 	$(BIN)/vqlib run --profile $(PROFILE)
 
-test: data
+# ruff first: a style violation fails the test command (and CI) in seconds.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint data
 	$(BIN)/python -m pytest -q
 
 bench: data

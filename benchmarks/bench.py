@@ -70,19 +70,34 @@ class Profile:
     classifier_batch_size: int = 128
 
 
-SMOKE = Profile(matmul_sizes=(64, 128), batch_size=16, repeats=2, train_images=32, batch_sizes=(16, 32), hidden_widths=(16,),
-                nearest_ks=(25, 50), nearest_batch=8, loop_subset=40, val_images=100, encode_images=200,
-                classifier_labels_per_class=10, classifier_batch_size=50)
+SMOKE = Profile(
+    matmul_sizes=(64, 128),
+    batch_size=16,
+    repeats=2,
+    train_images=32,
+    batch_sizes=(16, 32),
+    hidden_widths=(16,),
+    nearest_ks=(25, 50),
+    nearest_batch=8,
+    loop_subset=40,
+    val_images=100,
+    encode_images=200,
+    classifier_labels_per_class=10,
+    classifier_batch_size=50,
+)
 
 
 # ----------------------------------------------------------------------------- timing
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], Any], *, repeats: int, device: torch.device, warmup: int = 1) -> tuple[float, list[float]]:
+def median_seconds(
+    fn: Callable[[], Any], *, repeats: int, device: torch.device, warmup: int = 1
+) -> tuple[float, list[float]]:
     """Median wall time of `fn()` over `repeats` calls after `warmup` calls, and every time."""
     for _ in range(warmup):
         fn()
@@ -105,22 +120,26 @@ def load_average() -> Optional[float]:
 
 # ----------------------------------------------------------------------------- 1. matmul peak
 
-def matmul_gflops(sizes: tuple[int, ...], *, repeats: int, device: torch.device,
-                  dtype: torch.dtype = torch.float32) -> dict[int, float]:
+
+def matmul_gflops(
+    sizes: tuple[int, ...], *, repeats: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> dict[int, float]:
     """GFLOP/s of an n x n by n x n matmul (2 n^3 FLOPs) for each n."""
     result = {}
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        seconds, _ = median_seconds(lambda: torch.mm(a, b), repeats=repeats, device=device)
-        result[n] = 2 * n ** 3 / seconds / 1e9
+        seconds, _ = median_seconds(lambda a=a, b=b: torch.mm(a, b), repeats=repeats, device=device)
+        result[n] = 2 * n**3 / seconds / 1e9
     return result
 
 
 # ----------------------------------------------------------------------------- 2-3. training
 
-def flops_per_image(model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor,
-                    device: torch.device) -> float:
+
+def flops_per_image(
+    model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor, device: torch.device
+) -> float:
     """Forward + backward FLOPs of one training batch, per image (matmuls and convolutions).
 
     One step runs first, outside the counter: it holds the one-off k-means
@@ -137,8 +156,14 @@ def flops_per_image(model_config: VQVAEConfig, train_config: TrainConfig, images
     return counter.get_total_flops() / len(x)
 
 
-def train_throughput(model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor, *,
-                     profile: Profile, device: torch.device) -> dict:
+def train_throughput(
+    model_config: VQVAEConfig,
+    train_config: TrainConfig,
+    images: torch.Tensor,
+    *,
+    profile: Profile,
+    device: torch.device,
+) -> dict:
     """Images/s of `vqlib.train.train_step`, the step the training loop runs, on real images."""
     seed_everything(0)
     model = apply_speed_switches(VQVAE(model_config).to(device).train(), train_config)
@@ -153,21 +178,36 @@ def train_throughput(model_config: VQVAEConfig, train_config: TrainConfig, image
             train_step(model, optimizer, images[idx], train_config, device)
 
     seconds, times = median_seconds(run, repeats=profile.repeats, device=device)
-    return {"images_per_s": steps * bs / seconds, "step_ms": 1e3 * seconds / steps,
-            "repeat_seconds": times}
+    return {"images_per_s": steps * bs / seconds, "step_ms": 1e3 * seconds / steps, "repeat_seconds": times}
 
 
-def train_row(name: str, model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor,
-              *, profile: Profile, device: torch.device) -> dict:
+def train_row(
+    name: str,
+    model_config: VQVAEConfig,
+    train_config: TrainConfig,
+    images: torch.Tensor,
+    *,
+    profile: Profile,
+    device: torch.device,
+) -> dict:
     """Speed and FLOPs of one configuration; its MFU is added once the peak is known (`add_mfu`)."""
     load_before = load_average()
     speed = train_throughput(model_config, train_config, images, profile=profile, device=device)
     flops = flops_per_image(model_config, train_config, images, device)
-    return {"name": name, "K": model_config.num_embeddings, "D": model_config.embedding_dim,
-            "hidden": model_config.hidden_channels, "batch_size": train_config.batch_size,
-            "channels_last": train_config.channels_last, "compile": train_config.compile,
-            "amp": train_config.amp, "gflop_per_image": flops / 1e9, **speed, "load_before": load_before,
-            "load_after": load_average()}
+    return {
+        "name": name,
+        "K": model_config.num_embeddings,
+        "D": model_config.embedding_dim,
+        "hidden": model_config.hidden_channels,
+        "batch_size": train_config.batch_size,
+        "channels_last": train_config.channels_last,
+        "compile": train_config.compile,
+        "amp": train_config.amp,
+        "gflop_per_image": flops / 1e9,
+        **speed,
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
 
 
 def add_mfu(row: dict, peak_gflops: float) -> dict:
@@ -176,8 +216,15 @@ def add_mfu(row: dict, peak_gflops: float) -> dict:
     return row
 
 
-def loop_overhead(model_config: VQVAEConfig, train_config: TrainConfig, data: FashionMNIST, step_ms: float,
-                  *, profile: Profile, device: torch.device) -> dict:
+def loop_overhead(
+    model_config: VQVAEConfig,
+    train_config: TrainConfig,
+    data: FashionMNIST,
+    step_ms: float,
+    *,
+    profile: Profile,
+    device: torch.device,
+) -> dict:
     """What a training step spends outside the model's own compute, in ms and as a share of `step_ms`.
 
     Each non-model part of the loop is timed alone: slicing the batch out of the
@@ -202,12 +249,13 @@ def loop_overhead(model_config: VQVAEConfig, train_config: TrainConfig, data: Fa
     sums = torch.zeros(4, device=device)
     metrics = torch.rand(4, device=device)
     devnull = open(os.devnull, "w")
-    bar = tqdm(total=10 ** 9, file=devnull)
+    bar = tqdm(total=10**9, file=devnull)
 
     def quantize(training: bool) -> Callable[[], Any]:
         def run() -> None:
             quantizer.train(training)
             quantizer(z.detach().requires_grad_())
+
         return run
 
     def histogram() -> None:
@@ -218,11 +266,16 @@ def loop_overhead(model_config: VQVAEConfig, train_config: TrainConfig, data: Fa
         quantizer.nearest(z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
 
     ms = {}
-    for name, fn in {"batch slicing": lambda: train_x[idx], "metric accumulation": lambda: sums.add_(metrics),
-                     "progress bar": lambda: bar.update(1),
-                     "loss read-back (1 in 25 steps)": lambda: (sums / 2).tolist()}.items():
+    for name, fn in {
+        "batch slicing": lambda: train_x[idx],
+        "metric accumulation": lambda: sums.add_(metrics),
+        "progress bar": lambda: bar.update(1),
+        "loss read-back (1 in 25 steps)": lambda: (sums / 2).tolist(),
+    }.items():
         inner = 200
-        seconds, _ = median_seconds(lambda: [fn() for _ in range(inner)], repeats=reps, device=device)
+        seconds, _ = median_seconds(
+            lambda fn=fn, inner=inner: [fn() for _ in range(inner)], repeats=reps, device=device
+        )
         ms[name] = 1e3 * seconds / inner
     ms["loss read-back (1 in 25 steps)"] /= 25
     train_q, _ = median_seconds(quantize(True), repeats=reps, device=device)
@@ -233,24 +286,35 @@ def loop_overhead(model_config: VQVAEConfig, train_config: TrainConfig, data: Fa
     bar.close()
     devnull.close()
     total = sum(ms.values())
-    return {"step_ms": step_ms, "parts_ms": ms, "parts_share": {k: v / step_ms for k, v in ms.items()},
-            "total_ms": total, "total_share": total / step_ms}
+    return {
+        "step_ms": step_ms,
+        "parts_ms": ms,
+        "parts_share": {k: v / step_ms for k, v in ms.items()},
+        "total_ms": total,
+        "total_share": total / step_ms,
+    }
 
 
-def real_loop(model_config: VQVAEConfig, train_config: TrainConfig, data: FashionMNIST, *,
-              profile: Profile) -> dict:
+def real_loop(model_config: VQVAEConfig, train_config: TrainConfig, data: FashionMNIST, *, profile: Profile) -> dict:
     """Images/s of `train_vqvae` itself, epoch 2 of 2 (epoch 1 holds the k-means initialisation)."""
     if profile.val_images is not None:
-        data = dataclasses.replace(data, val_images=data.val_images[: profile.val_images],
-                                   val_labels=data.val_labels[: profile.val_images])
+        data = dataclasses.replace(
+            data, val_images=data.val_images[: profile.val_images], val_labels=data.val_labels[: profile.val_images]
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        config = dataclasses.replace(train_config, epochs=2, train_subset=profile.loop_subset,
-                                     checkpoint_dir=tmp, results_dir=tmp)
+        config = dataclasses.replace(
+            train_config, epochs=2, train_subset=profile.loop_subset, checkpoint_dir=tmp, results_dir=tmp
+        )
         load_before = load_average()
         run = train_vqvae(model_config, config, data, progress=False)
     row = run.history[-1]
-    return {"images": profile.loop_subset, "epoch_seconds": row["epoch_seconds"],
-            "images_per_s": row["images_per_s"], "load_before": load_before, "load_after": load_average()}
+    return {
+        "images": profile.loop_subset,
+        "epoch_seconds": row["epoch_seconds"],
+        "images_per_s": row["images_per_s"],
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
 
 
 def layer_kind(module: torch.nn.Module) -> Optional[str]:
@@ -264,8 +328,15 @@ def layer_kind(module: torch.nn.Module) -> Optional[str]:
     return None
 
 
-def layer_breakdown(model_config: VQVAEConfig, train_config: TrainConfig, images: torch.Tensor, step_ms: float, *,
-                    profile: Profile, device: torch.device) -> dict:
+def layer_breakdown(
+    model_config: VQVAEConfig,
+    train_config: TrainConfig,
+    images: torch.Tensor,
+    step_ms: float,
+    *,
+    profile: Profile,
+    device: torch.device,
+) -> dict:
     """Where a training step's time goes: every conv and batch norm of the model timed alone.
 
     Each layer runs forward and backward on an input of the shape and layout it
@@ -283,16 +354,20 @@ def layer_breakdown(model_config: VQVAEConfig, train_config: TrainConfig, images
     def keep_input(name: str) -> Callable:
         def hook(module: torch.nn.Module, args: tuple) -> None:  # returns None: the forward pass is unchanged
             inputs.setdefault(name, (module, args[0].detach().clone()))
+
         return hook
 
-    hooks = [module.register_forward_pre_hook(keep_input(name))
-             for name, module in model.named_modules() if layer_kind(module)]
+    hooks = [
+        module.register_forward_pre_hook(keep_input(name))
+        for name, module in model.named_modules()
+        if layer_kind(module)
+    ]
     with torch.no_grad():
         model(images[: train_config.batch_size])
     for hook in hooks:
         hook.remove()
     groups: dict[str, dict] = {}
-    for name, (module, x) in inputs.items():
+    for module, x in inputs.values():
         # The first layer's input is the image batch: no gradient flows into it in training either.
         x.requires_grad_(x.shape[1] > 1)
 
@@ -318,6 +393,7 @@ def layer_breakdown(model_config: VQVAEConfig, train_config: TrainConfig, images
 
 # ----------------------------------------------------------------------------- 4. nearest neighbour
 
+
 def nearest_rows(ks: tuple[int, ...], num_vectors: int, dim: int, *, repeats: int, device: torch.device) -> list[dict]:
     """`VectorQuantizer.nearest` against the naive torch.cdist and broadcast versions."""
     from vqlib.models import VectorQuantizer
@@ -331,17 +407,18 @@ def nearest_rows(ks: tuple[int, ...], num_vectors: int, dim: int, *, repeats: in
             quantizer.codebook.copy_(torch.randn(k, dim, generator=generator).to(device))
         codebook = quantizer.codebook.detach()
         ways = {
-            "vqlib": lambda: quantizer.nearest(flat),
-            "cdist": lambda: torch.cdist(flat, codebook).argmin(dim=1),
+            "vqlib": lambda quantizer=quantizer: quantizer.nearest(flat),
+            "cdist": lambda codebook=codebook: torch.cdist(flat, codebook).argmin(dim=1),
             # N x K x D floats at once: 1.2 GB for 128 images at K=512, D=32.
-            "broadcast": lambda: (flat[:, None, :] - codebook[None]).pow(2).sum(-1).argmin(dim=1),
+            "broadcast": lambda codebook=codebook: (flat[:, None, :] - codebook[None]).pow(2).sum(-1).argmin(dim=1),
         }
         row: dict[str, Any] = {"K": k, "vectors": num_vectors, "D": dim}
         with torch.no_grad():
             reference = ways["broadcast"]()
             for name, fn in ways.items():
-                seconds, _ = median_seconds(fn, repeats=repeats if name != "broadcast" else max(2, repeats // 2),
-                                            device=device)
+                seconds, _ = median_seconds(
+                    fn, repeats=repeats if name != "broadcast" else max(2, repeats // 2), device=device
+                )
                 row[f"{name}_ms"] = 1e3 * seconds
                 row[f"{name}_agrees"] = float((fn() == reference).float().mean())
         row["speedup_vs_cdist"] = row["cdist_ms"] / row["vqlib_ms"]
@@ -351,6 +428,7 @@ def nearest_rows(ks: tuple[int, ...], num_vectors: int, dim: int, *, repeats: in
 
 
 # ----------------------------------------------------------------------------- 5-6. inference and classifier
+
 
 def inference(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile, device: torch.device) -> dict:
     """Test-set encoding (`vqlib.classify.encode_codes`) and classification (`vqlib.classify.predict`)."""
@@ -366,18 +444,21 @@ def inference(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile
         model = VQVAE(model_config).to(device).eval()
         if layout == "contiguous":
             model.to(memory_format=torch.contiguous_format)
-        seconds, _ = median_seconds(lambda: encode_codes(model, images), repeats=max(3, profile.repeats // 2 + 1),
-                                    device=device)
+        seconds, _ = median_seconds(
+            lambda model=model: encode_codes(model, images), repeats=max(3, profile.repeats // 2 + 1), device=device
+        )
         result[f"encode_images_per_s_{layout}"] = len(images) / seconds
         classifier = build_classifier(ClassifierConfig(), model).to(device).eval()
-        seconds, _ = median_seconds(lambda: predict(classifier, images), repeats=max(3, profile.repeats // 2 + 1),
-                                    device=device)
+        seconds, _ = median_seconds(
+            lambda classifier=classifier: predict(classifier, images),
+            repeats=max(3, profile.repeats // 2 + 1),
+            device=device,
+        )
         result[f"infer_cls_images_per_s_{layout}"] = len(images) / seconds
     return result
 
 
-def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile,
-                      device: torch.device) -> dict:
+def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile, device: torch.device) -> dict:
     """One head epoch with the code-index cache against the frozen encoder run every epoch (`train_classifier`)."""
     try:
         from vqlib.classify import train_classifier
@@ -385,20 +466,37 @@ def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile:
     except ImportError as exc:
         return {"error": f"n/a: vqlib.classify is not importable ({exc})"}
     if profile.val_images is not None:
-        data = dataclasses.replace(data, val_images=data.val_images[: profile.val_images],
-                                   val_labels=data.val_labels[: profile.val_images])
+        data = dataclasses.replace(
+            data, val_images=data.val_images[: profile.val_images], val_labels=data.val_labels[: profile.val_images]
+        )
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         seed_everything(0)
         model = VQVAE(model_config)
-        checkpoint = save_checkpoint(Path(tmp) / "vqvae.pt", "vqvae", {
-            "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(TrainConfig()),
-            "state_dict": model.state_dict(), "epoch": 0, "history": []})
+        checkpoint = save_checkpoint(
+            Path(tmp) / "vqvae.pt",
+            "vqvae",
+            {
+                "model_config": dataclasses.asdict(model_config),
+                "train_config": dataclasses.asdict(TrainConfig()),
+                "state_dict": model.state_dict(),
+                "epoch": 0,
+                "history": [],
+            },
+        )
         for cache in (True, False):
-            config = ClassifierConfig(vqvae_checkpoint=str(checkpoint), labels_per_class=profile.classifier_labels_per_class,
-                                      epochs=1, patience=1, min_steps_per_epoch=1, batch_size=profile.classifier_batch_size,
-                                      cache_codes=cache, device=device.type, checkpoint_dir=str(Path(tmp) / f"c{cache}"),
-                                      results_dir=str(Path(tmp) / f"r{cache}"))
+            config = ClassifierConfig(
+                vqvae_checkpoint=str(checkpoint),
+                labels_per_class=profile.classifier_labels_per_class,
+                epochs=1,
+                patience=1,
+                min_steps_per_epoch=1,
+                batch_size=profile.classifier_batch_size,
+                cache_codes=cache,
+                device=device.type,
+                checkpoint_dir=str(Path(tmp) / f"c{cache}"),
+                results_dir=str(Path(tmp) / f"r{cache}"),
+            )
             run = train_classifier(config, data, progress=False)
             name = "cached" if cache else "encoder_every_epoch"
             result[f"{name}_epoch_seconds"] = run.history[0]["epoch_seconds"]
@@ -411,6 +509,7 @@ def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile:
 
 
 # ----------------------------------------------------------------------------- the run
+
 
 def grid_extremes() -> list[tuple[int, int]]:
     pairs = GridConfig().configurations()
@@ -427,14 +526,33 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     pool = max(profile.train_images, max(profile.batch_sizes), base_train.batch_size)
     images = to_float(data.train_images[:pool], device)
     result: dict[str, Any] = {
-        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-                        "cpu_count": os.cpu_count(), "smoke": profile is SMOKE, "load_start": load_average(),
-                        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
+        "environment": {
+            "torch": torch.__version__,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "smoke": profile is SMOKE,
+            "load_start": load_average(),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        }
+    }
 
-    sections = ["1. matmul peak", "2. training step", "3a. batch size", "3b. hidden width", "2b. train_vqvae loop",
-                "2c. non-model parts", "2d. layers", "1. matmul peak again", "4. nearest code", "5. inference",
-                "6. classifier head"]
-    bar = progress_bar(total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections")
+    sections = [
+        "1. matmul peak",
+        "2. training step",
+        "3a. batch size",
+        "3b. hidden width",
+        "2b. train_vqvae loop",
+        "2c. non-model parts",
+        "2d. layers",
+        "1. matmul peak again",
+        "4. nearest code",
+        "5. inference",
+        "6. classifier head",
+    ]
+    bar = progress_bar(
+        total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections"
+    )
     todo = iter(sections)
 
     def section() -> None:
@@ -451,36 +569,80 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
         result[key] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
 
     section()
-    rows = [train_row("default", base_model, base_train, images, profile=profile, device=device),
-            train_row("default, NCHW", base_model, dataclasses.replace(base_train, channels_last=False), images,
-                      profile=profile, device=device)]
+    rows = [
+        train_row("default", base_model, base_train, images, profile=profile, device=device),
+        train_row(
+            "default, NCHW",
+            base_model,
+            dataclasses.replace(base_train, channels_last=False),
+            images,
+            profile=profile,
+            device=device,
+        ),
+    ]
     if compile_variant:
-        rows.append(train_row("default, compiled", base_model, dataclasses.replace(base_train, compile=True),
-                              images, profile=profile, device=device))
+        rows.append(
+            train_row(
+                "default, compiled",
+                base_model,
+                dataclasses.replace(base_train, compile=True),
+                images,
+                profile=profile,
+                device=device,
+            )
+        )
     for k, d in grid_extremes():
-        rows.append(train_row(f"grid K{k} D{d}", dataclasses.replace(base_model, num_embeddings=k, embedding_dim=d),
-                              base_train, images, profile=profile, device=device))
+        rows.append(
+            train_row(
+                f"grid K{k} D{d}",
+                dataclasses.replace(base_model, num_embeddings=k, embedding_dim=d),
+                base_train,
+                images,
+                profile=profile,
+                device=device,
+            )
+        )
     result["train"] = rows
     default = rows[0]
 
     section()
     result["batch_sweep"] = [
-        train_row(f"batch {bs}", base_model, dataclasses.replace(base_train, batch_size=bs), images,
-                  profile=profile, device=device) for bs in profile.batch_sizes]
+        train_row(
+            f"batch {bs}",
+            base_model,
+            dataclasses.replace(base_train, batch_size=bs),
+            images,
+            profile=profile,
+            device=device,
+        )
+        for bs in profile.batch_sizes
+    ]
     section()
     result["width_sweep"] = [
-        train_row(f"hidden {h}", dataclasses.replace(base_model, hidden_channels=h, residual_channels=max(1, h // 2)),
-                  base_train, images, profile=profile, device=device) for h in profile.hidden_widths]
+        train_row(
+            f"hidden {h}",
+            dataclasses.replace(base_model, hidden_channels=h, residual_channels=max(1, h // 2)),
+            base_train,
+            images,
+            profile=profile,
+            device=device,
+        )
+        for h in profile.hidden_widths
+    ]
 
     section()
     loop = real_loop(base_model, base_train, data, profile=profile)
-    loop.update(gflop_per_image=default["gflop_per_image"],
-                share_of_step_throughput=loop["images_per_s"] / default["images_per_s"])
+    loop.update(
+        gflop_per_image=default["gflop_per_image"],
+        share_of_step_throughput=loop["images_per_s"] / default["images_per_s"],
+    )
     result["train_loop"] = loop
     section()
     result["overhead"] = loop_overhead(base_model, base_train, data, default["step_ms"], profile=profile, device=device)
     section()
-    result["layers"] = layer_breakdown(base_model, base_train, images, default["step_ms"], profile=profile, device=device)
+    result["layers"] = layer_breakdown(
+        base_model, base_train, images, default["step_ms"], profile=profile, device=device
+    )
 
     section()
     for key, dtype in peak_dtypes.items():
@@ -489,14 +651,24 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     peak = result["matmul_gflops_bf16"] if amp_enabled(base_train, device) else result["matmul_gflops"]
     for row in [*rows, *result["batch_sweep"], *result["width_sweep"], loop]:
         add_mfu(row, peak)
-    result.update(train_images_per_s=default["images_per_s"], train_mfu=default["mfu"],
-                  train_gflop_per_image=default["gflop_per_image"], train_batch_size=base_train.batch_size,
-                  train_loop_images_per_s=loop["images_per_s"], train_loop_mfu=loop["mfu"])
+    result.update(
+        train_images_per_s=default["images_per_s"],
+        train_mfu=default["mfu"],
+        train_gflop_per_image=default["gflop_per_image"],
+        train_batch_size=base_train.batch_size,
+        train_loop_images_per_s=loop["images_per_s"],
+        train_loop_mfu=loop["mfu"],
+    )
 
     nearest_batch = profile.nearest_batch or base_train.batch_size
     section()
-    result["nearest"] = nearest_rows(profile.nearest_ks, nearest_batch * LATENT_POSITIONS, base_model.embedding_dim,
-                                     repeats=profile.repeats, device=device)
+    result["nearest"] = nearest_rows(
+        profile.nearest_ks,
+        nearest_batch * LATENT_POSITIONS,
+        base_model.embedding_dim,
+        repeats=profile.repeats,
+        device=device,
+    )
 
     section()
     result["inference"] = inference(base_model, data, profile=profile, device=device)
@@ -513,6 +685,7 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------- the table
 
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "n/a"
@@ -524,24 +697,34 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def print_table(result: dict, out=sys.stdout) -> None:
     env = result["environment"]
     p = lambda *a: print(*a, file=out)  # noqa: E731
-    p(f"vqlib benchmark: torch {env['torch']} on {env['device']}, {env['threads']} threads, "
-      f"load average {env['load_start']} -> {env['load_end']}{' (smoke)' if env['smoke'] else ''}")
+    p(
+        f"vqlib benchmark: torch {env['torch']} on {env['device']}, {env['threads']} threads, "
+        f"load average {env['load_start']} -> {env['load_end']}{' (smoke)' if env['smoke'] else ''}"
+    )
     p("\n1. fp32 matmul, before and after the training measurements (the peak is the best of all)")
     for n, g in result["matmul"].items():
         p(f"   {n:>5} x {n:<5} {g:8.1f} {result['matmul_end'][n]:8.1f} GFLOP/s")
     p(f"   peak        {result['matmul_gflops']:8.1f} GFLOP/s")
-    header = f"   {'configuration':<20}{'batch':>6}{'GFLOP/img':>10}{'images/s':>10}{'step ms':>9}{'MFU':>7}{'load':>11}"
-    for title, key in (("2. VQ-VAE training step (vqlib.train.train_step)", "train"),
-                       ("3a. batch size (default architecture)", "batch_sweep"),
-                       ("3b. hidden width (residual width = hidden / 2)", "width_sweep")):
+    header = (
+        f"   {'configuration':<20}{'batch':>6}{'GFLOP/img':>10}{'images/s':>10}{'step ms':>9}{'MFU':>7}{'load':>11}"
+    )
+    for title, key in (
+        ("2. VQ-VAE training step (vqlib.train.train_step)", "train"),
+        ("3a. batch size (default architecture)", "batch_sweep"),
+        ("3b. hidden width (residual width = hidden / 2)", "width_sweep"),
+    ):
         p(f"\n{title}")
         p(header)
         for r in result[key]:
-            p(f"   {r['name']:<20}{r['batch_size']:>6}{r['gflop_per_image']:>10.3f}{r['images_per_s']:>10.0f}"
-              f"{r['step_ms']:>9.1f}{r['mfu']:>7.0%}{_fmt(r['load_before']):>6}->{_fmt(r['load_after'])}")
+            p(
+                f"   {r['name']:<20}{r['batch_size']:>6}{r['gflop_per_image']:>10.3f}{r['images_per_s']:>10.0f}"
+                f"{r['step_ms']:>9.1f}{r['mfu']:>7.0%}{_fmt(r['load_before']):>6}->{_fmt(r['load_after'])}"
+            )
     loop = result["train_loop"]
-    p(f"\n2b. train_vqvae loop (epoch 2 of 2 over {loop['images']} images): {loop['images_per_s']:.0f} images/s, "
-      f"MFU {loop['mfu']:.0%}, {loop['share_of_step_throughput']:.0%} of the bare step's throughput")
+    p(
+        f"\n2b. train_vqvae loop (epoch 2 of 2 over {loop['images']} images): {loop['images_per_s']:.0f} images/s, "
+        f"MFU {loop['mfu']:.0%}, {loop['share_of_step_throughput']:.0%} of the bare step's throughput"
+    )
     o = result["overhead"]
     p(f"2c. non-model parts of one step ({o['step_ms']:.1f} ms):")
     for name, ms in o["parts_ms"].items():
@@ -553,29 +736,37 @@ def print_table(result: dict, out=sys.stdout) -> None:
     for kind, g in lay["groups"].items():
         of_peak = f"{g['gflops'] / result['matmul_gflops']:.0%}" if g["gflops"] else ""
         p(f"   {kind:<24}{g['layers']:>7}{g['ms']:>8.1f}{g['share']:>8.0%}{_fmt(g['gflops']):>9}{of_peak:>9}")
-    p(f"   {'all of them':<24}{'':>7}{lay['layers_ms']:>8.1f}   ({lay['layers_over_step']:.0%} of the whole step's "
-      f"{lay['step_ms']:.1f} ms: alone, a layer loses the step's cache reuse)")
+    p(
+        f"   {'all of them':<24}{'':>7}{lay['layers_ms']:>8.1f}   ({lay['layers_over_step']:.0%} of the whole step's "
+        f"{lay['step_ms']:.1f} ms: alone, a layer loses the step's cache reuse)"
+    )
     p("\n4. nearest code (ms per batch; agreement with the broadcast reference)")
     p(f"   {'K':>5}{'vectors':>9}{'vqlib':>9}{'cdist':>9}{'broadcast':>11}{'x cdist':>9}{'x bcast':>9}{'agree':>7}")
     for r in result["nearest"]:
-        p(f"   {r['K']:>5}{r['vectors']:>9}{r['vqlib_ms']:>9.2f}{r['cdist_ms']:>9.2f}{r['broadcast_ms']:>11.2f}"
-          f"{r['speedup_vs_cdist']:>9.1f}{r['speedup_vs_broadcast']:>9.1f}{r['vqlib_agrees']:>7.1%}")
+        p(
+            f"   {r['K']:>5}{r['vectors']:>9}{r['vqlib_ms']:>9.2f}{r['cdist_ms']:>9.2f}{r['broadcast_ms']:>11.2f}"
+            f"{r['speedup_vs_cdist']:>9.1f}{r['speedup_vs_broadcast']:>9.1f}{r['vqlib_agrees']:>7.1%}"
+        )
     inf = result["inference"]
     p("\n5. inference (images/s)")
     if "error" in inf:
         p(f"   {inf['error']}")
     else:
         for layout in ("channels_last", "contiguous"):
-            p(f"   {layout:<14} encode {inf['images']} test images {inf[f'encode_images_per_s_{layout}']:>9.0f}   "
-              f"infer-cls (predict) {inf[f'infer_cls_images_per_s_{layout}']:>8.0f}")
+            p(
+                f"   {layout:<14} encode {inf['images']} test images {inf[f'encode_images_per_s_{layout}']:>9.0f}   "
+                f"infer-cls (predict) {inf[f'infer_cls_images_per_s_{layout}']:>8.0f}"
+            )
     c = result["classifier_epoch"]
     p("\n6. classifier head, one epoch")
     if "error" in c:
         p(f"   {c['error']}")
     else:
-        p(f"   {c['images']} images: cached codes {c['cached_epoch_seconds']:.2f} s "
-          f"(+ {c['cache_encode_seconds']:.2f} s encoding once), frozen encoder every epoch "
-          f"{c['encoder_every_epoch_epoch_seconds']:.2f} s: {c['speedup']:.1f}x")
+        p(
+            f"   {c['images']} images: cached codes {c['cached_epoch_seconds']:.2f} s "
+            f"(+ {c['cache_encode_seconds']:.2f} s encoding once), frozen encoder every epoch "
+            f"{c['encoder_every_epoch_epoch_seconds']:.2f} s: {c['speedup']:.1f}x"
+        )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -583,8 +774,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="every section on tiny sizes (seconds), for the tests")
     parser.add_argument("--out", default=None, help="JSON output (default: results/bench/bench.json)")
     parser.add_argument("--compile", action="store_true", help="also time the default training step with torch.compile")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads of PyTorch (default: its own choice, one per core)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of PyTorch (default: its own choice, one per core)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

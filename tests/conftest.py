@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def data():
     """The real data set (55,000 / 5,000 / 10,000), loaded once per test session."""
     from vqlib.data import load_fashion_mnist
+
     return load_fashion_mnist(allow_download=False)
 
 

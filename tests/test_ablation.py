@@ -19,8 +19,15 @@ def small_data(data):
 
 
 def test_ablation_writes_the_table_and_the_figure(small_data, project):
-    table = codebook_ablation([(25, 16)], ["paper", "ema+kmeans+restarts"], epochs=1, train_subset=300, seed=0,
-                              data=small_data, progress=False)
+    table = codebook_ablation(
+        [(25, 16)],
+        ["paper", "ema+kmeans+restarts"],
+        epochs=1,
+        train_subset=300,
+        seed=0,
+        data=small_data,
+        progress=False,
+    )
     csv = project / "results" / "ablation" / "ablation.csv"
     assert csv.is_file() and (project / "results" / "ablation" / "ablation.png").stat().st_size > 10_000
     assert (project / "checkpoints" / "ablation" / "paper" / "K25_D16" / "best.pt").is_file()

@@ -17,8 +17,9 @@ from vqlib.models import VQVAE
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return VQVAE(VQVAEConfig(num_embeddings=16, embedding_dim=8, hidden_channels=16, residual_channels=8,
-                             num_residual_blocks=2)).eval()
+    return VQVAE(
+        VQVAEConfig(num_embeddings=16, embedding_dim=8, hidden_channels=16, residual_channels=8, num_residual_blocks=2)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +113,15 @@ def test_code_patches_come_from_cells_using_the_code(model, sample):
     code = int(torch.bincount(encoded.indices.reshape(-1)).argmax())
     patches, where = analysis.code_patches(images, encoded.indices, code, field, count=5, seed=0)
     assert patches.shape == (5, 16, 16) and len({i for i, _, _ in where}) == 5
-    for patch, (i, r, c) in zip(patches, where):
+    for patch, (i, r, c) in zip(patches, where, strict=True):
         assert int(encoded.indices[i, r, c]) == code
         assert np.array_equal(patch, analysis.cell_patch(images[i].numpy(), r, c, field))
-    specific = analysis.class_specific_codes(analysis.code_counts_per_class(encoded.indices, labels, 16), top=2,
-                                             min_share=0.0)
-    rows, row_labels = analysis.specific_code_patches(images, encoded.indices, specific, field, labels=labels,
-                                                      classes=3, per_code=4)
+    specific = analysis.class_specific_codes(
+        analysis.code_counts_per_class(encoded.indices, labels, 16), top=2, min_share=0.0
+    )
+    rows, row_labels = analysis.specific_code_patches(
+        images, encoded.indices, specific, field, labels=labels, classes=3, per_code=4
+    )
     assert 1 <= len(rows) == len(row_labels) <= 3 and all(r.shape[1:] == (16, 16) for r in rows)
     assert len({label.split(":")[0] for label in row_labels}) == len(row_labels)  # each code once
 
@@ -141,19 +144,28 @@ def test_per_class_errors_sorted_and_consistent(model, sample):
 
 def _table(order, std=None):
     std = std or {}
-    return pd.DataFrame({"class": order, "mse_mean": np.linspace(0.01, 0.05, 10),
-                         "mse_std": [std.get(c, 0.01) for c in order], "rank": range(1, 11)})
+    return pd.DataFrame(
+        {
+            "class": order,
+            "mse_mean": np.linspace(0.01, 0.05, 10),
+            "mse_std": [std.get(c, 0.01) for c in order],
+            "rank": range(1, 11),
+        }
+    )
 
 
 def test_seed_claim_check_agrees_and_disagrees():
-    agree = _table(["Trouser", "Ankle boot", "Sandal", "Bag", "Dress", "Sneaker", "Coat", "T-shirt/top", "Pullover",
-                    "Shirt"], std={"Shirt": 0.03, "Pullover": 0.02})
+    agree = _table(
+        ["Trouser", "Ankle boot", "Sandal", "Bag", "Dress", "Sneaker", "Coat", "T-shirt/top", "Pullover", "Shirt"],
+        std={"Shirt": 0.03, "Pullover": 0.02},
+    )
     result = analysis.seed_claim_check(agree)
     assert result["best_confirmed"] and result["worst_confirmed"] and result["variability_confirmed"]
     assert result["ranks"] == {"Trouser": 1, "Ankle boot": 2, "Shirt": 10, "Pullover": 9}
     assert "agrees" in result["sentence"] and "disagrees" not in result["sentence"]
-    disagree = _table(["Shirt", "Pullover", "Sandal", "Bag", "Dress", "Sneaker", "Coat", "T-shirt/top", "Ankle boot",
-                       "Trouser"])
+    disagree = _table(
+        ["Shirt", "Pullover", "Sandal", "Bag", "Dress", "Sneaker", "Coat", "T-shirt/top", "Ankle boot", "Trouser"]
+    )
     result = analysis.seed_claim_check(disagree)
     assert not result["best_confirmed"] and not result["worst_confirmed"] and not result["variability_confirmed"]
     assert result["sentence"].count("disagrees") == 2

@@ -22,7 +22,15 @@ from vqlib.config import TrainConfig, VQVAEConfig
 from vqlib.data import to_float
 from vqlib.errors import ConfigError
 from vqlib.models import VQVAE
-from vqlib.train import RESUMABLE_CHANGES, _config_problem, amp_enabled, apply_speed_switches, autocast, make_optimizer, train_step
+from vqlib.train import (
+    RESUMABLE_CHANGES,
+    _config_problem,
+    amp_enabled,
+    apply_speed_switches,
+    autocast,
+    make_optimizer,
+    train_step,
+)
 
 from .conftest import REPO
 
@@ -50,8 +58,9 @@ def _plain_step(model, optimizer, x):
     runner-up (float64, from the quantizer's input and its codebook before the step).
     """
     seen = {}
-    pre = model.quantizer.register_forward_pre_hook(lambda m, i: seen.update(z=i[0].detach().double(),
-                                                                             codebook=m.codebook.detach().double().clone()))
+    pre = model.quantizer.register_forward_pre_hook(
+        lambda m, i: seen.update(z=i[0].detach().double(), codebook=m.codebook.detach().double().clone())
+    )
     out = model(x)
     pre.remove()
     recon = F.mse_loss(out.reconstruction, x)
@@ -74,7 +83,7 @@ def _fast_step(model, optimizer, x, train_config):
 
 @pytest.fixture(scope="module")
 def batches(data):
-    return [to_float(data.train_images[i * 64:(i + 1) * 64]) for i in range(5)]
+    return [to_float(data.train_images[i * 64 : (i + 1) * 64]) for i in range(5)]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -122,7 +131,7 @@ def test_fast_step_equals_the_plain_step(batches, channels_last, codebook_update
         exact.encoder.double(), exact.decoder.double()  # the quantizer computes in float32 by design
         torch.manual_seed(1)
         _plain_step(exact, torch.optim.Adam(exact.parameters(), lr=train_config.learning_rate), x.double())
-        for (name, p), f, e in zip(plain.named_parameters(), fast.parameters(), exact.parameters()):
+        for (name, p), f, e in zip(plain.named_parameters(), fast.parameters(), exact.parameters(), strict=True):
             rounding = (p.grad.double() - e.grad).norm()
             assert (p.grad - f.grad).norm() <= 4 * rounding + 1e-3 * e.grad.norm() + 1e-8, name
         if not channels_last:  # the same gradients in the same layout: the fused Adam gives the same weights
@@ -203,7 +212,10 @@ def test_speed_switches_may_change_on_resume_but_training_settings_may_not():
     model_config = VQVAEConfig()
     saved = TrainConfig()
     ckpt = {"model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(saved)}
-    assert _config_problem(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True)) is None
+    assert (
+        _config_problem(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True))
+        is None
+    )
     # A checkpoint written before the switches existed still resumes.
     old = {k: v for k, v in dataclasses.asdict(saved).items() if k not in ("amp", "channels_last", "compile")}
     assert _config_problem({**ckpt, "train_config": old}, model_config, saved) is None
@@ -219,12 +231,23 @@ def test_bad_switch_values_are_refused(values):
 def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     out = tmp_path / "bench" / "bench.json"
     # One thread: the smoke run's tiny ops are what OpenMP handles worst on a busy 2-core machine.
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke", "--threads", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke", "--threads", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    for key in ("matmul_gflops", "train_images_per_s", "train_mfu", "encode_images_per_s",
-                "infer_cls_images_per_s", "train_loop_images_per_s"):
+    for key in (
+        "matmul_gflops",
+        "train_images_per_s",
+        "train_mfu",
+        "encode_images_per_s",
+        "infer_cls_images_per_s",
+        "train_loop_images_per_s",
+    ):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert result["environment"]["smoke"] is True
     assert {row["name"] for row in result["train"]} >= {"default", "default, NCHW", "grid K25 D16", "grid K100 D64"}
@@ -236,17 +259,26 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     # The peak is the best matmul of both passes, and every MFU is taken against it.
     assert result["matmul_gflops"] == max(*result["matmul"].values(), *result["matmul_end"].values())
     default = result["train"][0]
-    assert result["train_mfu"] == pytest.approx(default["gflop_per_image"] * default["images_per_s"] / result["matmul_gflops"])
+    assert result["train_mfu"] == pytest.approx(
+        default["gflop_per_image"] * default["images_per_s"] / result["matmul_gflops"]
+    )
     groups = result["layers"]["groups"]
     assert {"3x3 conv", "1x1 conv", "batch norm + ReLU", "transposed conv"} <= set(groups)
     assert all(g["ms"] > 0 for g in groups.values()) and groups["3x3 conv"]["gflops"] > 0
-    for heading in ("1. fp32 matmul", "MFU", "2d. the default step's convolutions", "4. nearest code", "6. classifier head"):
+    for heading in (
+        "1. fp32 matmul",
+        "MFU",
+        "2d. the default step's convolutions",
+        "4. nearest code",
+        "6. classifier head",
+    ):
         assert heading in proc.stdout
 
 
 def test_code_histogram_equals_bincount():
     """The sync-free histogram (scatter_add) counts like torch.bincount, unused top codes included."""
     from vqlib.models.quantizer import code_histogram
+
     indices = torch.tensor([[0, 3, 3], [7, 0, 3]])
     assert code_histogram(indices, 12).tolist() == torch.bincount(indices.reshape(-1), minlength=12).tolist()
     assert code_histogram(indices, 12)[8:].sum() == 0 and len(code_histogram(indices, 12)) == 12

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vqlib import classify
+from vqlib import checkpoints, classify, infer
 from vqlib.checkpoints import load_checkpoint, load_vqvae, save_checkpoint
 from vqlib.config import ClassifierConfig, LabelEfficiencyConfig, TrainConfig, VQVAEConfig
 from vqlib.data import CLASS_NAMES, to_float
@@ -28,17 +28,35 @@ GRID_DIMS = (16, 32, 64)
 def vqvae_checkpoint(data, tmp_path_factory):
     """A real VQ-VAE trained for one epoch on 500 images: a real code, in seconds."""
     folder = tmp_path_factory.mktemp("vqvae") / "K32_D16"
-    run = train_vqvae(VQVAEConfig(num_embeddings=32, embedding_dim=16, hidden_channels=32, residual_channels=16,
-                                  num_residual_blocks=1),
-                      TrainConfig(epochs=1, batch_size=64, train_subset=500, device="cpu",
-                                  checkpoint_dir=str(folder), results_dir=str(folder / "results")),
-                      data, progress=False)
+    run = train_vqvae(
+        VQVAEConfig(
+            num_embeddings=32, embedding_dim=16, hidden_channels=32, residual_channels=16, num_residual_blocks=1
+        ),
+        TrainConfig(
+            epochs=1,
+            batch_size=64,
+            train_subset=500,
+            device="cpu",
+            checkpoint_dir=str(folder),
+            results_dir=str(folder / "results"),
+        ),
+        data,
+        progress=False,
+    )
     return run.best_checkpoint
 
 
 def small_config(vqvae_checkpoint, tmp_path, **kw) -> ClassifierConfig:
-    values = dict(vqvae_checkpoint=str(vqvae_checkpoint), labels_per_class=20, epochs=2, min_steps_per_epoch=3,
-                  batch_size=64, device="cpu", checkpoint_dir=str(tmp_path / "cls"), results_dir=str(tmp_path / "results"))
+    values = dict(
+        vqvae_checkpoint=str(vqvae_checkpoint),
+        labels_per_class=20,
+        epochs=2,
+        min_steps_per_epoch=3,
+        batch_size=64,
+        device="cpu",
+        checkpoint_dir=str(tmp_path / "cls"),
+        results_dir=str(tmp_path / "results"),
+    )
     return ClassifierConfig(**{**values, **kw})
 
 
@@ -46,8 +64,9 @@ def small_config(vqvae_checkpoint, tmp_path, **kw) -> ClassifierConfig:
 def trained(data, vqvae_checkpoint, tmp_path_factory):
     """A classifier trained on the frozen code of 200 labelled images per class."""
     tmp = tmp_path_factory.mktemp("trained")
-    return classify.train_classifier(small_config(vqvae_checkpoint, tmp, labels_per_class=200, epochs=3),
-                                     data, progress=False)
+    return classify.train_classifier(
+        small_config(vqvae_checkpoint, tmp, labels_per_class=200, epochs=3), data, progress=False
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -57,8 +76,14 @@ def trained(data, vqvae_checkpoint, tmp_path_factory):
 def test_head_and_classifier_shapes_for_every_grid_dim(dim):
     head = ClassificationHead(dim, conv_channels=8, hidden_units=16)
     assert head(torch.randn(5, dim, 12, 12)).shape == (5, 10)
-    model = VQVAEClassifier(VQVAE(VQVAEConfig(num_embeddings=25, embedding_dim=dim, hidden_channels=16,
-                                              residual_channels=8, num_residual_blocks=1)), head)
+    model = VQVAEClassifier(
+        VQVAE(
+            VQVAEConfig(
+                num_embeddings=25, embedding_dim=dim, hidden_channels=16, residual_channels=8, num_residual_blocks=1
+            )
+        ),
+        head,
+    )
     images = torch.rand(3, 1, 28, 28)
     assert model.features(images).shape == (3, dim, 12, 12)
     assert model.codes(images).shape == (3, 12, 12)
@@ -68,7 +93,9 @@ def test_head_and_classifier_shapes_for_every_grid_dim(dim):
 @pytest.mark.parametrize("cache_codes", [True, False])
 def test_frozen_encoder_and_codebook_do_not_change(data, vqvae_checkpoint, tmp_path, cache_codes):
     before = load_checkpoint(vqvae_checkpoint, kind="vqvae")["state_dict"]
-    run = classify.train_classifier(small_config(vqvae_checkpoint, tmp_path, cache_codes=cache_codes), data, progress=False)
+    run = classify.train_classifier(
+        small_config(vqvae_checkpoint, tmp_path, cache_codes=cache_codes), data, progress=False
+    )
     after = run.model.state_dict()
     frozen = [k for k in before if k.startswith(("encoder.", "quantizer."))]
     assert any("running_mean" in k for k in frozen) and "quantizer.codebook" in frozen
@@ -81,7 +108,9 @@ def test_frozen_encoder_and_codebook_do_not_change(data, vqvae_checkpoint, tmp_p
 
 def test_finetune_moves_the_encoder_but_not_the_codebook(data, vqvae_checkpoint, tmp_path):
     before = load_checkpoint(vqvae_checkpoint, kind="vqvae")["state_dict"]
-    run = classify.train_classifier(small_config(vqvae_checkpoint, tmp_path, finetune=True, epochs=1), data, progress=False)
+    run = classify.train_classifier(
+        small_config(vqvae_checkpoint, tmp_path, finetune=True, epochs=1), data, progress=False
+    )
     after = run.model.state_dict()
     assert not torch.equal(before["encoder.net.0.weight"], after["encoder.net.0.weight"])
     assert torch.equal(before["quantizer.codebook"], after["quantizer.codebook"])
@@ -136,7 +165,12 @@ def test_metrics_agree_with_scikit_learn_on_a_hand_made_case():
     assert report.loc[CLASS_NAMES[3], "f1"] == pytest.approx(2 / 3)
     sk = classification_report(labels, predicted, output_dict=True, zero_division=0)
     for c in range(10):
-        for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
+        for ours, theirs in (
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("f1", "f1-score"),
+            ("support", "support"),
+        ):
             assert report.loc[CLASS_NAMES[c], ours] == pytest.approx(sk[str(c)][theirs])
     assert metrics["macro_f1"] == pytest.approx(sk["macro avg"]["f1-score"])
     assert metrics["confusion_matrix"][0].tolist() == [3, 1] + [0] * 8
@@ -153,19 +187,34 @@ def test_infer_on_png_written_here(data, trained, tmp_path):
     photo = Image.fromarray(255 - original).resize((140, 140), Image.Resampling.BICUBIC).convert("RGB")
     photo.save(tmp_path / "photo.png")
     Image.fromarray(original).save(tmp_path / "plain.png")
-    restored, names = classify.load_images([tmp_path / "photo.png", tmp_path / "plain.png"])
+    restored, names = infer.load_images([tmp_path / "photo.png", tmp_path / "plain.png"])
     assert restored.shape == (2, 28, 28) and restored.dtype == torch.uint8
     for image in restored.numpy():  # cropping and rescaling move edges by a pixel: close, not equal
         assert np.corrcoef(image.ravel(), original.ravel().astype(float))[0, 1] > 0.8
         assert image[0].mean() < 40 and image.max() > 200  # dark background, light garment
-    frame = classify.infer_images(trained.best_checkpoint, [tmp_path / "photo.png"], output=tmp_path / "pred.csv", device="cpu")
+    frame = infer.infer_images(
+        trained.best_checkpoint, [tmp_path / "photo.png"], output=tmp_path / "pred.csv", device="cpu"
+    )
     assert frame.loc[0, "predicted"] in CLASS_NAMES
     assert frame[list(CLASS_NAMES)].sum(axis=1).iloc[0] == pytest.approx(1.0, abs=1e-5)
     assert pd.read_csv(tmp_path / "pred.csv")["predicted"].iloc[0] == frame.loc[0, "predicted"]
 
-    result = subprocess.run([*VQLIB, "infer-cls", "--checkpoint", str(trained.best_checkpoint), str(tmp_path / "plain.png"),
-                             "--output", str(tmp_path / "pred.json"), "--device", "cpu"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            *VQLIB,
+            "infer-cls",
+            "--checkpoint",
+            str(trained.best_checkpoint),
+            str(tmp_path / "plain.png"),
+            "--output",
+            str(tmp_path / "pred.json"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "pred.json").read_text())
     assert written[0]["predicted"] in result.stdout and set(CLASS_NAMES) <= set(written[0])
@@ -174,32 +223,52 @@ def test_infer_on_png_written_here(data, trained, tmp_path):
 def test_infer_refuses_what_is_not_an_image(trained, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(DataError, match="neither an IDX file nor an image"):
-        classify.infer_images(trained.best_checkpoint, [tmp_path / "notes.txt"])
+        infer.infer_images(trained.best_checkpoint, [tmp_path / "notes.txt"])
     with pytest.raises(ConfigError, match=".csv or .json"):
-        classify.infer_images(trained.best_checkpoint, [tmp_path / "notes.txt"], output=tmp_path / "out.xlsx")
+        infer.infer_images(trained.best_checkpoint, [tmp_path / "notes.txt"], output=tmp_path / "out.xlsx")
 
 
 # ----------------------------------------------------------------------------- refusals
 
 
 def test_classifier_paired_with_another_vqvae_config_is_refused(trained, tmp_path, cli_env):
-    other = VQVAE(VQVAEConfig(num_embeddings=64, embedding_dim=16, hidden_channels=32, residual_channels=16,
-                              num_residual_blocks=1))
-    save_checkpoint(tmp_path / "other.pt", "vqvae", {"model_config": dataclasses.asdict(other.config),
-                                                     "state_dict": other.state_dict()})
+    other = VQVAE(
+        VQVAEConfig(
+            num_embeddings=64, embedding_dim=16, hidden_channels=32, residual_channels=16, num_residual_blocks=1
+        )
+    )
+    save_checkpoint(
+        tmp_path / "other.pt",
+        "vqvae",
+        {"model_config": dataclasses.asdict(other.config), "state_dict": other.state_dict()},
+    )
     with pytest.raises(CheckpointError, match="num_embeddings=32 .not 64."):
         classify.load_classifier(trained.best_checkpoint, vqvae_checkpoint=tmp_path / "other.pt")
     # Same configuration, other weights: another code, refused too.
     same = VQVAE(VQVAEConfig(**load_checkpoint(trained.vqvae_checkpoint, kind="vqvae")["model_config"]))
-    save_checkpoint(tmp_path / "same.pt", "vqvae", {"model_config": dataclasses.asdict(same.config),
-                                                    "state_dict": same.state_dict()})
+    save_checkpoint(
+        tmp_path / "same.pt",
+        "vqvae",
+        {"model_config": dataclasses.asdict(same.config), "state_dict": same.state_dict()},
+    )
     with pytest.raises(CheckpointError, match="another VQ-VAE run"):
         classify.load_classifier(trained.best_checkpoint, vqvae_checkpoint=tmp_path / "same.pt")
     model, _ = classify.load_classifier(trained.best_checkpoint, vqvae_checkpoint=trained.vqvae_checkpoint)
     assert isinstance(model, VQVAEClassifier)
 
-    result = subprocess.run([*VQLIB, "eval-cls", "--checkpoint", str(trained.best_checkpoint),
-                             "--vqvae-checkpoint", str(tmp_path / "other.pt")], capture_output=True, text=True, env=cli_env)
+    result = subprocess.run(
+        [
+            *VQLIB,
+            "eval-cls",
+            "--checkpoint",
+            str(trained.best_checkpoint),
+            "--vqvae-checkpoint",
+            str(tmp_path / "other.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "cannot be paired" in result.stderr
 
@@ -215,10 +284,12 @@ def test_config_errors_are_one_sentence():
 
 def test_vqvae_checkpoint_defaults_to_the_grid_best(project):
     with pytest.raises(CheckpointError, match="best.json does not exist"):
-        classify.resolve_vqvae_checkpoint(None)
+        checkpoints.resolve_vqvae_checkpoint(None)
     (project / "results" / "grid").mkdir(parents=True)
-    (project / "results" / "grid" / "best.json").write_text(json.dumps({"checkpoint": "checkpoints/vqvae/K50_D32/best.pt"}))
-    assert classify.resolve_vqvae_checkpoint("") == project / "checkpoints/vqvae/K50_D32/best.pt"
+    (project / "results" / "grid" / "best.json").write_text(
+        json.dumps({"checkpoint": "checkpoints/vqvae/K50_D32/best.pt"})
+    )
+    assert checkpoints.resolve_vqvae_checkpoint("") == project / "checkpoints/vqvae/K50_D32/best.pt"
 
 
 # ----------------------------------------------------------------------------- notebook
@@ -232,18 +303,41 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
     expected = {f.name for cls in (ClassifierConfig, LabelEfficiencyConfig) for f in dataclasses.fields(cls)}
     assert set(declared) == expected
     raw = json.loads(notebook.read_text())
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in raw["cells"] if c["cell_type"] == "code")
+    assert all(
+        not c.get("outputs") and c.get("execution_count") is None for c in raw["cells"] if c["cell_type"] == "code"
+    )
 
     results = tmp_path / "results"
-    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3", cwd=str(REPO / "notebooks"),
-                        progress_bar=False, parameters=dict(
-                            vqvae_checkpoint=str(vqvae_checkpoint), labels_per_class=30, epochs=2, min_steps_per_epoch=3,
-                            device="cpu", checkpoint_dir=str(tmp_path / "cls"), results_dir=str(results),
-                            label_counts="5,10", num_seeds=2, max_seeded_labels=5, linear_c="0.1", linear_max_iter=30))
+    pm.execute_notebook(
+        str(notebook),
+        str(tmp_path / "out.ipynb"),
+        kernel_name="python3",
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+        parameters=dict(
+            vqvae_checkpoint=str(vqvae_checkpoint),
+            labels_per_class=30,
+            epochs=2,
+            min_steps_per_epoch=3,
+            device="cpu",
+            checkpoint_dir=str(tmp_path / "cls"),
+            results_dir=str(results),
+            label_counts="5,10",
+            num_seeds=2,
+            max_seeded_labels=5,
+            linear_c="0.1",
+            linear_max_iter=30,
+        ),
+    )
     metrics = json.loads((results / "metrics.json").read_text())
     assert 0.3 < metrics["test_accuracy"] <= 1.0 and metrics["train_images"] == 300
-    for name in ("confusion_matrix_test.csv", "confusion_matrix_test.png", "per_class_test.csv",
-                 "label_efficiency.csv", "label_efficiency.png"):
+    for name in (
+        "confusion_matrix_test.csv",
+        "confusion_matrix_test.png",
+        "per_class_test.csv",
+        "label_efficiency.csv",
+        "label_efficiency.png",
+    ):
         assert (results / name).stat().st_size > 0, name
     frame = pd.read_csv(results / "label_efficiency.csv")
     assert list(frame.columns[:5]) == ["method", "labels_per_class", "seed", "val_acc", "test_acc"]
@@ -259,9 +353,30 @@ def test_label_efficiency_command(vqvae_checkpoint, tmp_path, capsys):
     from vqlib.cli import main
 
     results = tmp_path / "le"
-    assert main(["label-efficiency", "--vqvae-checkpoint", str(vqvae_checkpoint), "--label-counts", "5,10",
-                 "--num-seeds", "1", "--methods", "vq_linear,pixel_linear", "--linear-c", "0.1",
-                 "--linear-max-iter", "30", "--device", "cpu", "--results-dir", str(results)]) == 0
+    assert (
+        main(
+            [
+                "label-efficiency",
+                "--vqvae-checkpoint",
+                str(vqvae_checkpoint),
+                "--label-counts",
+                "5,10",
+                "--num-seeds",
+                "1",
+                "--methods",
+                "vq_linear,pixel_linear",
+                "--linear-c",
+                "0.1",
+                "--linear-max-iter",
+                "30",
+                "--device",
+                "cpu",
+                "--results-dir",
+                str(results),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "vq_linear" in out and "pixel_linear" in out
     frame = pd.read_csv(results / "label_efficiency.csv")

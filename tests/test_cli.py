@@ -12,8 +12,24 @@ from vqlib.files import read_json
 
 from .conftest import VQLIB
 
-TINY = ["--num-embeddings", "25", "--embedding-dim", "16", "--hidden-channels", "32", "--residual-channels", "16",
-        "--num-residual-blocks", "1", "--epochs", "1", "--train-subset", "500", "--batch-size", "50"]
+TINY = [
+    "--num-embeddings",
+    "25",
+    "--embedding-dim",
+    "16",
+    "--hidden-channels",
+    "32",
+    "--residual-channels",
+    "16",
+    "--num-residual-blocks",
+    "1",
+    "--epochs",
+    "1",
+    "--train-subset",
+    "500",
+    "--batch-size",
+    "50",
+]
 
 
 def test_data_command_says_where_the_data_is(capsys):
@@ -39,16 +55,19 @@ def test_train_then_infer_on_a_tiny_subset(project, capsys):
     assert metrics["split"] == "test" and 0 < metrics["mse"] < 0.2
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--num-embeddings", "0"], "num_embeddings must be an integer between 1 and 65536"),
-    (["--num-embeddings", "70000"], "num_embeddings must be an integer between 1 and 65536"),
-    (["--embedding-dim", "0"], "embedding_dim must be a positive integer"),
-    (["--epochs", "0"], "epochs must be a positive integer"),
-    (["--learning-rate", "0"], "learning_rate must be positive"),
-    (["--learning-rate=-1e-3"], "learning_rate must be positive"),
-    (["--batch-size", "0"], "batch_size must be a positive integer"),
-    (["--train-subset", "100000"], "train_subset is 100000, but the split has only 55000"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num-embeddings", "0"], "num_embeddings must be an integer between 1 and 65536"),
+        (["--num-embeddings", "70000"], "num_embeddings must be an integer between 1 and 65536"),
+        (["--embedding-dim", "0"], "embedding_dim must be a positive integer"),
+        (["--epochs", "0"], "epochs must be a positive integer"),
+        (["--learning-rate", "0"], "learning_rate must be positive"),
+        (["--learning-rate=-1e-3"], "learning_rate must be positive"),
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--train-subset", "100000"], "train_subset is 100000, but the split has only 55000"),
+    ],
+)
 def test_impossible_hyperparameters_end_in_one_sentence(project, capsys, args, message):
     assert main(["train-vqvae", *args]) == 2
     err = capsys.readouterr().err
@@ -60,12 +79,14 @@ def test_impossible_hyperparameters_end_in_one_sentence(project, capsys, args, m
 def test_console_script_exit_code_and_debug_traceback(tmp_path, cli_env):
     bad = tmp_path / "not-a-checkpoint.pt"
     bad.write_text("hello")
-    result = subprocess.run(VQLIB + ["infer-vqvae", "--checkpoint", str(bad)], env=cli_env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        VQLIB + ["infer-vqvae", "--checkpoint", str(bad)], env=cli_env, capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("vqlib infer-vqvae: error:") and "Traceback" not in result.stderr
-    debug = subprocess.run(VQLIB + ["--debug", "infer-vqvae", "--checkpoint", str(bad)], env=cli_env,
-                           capture_output=True, text=True)
+    debug = subprocess.run(
+        VQLIB + ["--debug", "infer-vqvae", "--checkpoint", str(bad)], env=cli_env, capture_output=True, text=True
+    )
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 
@@ -73,9 +94,22 @@ def test_help_documents_every_hyperparameter(capsys):
     with pytest.raises(SystemExit):
         main(["train-vqvae", "--help"])
     out = capsys.readouterr().out
-    for option in ("--num-embeddings", "--embedding-dim", "--hidden-channels", "--residual-channels",
-                   "--num-residual-blocks", "--beta", "--epochs", "--batch-size", "--learning-rate",
-                   "--seed", "--train-subset", "--device", "--resume", "--data-dir"):
+    for option in (
+        "--num-embeddings",
+        "--embedding-dim",
+        "--hidden-channels",
+        "--residual-channels",
+        "--num-residual-blocks",
+        "--beta",
+        "--epochs",
+        "--batch-size",
+        "--learning-rate",
+        "--seed",
+        "--train-subset",
+        "--device",
+        "--resume",
+        "--data-dir",
+    ):
         assert option in out, option
 
 

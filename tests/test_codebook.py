@@ -275,5 +275,6 @@ def test_state_dict_resumes_exactly(codebook_update, init, threshold):
         b = second(z)
     assert torch.equal(a.indices, b.indices)
     for name, value in first.state_dict().items():
-        assert torch.equal(value, second.state_dict()[name]) or torch.allclose(value, second.state_dict()[name],
-                                                                               equal_nan=True), name
+        assert torch.equal(value, second.state_dict()[name]) or torch.allclose(
+            value, second.state_dict()[name], equal_nan=True
+        ), name

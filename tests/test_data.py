@@ -62,6 +62,7 @@ def test_subset_is_stratified_and_checked(data):
 
 # ----------------------------------------------------------------------------- bad files
 
+
 def _idx_bytes(magic: int, array: np.ndarray) -> bytes:
     header = struct.pack(">II", magic, array.shape[0]) + b"".join(struct.pack(">I", d) for d in array.shape[1:])
     return header + array.astype(np.uint8).tobytes()

@@ -106,8 +106,17 @@ def test_best_is_chosen_on_validation_and_measured_on_test(grid_run, data):
     assert list(losses) == ["K8_D4"] and "val_mse" in losses["K8_D4"]
     best = vqgrid.write_best(frame, folder, device="cpu", data=data)
     saved = read_json(folder / vqgrid.BEST_FILE)
-    for key in ("num_embeddings", "embedding_dim", "checkpoint", "val_mse", "val_perplexity", "val_usage",
-                "test_mse", "test_perplexity", "test_usage"):
+    for key in (
+        "num_embeddings",
+        "embedding_dim",
+        "checkpoint",
+        "val_mse",
+        "val_perplexity",
+        "val_usage",
+        "test_mse",
+        "test_perplexity",
+        "test_usage",
+    ):
         assert key in saved, key
     assert saved["name"] == best["name"] == "K8_D4"
     assert Path(saved["checkpoint"]).is_absolute()
@@ -118,17 +127,30 @@ def test_best_is_chosen_on_validation_and_measured_on_test(grid_run, data):
 
 
 def test_find_best_picks_lowest_validation_mse():
-    frame = pd.DataFrame({"name": ["a", "b", "c"], "num_embeddings": [25, 50, 100], "embedding_dim": [16, 32, 64],
-                          "status": ["success", "success", "failed"], "val_mse": [0.02, 0.01, np.nan],
-                          "checkpoint": ["/a", "/b", ""], "val_psnr": 1.0, "val_perplexity": 1.0, "val_usage": 1.0,
-                          "best_epoch": 1, "epochs": 1, "train_subset": None})
+    frame = pd.DataFrame(
+        {
+            "name": ["a", "b", "c"],
+            "num_embeddings": [25, 50, 100],
+            "embedding_dim": [16, 32, 64],
+            "status": ["success", "success", "failed"],
+            "val_mse": [0.02, 0.01, np.nan],
+            "checkpoint": ["/a", "/b", ""],
+            "val_psnr": 1.0,
+            "val_perplexity": 1.0,
+            "val_usage": 1.0,
+            "best_epoch": 1,
+            "epochs": 1,
+            "train_subset": None,
+        }
+    )
     best = vqgrid.find_best_model_params(frame)
     assert best["name"] == "b" and isinstance(best["num_embeddings"], int) and best["val_mse"] == 0.01
 
 
 def test_plain_parameters_and_bad_values():
-    params = vqgrid.plain_parameters({"a": np.int64(3), "b": np.float32(0.5), "c": Path("/x"), "d": (1, 2),
-                                      "e": None, "f": True})
+    params = vqgrid.plain_parameters(
+        {"a": np.int64(3), "b": np.float32(0.5), "c": Path("/x"), "d": (1, 2), "e": None, "f": True}
+    )
     assert params == {"a": 3, "b": 0.5, "c": "/x", "d": [1, 2], "e": None, "f": True}
     assert type(params["a"]) is int and type(params["b"]) is float
     with pytest.raises(ConfigError, match="only numbers, strings"):
@@ -153,6 +175,7 @@ def test_config_and_profile_errors_are_one_sentence():
 
 def test_profiles_build_valid_configs():
     from vqlib.config import AnalysisConfig, SummaryConfig, from_dict
+
     for name in vqgrid.PROFILES:
         prof = vqgrid.get_profile(name)
         from_dict(GridConfig, prof["grid"]), from_dict(VQVAEConfig, prof["vqvae"])
@@ -171,19 +194,39 @@ def test_classifier_headline_reads_the_record_of_the_chosen_vqvae(tmp_path, monk
 
     monkeypatch.setenv("VQLIB_ROOT", str(tmp_path))
     folder = tmp_path / "results" / "classifier"
-    write_json(folder / "K50_D32_all_frozen" / "metrics.json",
-               {"vqvae_checkpoint": "/ckpt/K50_D32/best.pt", "test_accuracy": 0.88, "config": {"labels_per_class": None}})
-    stale = write_json(folder / "K25_D16_all_frozen" / "metrics.json",
-                       {"vqvae_checkpoint": "/ckpt/K25_D16/best.pt", "test_accuracy": 0.80, "config": {}})
+    write_json(
+        folder / "K50_D32_all_frozen" / "metrics.json",
+        {"vqvae_checkpoint": "/ckpt/K50_D32/best.pt", "test_accuracy": 0.88, "config": {"labels_per_class": None}},
+    )
+    stale = write_json(
+        folder / "K25_D16_all_frozen" / "metrics.json",
+        {"vqvae_checkpoint": "/ckpt/K25_D16/best.pt", "test_accuracy": 0.80, "config": {}},
+    )
     os.utime(stale, (2e9, 2e9))  # newer, but of another VQ-VAE
     headline = vqgrid.classifier_headline("/ckpt/K50_D32/best.pt")
     assert headline["test_accuracy"] == 0.88 and headline["labels"] == "all labels"
     assert vqgrid.classifier_headline("/ckpt/K100_D64/best.pt") == {}
 
 
-GRID_ARGS = ["grid", "--num-embeddings-values", "8", "--embedding-dim-values", "4", "--hidden-channels", "16",
-             "--residual-channels", "8", "--num-residual-blocks", "1", "--batch-size", "32", "--train-subset", "3000",
-             "--epochs", "3"]
+GRID_ARGS = [
+    "grid",
+    "--num-embeddings-values",
+    "8",
+    "--embedding-dim-values",
+    "4",
+    "--hidden-channels",
+    "16",
+    "--residual-channels",
+    "8",
+    "--num-residual-blocks",
+    "1",
+    "--batch-size",
+    "32",
+    "--train-subset",
+    "3000",
+    "--epochs",
+    "3",
+]
 
 
 def test_an_interrupted_grid_point_continues_from_its_last_pt(tmp_path_factory, monkeypatch):
@@ -221,7 +264,7 @@ def test_an_interrupted_grid_point_continues_from_its_last_pt(tmp_path_factory, 
     final = load_checkpoint(last)
     assert final["epoch"] == 3
     # The epochs done before the kill are kept as they were, timings included: not trained again.
-    assert final["history"][:killed["epoch"]] == killed["history"]
+    assert final["history"][: killed["epoch"]] == killed["history"]
     assert read_json(root / "results" / "grid" / "K8_D4" / vqgrid.RUN_FILE)["resumed"] is True
     assert read_json(root / "results" / "grid" / "K8_D4" / vqgrid.METRICS_FILE)["status"] == "success"
 
@@ -240,4 +283,3 @@ def test_a_last_pt_of_other_settings_is_trained_afresh_and_said(tmp_path, monkey
     resume, note = vqgrid.resume_decision("K8_D4", other)
     assert not resume and note.startswith("K8_D4 starts afresh and replaces its checkpoints:")
     assert "other settings ({'train_subset': 300})" in note
-

@@ -33,8 +33,15 @@ TINY_PROFILE = {
     "vqvae": {"hidden_channels": 16, "residual_channels": 8, "num_residual_blocks": 1},
     "train": {"epochs": 1, "train_subset": 300, "batch_size": 64},
     "summary": {"device": "cpu"},
-    "analysis": {"test_subset": 300, "tsne_points": 100, "images_per_class": 3, "patches_per_code": 4,
-                 "interpolation_pairs": 2, "interpolation_steps": 4, "device": "cpu"},
+    "analysis": {
+        "test_subset": 300,
+        "tsne_points": 100,
+        "images_per_class": 3,
+        "patches_per_code": 4,
+        "interpolation_pairs": 2,
+        "interpolation_steps": 4,
+        "device": "cpu",
+    },
 }
 
 
@@ -47,11 +54,14 @@ def git_notebooks() -> list[Path]:
     return sorted({*(REPO / line for line in listed.split()), *NOTEBOOKS.glob("*.ipynb")})
 
 
-@pytest.mark.parametrize("notebook, classes, extra", [
-    ("01_train_vqvae.ipynb", (VQVAEConfig, TrainConfig), ["resume"]),
-    ("02_grid_summary.ipynb", (SummaryConfig,), []),
-    ("04_latent_analysis.ipynb", (AnalysisConfig,), []),
-])
+@pytest.mark.parametrize(
+    "notebook, classes, extra",
+    [
+        ("01_train_vqvae.ipynb", (VQVAEConfig, TrainConfig), ["resume"]),
+        ("02_grid_summary.ipynb", (SummaryConfig,), []),
+        ("04_latent_analysis.ipynb", (AnalysisConfig,), []),
+    ],
+)
 def test_parameters_cell_equals_the_config_fields(notebook, classes, extra):
     names = list(papermill.inspect_notebook(str(NOTEBOOKS / notebook)))
     assert names == list(dict.fromkeys(field_names(*classes))) + extra
@@ -116,8 +126,17 @@ def test_study_runs_without_problems(study):
 def test_notebook_02_writes_best_json(study):
     grid = study["root"] / "results" / "grid"
     best = read_json(grid / vqgrid.BEST_FILE)
-    for key in ("num_embeddings", "embedding_dim", "checkpoint", "val_mse", "val_perplexity", "val_usage",
-                "test_mse", "test_perplexity", "test_usage"):
+    for key in (
+        "num_embeddings",
+        "embedding_dim",
+        "checkpoint",
+        "val_mse",
+        "val_perplexity",
+        "val_usage",
+        "test_mse",
+        "test_perplexity",
+        "test_usage",
+    ):
         assert key in best, key
     assert (best["num_embeddings"], best["embedding_dim"]) == (8, 4)
     assert Path(best["checkpoint"]).is_absolute() and Path(best["checkpoint"]).is_file()
@@ -127,8 +146,15 @@ def test_notebook_02_writes_best_json(study):
 
 def test_notebook_04_writes_figures_and_analysis(study):
     folder = study["root"] / "results" / "analysis"
-    for name in ("tsne.png", "code_usage_per_class.png", "code_patches.png", "reconstructions_per_class.png",
-                 "per_class_mse.png", "interpolations.png", vqgrid.ANALYSIS_NOTEBOOK):
+    for name in (
+        "tsne.png",
+        "code_usage_per_class.png",
+        "code_patches.png",
+        "reconstructions_per_class.png",
+        "per_class_mse.png",
+        "interpolations.png",
+        vqgrid.ANALYSIS_NOTEBOOK,
+    ):
         assert (folder / name).stat().st_size > 5000, name
     summary = read_json(folder / "analysis.json")
     assert len(summary["per_class_mse"]) == 10 and summary["images"] == 300
@@ -171,11 +197,26 @@ def test_reports_with_code_keep_the_code(study):
 def test_notebook_01_runs_through_the_papermill_cli(tmp_path):
     """From outside the package: the plain papermill command, the project's kernel, real data."""
     out = tmp_path / "out.ipynb"
-    args = {"num_embeddings": 8, "embedding_dim": 4, "hidden_channels": 16, "residual_channels": 8,
-            "num_residual_blocks": 1, "epochs": 1, "train_subset": 200, "batch_size": 100,
-            "checkpoint_dir": str(tmp_path / "ckpt"), "results_dir": str(tmp_path / "res")}
-    command = [str(PAPERMILL), str(NOTEBOOKS / "01_train_vqvae.ipynb"), str(out), "-k", vqgrid.KERNEL_NAME,
-               "--no-progress-bar"]
+    args = {
+        "num_embeddings": 8,
+        "embedding_dim": 4,
+        "hidden_channels": 16,
+        "residual_channels": 8,
+        "num_residual_blocks": 1,
+        "epochs": 1,
+        "train_subset": 200,
+        "batch_size": 100,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "results_dir": str(tmp_path / "res"),
+    }
+    command = [
+        str(PAPERMILL),
+        str(NOTEBOOKS / "01_train_vqvae.ipynb"),
+        str(out),
+        "-k",
+        vqgrid.KERNEL_NAME,
+        "--no-progress-bar",
+    ]
     for name, value in args.items():
         command += ["-p", name, str(value)]
     env = dict(os.environ, TQDM_DISABLE="1", VQLIB_ROOT=str(tmp_path))

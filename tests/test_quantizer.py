@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -99,5 +97,7 @@ def test_distances_stay_float32_under_autocast():
     z = torch.randn(2, 8, 5, 5)
     reference = vq(z).indices
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(vq(z.bfloat16()).indices, vq.nearest(z.bfloat16().permute(0, 2, 3, 1).reshape(-1, 8)).view(2, 5, 5))
+        assert torch.equal(
+            vq(z.bfloat16()).indices, vq.nearest(z.bfloat16().permute(0, 2, 3, 1).reshape(-1, 8)).view(2, 5, 5)
+        )
         assert torch.equal(vq(z).indices, reference)

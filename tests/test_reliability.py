@@ -22,9 +22,27 @@ from vqlib.train import train_vqvae
 from .conftest import VQLIB
 
 TIMING = {"epoch_seconds", "images_per_s"}
-TRAIN_ARGS = ["train-vqvae", "--num-embeddings", "25", "--embedding-dim", "16", "--hidden-channels", "32",
-              "--residual-channels", "16", "--num-residual-blocks", "1", "--batch-size", "32",
-              "--train-subset", "2000", "--epochs", "4", "--seed", "7"]
+TRAIN_ARGS = [
+    "train-vqvae",
+    "--num-embeddings",
+    "25",
+    "--embedding-dim",
+    "16",
+    "--hidden-channels",
+    "32",
+    "--residual-channels",
+    "16",
+    "--num-residual-blocks",
+    "1",
+    "--batch-size",
+    "32",
+    "--train-subset",
+    "2000",
+    "--epochs",
+    "4",
+    "--seed",
+    "7",
+]
 
 
 def _strip_timing(history):
@@ -38,11 +56,15 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tmp_path, c
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(full)], env=cli_env, check=True, capture_output=True)
 
-    assert 1 <= _kill_after_first_epoch(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed)],
-                                        killed / "last.pt", cli_env) < 4
+    assert (
+        1
+        <= _kill_after_first_epoch(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed)], killed / "last.pt", cli_env)
+        < 4
+    )
 
-    subprocess.run(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, check=True, capture_output=True
+    )
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["epoch"] == b["epoch"] == 4
     assert _strip_timing(a["history"]) == _strip_timing(b["history"])
@@ -69,12 +91,31 @@ def test_classifier_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_
     """train-cls --resume: last.pt holds the head, AdamW's moments, the cosine schedule,
     the best state so far and the RNG states (dropout); on CPU the result is bitwise equal."""
     vqvae = tmp_path / "vqvae"
-    train_vqvae(VQVAEConfig(num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8,
-                            num_residual_blocks=1),
-                TrainConfig(epochs=1, batch_size=64, train_subset=640, checkpoint_dir=str(vqvae)), data, progress=False)
-    args = VQLIB + ["train-cls", "--vqvae-checkpoint", str(vqvae / "best.pt"), "--labels-per-class", "100",
-                    "--epochs", "4", "--patience", "4", "--min-steps-per-epoch", "300", "--batch-size", "64",
-                    "--seed", "3"]
+    train_vqvae(
+        VQVAEConfig(
+            num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8, num_residual_blocks=1
+        ),
+        TrainConfig(epochs=1, batch_size=64, train_subset=640, checkpoint_dir=str(vqvae)),
+        data,
+        progress=False,
+    )
+    args = VQLIB + [
+        "train-cls",
+        "--vqvae-checkpoint",
+        str(vqvae / "best.pt"),
+        "--labels-per-class",
+        "100",
+        "--epochs",
+        "4",
+        "--patience",
+        "4",
+        "--min-steps-per-epoch",
+        "300",
+        "--batch-size",
+        "64",
+        "--seed",
+        "3",
+    ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(args + ["--checkpoint-dir", str(full)], env=cli_env, check=True, capture_output=True)
     assert 1 <= _kill_after_first_epoch(args + ["--checkpoint-dir", str(killed)], killed / "last.pt", cli_env) < 4
@@ -89,14 +130,19 @@ def test_classifier_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_
             assert torch.equal(tensor, b["state_dict"][key]), (name, key)
 
     # Other settings, or another VQ-VAE under the same path, are refused.
-    other = subprocess.run(args[:-2] + ["--seed", "4", "--checkpoint-dir", str(killed), "--resume"], env=cli_env,
-                           capture_output=True, text=True)
+    other = subprocess.run(
+        args[:-2] + ["--seed", "4", "--checkpoint-dir", str(killed), "--resume"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert other.returncode == 2 and "other settings ({'seed': 3})" in other.stderr
     ckpt = load_checkpoint(vqvae / "best.pt")
     ckpt["state_dict"]["quantizer.codebook"] += 1.0
     save_checkpoint(vqvae / "best.pt", "vqvae", {k: v for k, v in ckpt.items() if k not in ("kind", "format_version")})
-    moved = subprocess.run(args + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env,
-                           capture_output=True, text=True)
+    moved = subprocess.run(
+        args + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, capture_output=True, text=True
+    )
     assert moved.returncode == 2 and "as it was then" in moved.stderr
 
 
@@ -105,15 +151,23 @@ def test_resume_refuses_another_configuration(data, tmp_path):
     small = dict(hidden_channels=16, residual_channels=8, num_residual_blocks=1)
     train_vqvae(VQVAEConfig(num_embeddings=25, embedding_dim=16, **small), config, data, progress=False)
     with pytest.raises(CheckpointError, match="another model configuration"):
-        train_vqvae(VQVAEConfig(num_embeddings=50, embedding_dim=16, **small), config, data, resume=True, progress=False)
+        train_vqvae(
+            VQVAEConfig(num_embeddings=50, embedding_dim=16, **small), config, data, resume=True, progress=False
+        )
     with pytest.raises(CheckpointError, match="other settings"):
-        train_vqvae(VQVAEConfig(num_embeddings=25, embedding_dim=16, **small),
-                    dataclasses.replace(config, learning_rate=1e-4), data, resume=True, progress=False)
+        train_vqvae(
+            VQVAEConfig(num_embeddings=25, embedding_dim=16, **small),
+            dataclasses.replace(config, learning_rate=1e-4),
+            data,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(data, tmp_path):
-    small = VQVAEConfig(num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8,
-                        num_residual_blocks=1)
+    small = VQVAEConfig(
+        num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8, num_residual_blocks=1
+    )
     config = TrainConfig(epochs=1, batch_size=64, train_subset=320, checkpoint_dir=str(tmp_path))
     train_vqvae(small, config, data, progress=False)
     last = tmp_path / "last.pt"

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from vqlib.config import TrainConfig, VQVAEConfig
-from vqlib.data import subset
 from vqlib.models import VQVAE
 from vqlib.train import evaluate_vqvae, train_vqvae
 
@@ -19,36 +18,69 @@ def test_a_few_hundred_steps_lower_the_reconstruction_loss(data, tmp_path):
     torch.manual_seed(0)
     before = evaluate_vqvae(VQVAE(model_config), data.val_images[:1000])["mse"]
     # 2 epochs of 3,200 images in batches of 32: 200 optimiser steps
-    run = train_vqvae(model_config, TrainConfig(epochs=2, batch_size=32, train_subset=3200, checkpoint_dir=str(tmp_path)),
-                      data, progress=False)
+    run = train_vqvae(
+        model_config,
+        TrainConfig(epochs=2, batch_size=32, train_subset=3200, checkpoint_dir=str(tmp_path)),
+        data,
+        progress=False,
+    )
     after = evaluate_vqvae(run.model, data.val_images[:1000], data.val_labels[:1000])
     assert after["mse"] < 0.5 * before
     assert after["mse"] < 0.05
     assert after["psnr"] > 13
     assert 1 <= after["perplexity"] <= 25 and 0 < after["codebook_usage"] <= 1
-    assert set(after["per_class_mse"]) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    assert set(after["per_class_mse"]) == {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    }
     history = pd.DataFrame(run.history)
     assert list(history["epoch"]) == [1, 2]
-    for column in ("train_mse", "train_vq_loss", "train_perplexity", "train_usage",
-                   "val_mse", "val_perplexity", "val_usage", "images_per_s"):
+    for column in (
+        "train_mse",
+        "train_vq_loss",
+        "train_perplexity",
+        "train_usage",
+        "val_mse",
+        "val_perplexity",
+        "val_usage",
+        "images_per_s",
+    ):
         assert history[column].notna().all(), column
     assert {"best.pt", "last.pt", "history.json", "config.json"} <= {p.name for p in tmp_path.iterdir()}
 
 
 def test_same_seed_same_metrics(data, tmp_path):
     model_config = VQVAEConfig(num_embeddings=25, embedding_dim=16, **SMALL)
-    runs = [train_vqvae(model_config, TrainConfig(epochs=1, batch_size=64, train_subset=640, seed=3,
-                                                  checkpoint_dir=str(tmp_path / str(i))), data, progress=False)
-            for i in range(2)]
+    runs = [
+        train_vqvae(
+            model_config,
+            TrainConfig(epochs=1, batch_size=64, train_subset=640, seed=3, checkpoint_dir=str(tmp_path / str(i))),
+            data,
+            progress=False,
+        )
+        for i in range(2)
+    ]
     keys = ("train_mse", "train_vq_loss", "val_mse", "val_perplexity", "val_usage")
     assert [runs[0].history[0][k] for k in keys] == [runs[1].history[0][k] for k in keys]
-    other = train_vqvae(model_config, TrainConfig(epochs=1, batch_size=64, train_subset=640, seed=4,
-                                                  checkpoint_dir=str(tmp_path / "other")), data, progress=False)
+    other = train_vqvae(
+        model_config,
+        TrainConfig(epochs=1, batch_size=64, train_subset=640, seed=4, checkpoint_dir=str(tmp_path / "other")),
+        data,
+        progress=False,
+    )
     assert other.history[0]["val_mse"] != runs[0].history[0]["val_mse"]
 
 
 def test_train_subset_larger_than_the_data_is_refused(data, tmp_path):
     from vqlib.errors import ConfigError
+
     with pytest.raises(ConfigError, match="train_subset is 60000, but the split has only 55000"):
         train_vqvae(VQVAEConfig(), TrainConfig(train_subset=60000, checkpoint_dir=str(tmp_path)), data, progress=False)

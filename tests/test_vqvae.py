@@ -41,8 +41,9 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     model.train()
     model(torch.rand(8, 1, 28, 28))  # move batch-norm statistics and the EMA codebook away from init
     model.eval()
-    path = save_checkpoint(tmp_path / "m.pt", "vqvae",
-                           {"model_config": dataclasses.asdict(config), "state_dict": model.state_dict()})
+    path = save_checkpoint(
+        tmp_path / "m.pt", "vqvae", {"model_config": dataclasses.asdict(config), "state_dict": model.state_dict()}
+    )
     loaded, ckpt = load_vqvae(path)
     assert ckpt["model_config"] == dataclasses.asdict(config)
     x = torch.rand(5, 1, 28, 28)

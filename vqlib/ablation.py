@@ -34,9 +34,24 @@ VARIANTS: dict[str, dict] = {
 
 SEED_GRID_EXTREMES = ((25, 16), (100, 64))
 
-COLUMNS = ["K", "D", "variant", "codebook_update", "init", "dead_code_threshold", "val_mse", "val_perplexity",
-           "val_usage", "val_codes_used", "train_perplexity", "codes_restarted", "epochs", "train_subset", "seed",
-           "seconds"]
+COLUMNS = [
+    "K",
+    "D",
+    "variant",
+    "codebook_update",
+    "init",
+    "dead_code_threshold",
+    "val_mse",
+    "val_perplexity",
+    "val_usage",
+    "val_codes_used",
+    "train_perplexity",
+    "codes_restarted",
+    "epochs",
+    "train_subset",
+    "seed",
+    "seconds",
+]
 
 
 def resolve_variants(variants: Sequence[str] | Mapping[str, Mapping] | None) -> dict[str, dict]:
@@ -52,8 +67,9 @@ def resolve_variants(variants: Sequence[str] | Mapping[str, Mapping] | None) -> 
         return {name: dict(options) for name, options in variants.items()}
     unknown = [name for name in variants if name not in VARIANTS]
     if unknown:
-        raise ConfigError(f"unknown ablation variant(s) {', '.join(map(repr, unknown))}; "
-                          f"choose from {', '.join(VARIANTS)}")
+        raise ConfigError(
+            f"unknown ablation variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}"
+        )
     if not variants:
         raise ConfigError("the ablation needs at least one variant")
     return {name: dict(VARIANTS[name]) for name in variants}
@@ -72,12 +88,20 @@ def with_thresholds(variants: Mapping[str, Mapping], thresholds: Sequence[float]
     return result
 
 
-def codebook_ablation(configs: Sequence[tuple[int, int]] = SEED_GRID_EXTREMES,
-                      variants: Sequence[str] | Mapping[str, Mapping] | None = None, *,
-                      epochs: int = 2, train_subset: Optional[int] = 6400, seed: int = 0,
-                      data: Optional[FashionMNIST] = None, results_dir: Optional[str | Path] = None,
-                      checkpoints_dir: Optional[str | Path] = None, device: str = "auto",
-                      base_config: Optional[VQVAEConfig] = None, progress: bool = True) -> pd.DataFrame:
+def codebook_ablation(
+    configs: Sequence[tuple[int, int]] = SEED_GRID_EXTREMES,
+    variants: Sequence[str] | Mapping[str, Mapping] | None = None,
+    *,
+    epochs: int = 2,
+    train_subset: Optional[int] = 6400,
+    seed: int = 0,
+    data: Optional[FashionMNIST] = None,
+    results_dir: Optional[str | Path] = None,
+    checkpoints_dir: Optional[str | Path] = None,
+    device: str = "auto",
+    base_config: Optional[VQVAEConfig] = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Train every (K, D) of `configs` with every variant; write ablation.csv and ablation.png.
 
     `base_config` gives the architecture (default: `VQVAEConfig()`); each
@@ -95,38 +119,72 @@ def codebook_ablation(configs: Sequence[tuple[int, int]] = SEED_GRID_EXTREMES,
     results_dir = ensure_dir(results_dir or paths.results_dir() / "ablation")
     checkpoints_dir = Path(checkpoints_dir or paths.checkpoints_dir() / "ablation")
     # Validated before the first run, so a typo does not surface after an hour of training.
-    train_configs = {name: TrainConfig(epochs=epochs, train_subset=train_subset, seed=seed, device=device,
-                                       checkpoint_dir=str(checkpoints_dir / name.replace("+", "_")))
-                     for name in variants}
-    model_configs = {(name, k, d): dataclasses.replace(base_config, num_embeddings=k, embedding_dim=d, **options)
-                     for name, options in variants.items() for k, d in configs}
-    write_json(results_dir / "ablation_settings.json",
-               {"configs": configs, "variants": variants, "epochs": epochs, "train_subset": train_subset,
-                "seed": seed, "base_config": dataclasses.asdict(base_config)})
+    train_configs = {
+        name: TrainConfig(
+            epochs=epochs,
+            train_subset=train_subset,
+            seed=seed,
+            device=device,
+            checkpoint_dir=str(checkpoints_dir / name.replace("+", "_")),
+        )
+        for name in variants
+    }
+    model_configs = {
+        (name, k, d): dataclasses.replace(base_config, num_embeddings=k, embedding_dim=d, **options)
+        for name, options in variants.items()
+        for k, d in configs
+    }
+    write_json(
+        results_dir / "ablation_settings.json",
+        {
+            "configs": configs,
+            "variants": variants,
+            "epochs": epochs,
+            "train_subset": train_subset,
+            "seed": seed,
+            "base_config": dataclasses.asdict(base_config),
+        },
+    )
 
     rows = []
     for k, d in configs:
-        for name, options in variants.items():
+        for name in variants:
             model_config = model_configs[(name, k, d)]
             train_config = dataclasses.replace(
                 train_configs[name],
-                checkpoint_dir=str(Path(train_configs[name].checkpoint_dir) / paths.vqvae_run_name(k, d)))
+                checkpoint_dir=str(Path(train_configs[name].checkpoint_dir) / paths.vqvae_run_name(k, d)),
+            )
             run = train_vqvae(model_config, train_config, data, progress=progress)
             last = run.history[-1]
-            rows.append({"K": k, "D": d, "variant": name, "codebook_update": model_config.codebook_update,
-                         "init": model_config.init, "dead_code_threshold": model_config.dead_code_threshold,
-                         "val_mse": last["val_mse"], "val_perplexity": last["val_perplexity"],
-                         "val_usage": last["val_usage"], "val_codes_used": round(last["val_usage"] * k),
-                         "train_perplexity": last["train_perplexity"],
-                         "codes_restarted": sum(row["codes_restarted"] for row in run.history),
-                         "epochs": epochs, "train_subset": train_subset, "seed": seed,
-                         "seconds": sum(row["epoch_seconds"] for row in run.history)})
+            rows.append(
+                {
+                    "K": k,
+                    "D": d,
+                    "variant": name,
+                    "codebook_update": model_config.codebook_update,
+                    "init": model_config.init,
+                    "dead_code_threshold": model_config.dead_code_threshold,
+                    "val_mse": last["val_mse"],
+                    "val_perplexity": last["val_perplexity"],
+                    "val_usage": last["val_usage"],
+                    "val_codes_used": round(last["val_usage"] * k),
+                    "train_perplexity": last["train_perplexity"],
+                    "codes_restarted": sum(row["codes_restarted"] for row in run.history),
+                    "epochs": epochs,
+                    "train_subset": train_subset,
+                    "seed": seed,
+                    "seconds": sum(row["epoch_seconds"] for row in run.history),
+                }
+            )
             # Written after every run: an interrupted ablation keeps what it measured.
             table = pd.DataFrame(rows, columns=COLUMNS)
             write_csv(results_dir / "ablation.csv", table)
 
-    fig = ablation_figure(table, title=f"Codebook ablation: {epochs} epoch{'s' * (epochs != 1)} on "
-                                       f"{train_subset or 55_000} training images, seed {seed}")
+    fig = ablation_figure(
+        table,
+        title=f"Codebook ablation: {epochs} epoch{'s' * (epochs != 1)} on "
+        f"{train_subset or 55_000} training images, seed {seed}",
+    )
     save_figure(fig, results_dir / "ablation.png")
     plt.close(fig)
     return table

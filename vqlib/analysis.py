@@ -30,6 +30,7 @@ SEED_WORST_CLASSES = ("Shirt", "Pullover")
 
 # ----------------------------------------------------------------------------- latents
 
+
 @dataclass
 class EncodedSplit:
     """One pass of the encoder over a split: what the analysis needs, not the whole z_e."""
@@ -50,7 +51,7 @@ def encode_split(model, images: torch.Tensor, labels: torch.Tensor, *, batch_siz
     model.eval()
     indices, pooled = [], []
     for start in range(0, len(images), batch_size):
-        z = model.encoder(to_float(images[start:start + batch_size], device))
+        z = model.encoder(to_float(images[start : start + batch_size], device))
         indices.append(model.quantizer(z).indices.cpu())
         pooled.append(z.mean(dim=(2, 3)).float().cpu())
     return EncodedSplit(torch.cat(indices), torch.cat(pooled).numpy(), np.asarray(labels, dtype=np.int64))
@@ -68,8 +69,9 @@ def tsne_embedding(features: np.ndarray, *, seed: int = 0, perplexity: float = 3
     # Standardised features: pooled latents of different channels differ in scale by 10x
     # and more, and t-SNE's distances would otherwise follow the loudest channels.
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=seed).fit_transform(features)
+    return TSNE(
+        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed
+    ).fit_transform(features)
 
 
 def stratified_sample(labels: np.ndarray | torch.Tensor, size: Optional[int], seed: int = 0) -> np.ndarray:
@@ -88,6 +90,7 @@ def stratified_sample(labels: np.ndarray | torch.Tensor, size: Optional[int], se
 
 # ----------------------------------------------------------------------------- codebook usage per class
 
+
 def code_counts_per_class(indices: torch.Tensor, labels: np.ndarray | torch.Tensor, num_embeddings: int) -> np.ndarray:
     """(classes, K) counts: how many latent cells of the images of each class use each code."""
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -95,7 +98,9 @@ def code_counts_per_class(indices: torch.Tensor, labels: np.ndarray | torch.Tens
     counts = torch.zeros(NUM_CLASSES, num_embeddings, dtype=torch.long)
     # One bincount over (class, code) pairs instead of a loop over the classes.
     pairs = labels[:, None] * num_embeddings + flat
-    counts += torch.bincount(pairs.reshape(-1), minlength=NUM_CLASSES * num_embeddings).view(NUM_CLASSES, num_embeddings)
+    counts += torch.bincount(pairs.reshape(-1), minlength=NUM_CLASSES * num_embeddings).view(
+        NUM_CLASSES, num_embeddings
+    )
     return counts.numpy()
 
 
@@ -122,12 +127,21 @@ def class_specific_codes(counts: np.ndarray, *, top: int = 3, min_share: float =
     for c in range(counts.shape[0]):
         eligible = np.flatnonzero(freq[c] >= min_share)
         ranked = eligible[np.lexsort((-freq[c, eligible], -specificity[c, eligible]))][:top]
-        rows += [{"class": CLASS_NAMES[c], "code": int(k), "specificity": float(specificity[c, k]),
-                  "share_of_class": float(freq[c, k]), "cells": int(counts[c, k])} for k in ranked]
+        rows += [
+            {
+                "class": CLASS_NAMES[c],
+                "code": int(k),
+                "specificity": float(specificity[c, k]),
+                "share_of_class": float(freq[c, k]),
+                "cells": int(counts[c, k]),
+            }
+            for k in ranked
+        ]
     return pd.DataFrame(rows, columns=["class", "code", "specificity", "share_of_class", "cells"])
 
 
 # ----------------------------------------------------------------------------- receptive field and patches
+
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -176,12 +190,19 @@ def cell_patch(image: np.ndarray | torch.Tensor, row: int, col: int, field: Rece
     y0, y1 = max(top, 0), min(top + field.size, h)
     x0, x1 = max(left, 0), min(left + field.size, w)
     if y0 < y1 and x0 < x1:
-        patch[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+        patch[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
     return patch
 
 
-def code_patches(images: torch.Tensor | np.ndarray, indices: torch.Tensor, code: int, field: ReceptiveField, *,
-                 count: int = 8, seed: int = 0) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+def code_patches(
+    images: torch.Tensor | np.ndarray,
+    indices: torch.Tensor,
+    code: int,
+    field: ReceptiveField,
+    *,
+    count: int = 8,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """Up to `count` image patches whose latent cell uses `code`, from distinct images.
 
     Returns the patches (n, size, size) and, for each, (image, row, col). The
@@ -202,6 +223,7 @@ def code_patches(images: torch.Tensor | np.ndarray, indices: torch.Tensor, code:
 
 # ----------------------------------------------------------------------------- per-class reconstruction error
 
+
 @torch.inference_mode()
 def per_image_mse(model, images: torch.Tensor, *, batch_size: int = 1000) -> np.ndarray:
     """Reconstruction MSE of each uint8 image (mean over its pixels), shape (N,)."""
@@ -209,7 +231,7 @@ def per_image_mse(model, images: torch.Tensor, *, batch_size: int = 1000) -> np.
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_float(images[start:start + batch_size], device)
+        x = to_float(images[start : start + batch_size], device)
         out.append((model(x).reconstruction - x).pow(2).mean(dim=(1, 2, 3)).cpu())
     return torch.cat(out).numpy()
 
@@ -220,14 +242,19 @@ def per_class_errors(errors: np.ndarray, labels: np.ndarray | torch.Tensor) -> p
     `rank` is 1 for the class reconstructed best.
     """
     frame = pd.DataFrame({"class": [CLASS_NAMES[int(c)] for c in np.asarray(labels)], "mse": np.asarray(errors)})
-    table = (frame.groupby("class")["mse"].agg(mse_mean="mean", mse_std="std", mse_median="median", images="count")
-             .sort_values("mse_mean").reset_index())
+    table = (
+        frame.groupby("class")["mse"]
+        .agg(mse_mean="mean", mse_std="std", mse_median="median", images="count")
+        .sort_values("mse_mean")
+        .reset_index()
+    )
     table["rank"] = np.arange(1, len(table) + 1)
     return table
 
 
-def seed_claim_check(table: pd.DataFrame, *, best: Sequence[str] = SEED_BEST_CLASSES,
-                     worst: Sequence[str] = SEED_WORST_CLASSES) -> dict:
+def seed_claim_check(
+    table: pd.DataFrame, *, best: Sequence[str] = SEED_BEST_CLASSES, worst: Sequence[str] = SEED_WORST_CLASSES
+) -> dict:
     """Do our per-class errors agree with the seed's "best on trousers and boots, worst on shirts and pullovers"?
 
     The claim counts as confirmed for a class named best when it ranks in the
@@ -236,11 +263,13 @@ def seed_claim_check(table: pd.DataFrame, *, best: Sequence[str] = SEED_BEST_CLA
     deviations. Returns the ranks, the verdicts and one generated sentence.
     """
     n = len(table)
-    ranks = dict(zip(table["class"], table["rank"]))
-    std = dict(zip(table["class"], table["mse_std"]))
+    ranks = dict(zip(table["class"], table["rank"], strict=True))
+    std = dict(zip(table["class"], table["mse_std"], strict=True))
     missing = [c for c in (*best, *worst) if c not in ranks]
     if missing:
-        raise ConfigError(f"the per-class table lacks the classes {', '.join(missing)}; analyse a split with all classes")
+        raise ConfigError(
+            f"the per-class table lacks the classes {', '.join(missing)}; analyse a split with all classes"
+        )
     third = math.ceil(n / 3)
     best_ok = {c: ranks[c] <= third for c in best}
     worst_ok = {c: ranks[c] > n - third for c in worst}
@@ -256,16 +285,20 @@ def seed_claim_check(table: pd.DataFrame, *, best: Sequence[str] = SEED_BEST_CLA
 
     sentence = (
         f"Ranked by test reconstruction MSE (1st = lowest error, of {n} classes), {listing(best)}: "
-        f"the seed's \"best on structured items\" {verdict(best_ok)} with our numbers (best third = ranks 1-{third}). "
-        f"{listing(worst)}: its \"worst on complex items\" {verdict(worst_ok)} (worst third = ranks {n - third + 1}-{n}). "
+        f'the seed\'s "best on structured items" {verdict(best_ok)} with our numbers (best third = ranks 1-{third}). '
+        f'{listing(worst)}: its "worst on complex items" {verdict(worst_ok)} (worst third = ranks {n - third + 1}-{n}). '
         f"The per-image spread of the error (standard deviation) is {spread_worst / spread_best:.1f}x as large on "
         f"{' and '.join(worst)} as on {' and '.join(best)}, so the claim of higher variability "
         f"{'holds' if variability_ok else 'does not hold'}. Best class overall: {table['class'].iloc[0]}; "
         f"worst: {table['class'].iloc[-1]}."
     )
-    return {"ranks": {c: int(ranks[c]) for c in (*best, *worst)}, "best_confirmed": all(best_ok.values()),
-            "worst_confirmed": all(worst_ok.values()), "variability_confirmed": variability_ok,
-            "sentence": sentence}
+    return {
+        "ranks": {c: int(ranks[c]) for c in (*best, *worst)},
+        "best_confirmed": all(best_ok.values()),
+        "worst_confirmed": all(worst_ok.values()),
+        "variability_confirmed": variability_ok,
+        "sentence": sentence,
+    }
 
 
 def _ordinal(n: int) -> str:
@@ -280,12 +313,15 @@ def class_examples(labels: np.ndarray | torch.Tensor, per_class: int, *, seed: i
     for c in range(NUM_CLASSES):
         members = np.flatnonzero(labels == c)
         if len(members) < per_class:
-            raise ConfigError(f"asked for {per_class} images of class {CLASS_NAMES[c]}, but there are only {len(members)}")
+            raise ConfigError(
+                f"asked for {per_class} images of class {CLASS_NAMES[c]}, but there are only {len(members)}"
+            )
         rows.append(np.sort(rng.permutation(members)[:per_class]))
     return np.stack(rows)
 
 
 # ----------------------------------------------------------------------------- interpolation
+
 
 def different_class_pairs(labels: np.ndarray | torch.Tensor, count: int, *, seed: int = 0) -> list[tuple[int, int]]:
     """`count` pairs of image indices whose classes differ, each class pair used once, seeded."""
@@ -294,8 +330,10 @@ def different_class_pairs(labels: np.ndarray | torch.Tensor, count: int, *, seed
     present = np.unique(labels)
     class_pairs = [(a, b) for a in present for b in present if a < b]
     if count > len(class_pairs):
-        raise ConfigError(f"asked for {count} interpolation pairs, but the images hold only {len(class_pairs)} "
-                          "pairs of different classes")
+        raise ConfigError(
+            f"asked for {count} interpolation pairs, but the images hold only {len(class_pairs)} "
+            "pairs of different classes"
+        )
     pairs = []
     for k in rng.permutation(len(class_pairs))[:count]:
         a, b = class_pairs[k]
@@ -330,20 +368,35 @@ def interpolate(model, image_a: torch.Tensor, image_b: torch.Tensor, *, steps: i
     mixed = (1 - weights) * z[0:1] + weights * z[1:2]
     vq = model.quantizer(mixed)
     changed = (vq.indices != vq.indices[0:1]).float().mean(dim=(1, 2))
-    return Interpolation(weights=weights.view(-1).cpu().numpy(), quantized=model.decode(vq.quantized).cpu(),
-                         continuous=model.decode(mixed).cpu(), codes_changed=changed.cpu().numpy())
+    return Interpolation(
+        weights=weights.view(-1).cpu().numpy(),
+        quantized=model.decode(vq.quantized).cpu(),
+        continuous=model.decode(mixed).cpu(),
+        codes_changed=changed.cpu().numpy(),
+    )
 
 
 def analysis_summary(table: pd.DataFrame, claim: dict, specific: pd.DataFrame, **extra) -> dict:
     """The JSON-ready record of an analysis run (plain Python values only)."""
-    return {"per_class_mse": table.to_dict(orient="records"), "seed_claim": claim,
-            "class_specific_codes": specific.to_dict(orient="records"),
-            **{k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in extra.items()}}
+    return {
+        "per_class_mse": table.to_dict(orient="records"),
+        "seed_claim": claim,
+        "class_specific_codes": specific.to_dict(orient="records"),
+        **{k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in extra.items()},
+    }
 
 
-def specific_code_patches(images: torch.Tensor | np.ndarray, indices: torch.Tensor, specific: pd.DataFrame,
-                          field: ReceptiveField, *, labels: Optional[np.ndarray | torch.Tensor] = None,
-                          classes: int = 4, per_code: int = 8, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+def specific_code_patches(
+    images: torch.Tensor | np.ndarray,
+    indices: torch.Tensor,
+    specific: pd.DataFrame,
+    field: ReceptiveField,
+    *,
+    labels: Optional[np.ndarray | torch.Tensor] = None,
+    classes: int = 4,
+    per_code: int = 8,
+    seed: int = 0,
+) -> tuple[list[np.ndarray], list[str]]:
     """Patches of the most specific code of the `classes` classes whose best code is most specific.
 
     `specific` is `class_specific_codes`'s table; each code is shown once.
@@ -351,15 +404,23 @@ def specific_code_patches(images: torch.Tensor | np.ndarray, indices: torch.Tens
     Returns one (n, size, size) array of patches per chosen code, and a label
     for each row.
     """
-    best = (specific.sort_values(["specificity", "share_of_class"], ascending=False)
-            .drop_duplicates("class").drop_duplicates("code").head(classes))
+    best = (
+        specific.sort_values(["specificity", "share_of_class"], ascending=False)
+        .drop_duplicates("class")
+        .drop_duplicates("code")
+        .head(classes)
+    )
     rows, row_labels = [], []
     images = np.asarray(images)
     for row in best.to_dict(orient="records"):
-        keep = (np.arange(len(indices)) if labels is None
-                else np.flatnonzero(np.asarray(labels) == CLASS_NAMES.index(row["class"])))
-        patches, _ = code_patches(images[keep], indices[torch.from_numpy(keep)], row["code"], field,
-                                  count=per_code, seed=seed)
+        keep = (
+            np.arange(len(indices))
+            if labels is None
+            else np.flatnonzero(np.asarray(labels) == CLASS_NAMES.index(row["class"]))
+        )
+        patches, _ = code_patches(
+            images[keep], indices[torch.from_numpy(keep)], row["code"], field, count=per_code, seed=seed
+        )
         if len(patches):
             rows.append(patches)
             row_labels.append(f"code {row['code']}: {row['class']}\n({row['specificity']:.0%} of its uses)")

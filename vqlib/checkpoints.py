@@ -4,6 +4,10 @@ A checkpoint is a plain dict of tensors and Python values, so that
 ``torch.load(weights_only=True)`` can read it and a pickle that would run code
 is refused. It always carries its kind, a format version and the config of its
 model, so the model is rebuilt from the file alone.
+
+Wherever a checkpoint path is taken, ``pretrained:NAME`` names one of the
+published study's checkpoints (``checkpoints/pretrained/NAME/best.pt``), so
+notebooks and the CLI run on them with no training.
 """
 
 from __future__ import annotations
@@ -15,11 +19,71 @@ from typing import Any, Optional
 
 import torch
 
+from . import paths
 from .errors import CheckpointError
-from .files import atomic_path
+from .files import atomic_path, read_json
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = {"kind", "format_version", "model_config", "state_dict"}
+PRETRAINED_PREFIX = "pretrained:"
+BEST_FILE = "best.json"  # the grid's choice: written by notebook 02 beside the run folders
+
+
+def pretrained_names() -> list[str]:
+    """Names of the published checkpoints (``pretrained:NAME``), sorted."""
+    return sorted(p.parent.name for p in paths.pretrained_dir().glob("*/best.pt"))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint path as given, or ``pretrained:NAME`` resolved to the published file."""
+    text = os.fspath(path)
+    if not text.startswith(PRETRAINED_PREFIX):
+        return Path(text)
+    name = text[len(PRETRAINED_PREFIX) :]
+    found = paths.pretrained_dir() / name / "best.pt"
+    if not name or "/" in name or not found.is_file():
+        names = pretrained_names()
+        raise CheckpointError(
+            f"there is no pretrained checkpoint {name!r}; "
+            + (
+                f"the published ones are {', '.join(PRETRAINED_PREFIX + n for n in names)}"
+                if names
+                else f"none is published under {paths.pretrained_dir()}"
+            )
+        )
+    return found
+
+
+def read_best(folder: Optional[str | os.PathLike] = None) -> dict:
+    """The grid's best.json (results/grid by default)."""
+    path = Path(folder or paths.grid_dir()) / BEST_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no {path}; run the grid and notebook 02 first (`vqlib run`), or pass a checkpoint")
+    try:
+        best = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({exc}); rerun notebook 02 (`vqlib run`)") from None
+    if not isinstance(best, dict) or not isinstance(best.get("checkpoint"), str):
+        raise CheckpointError(
+            f"{path} names no VQ-VAE checkpoint (it lacks a 'checkpoint' entry); "
+            "rerun the grid or pass a VQ-VAE checkpoint"
+        )
+    return best
+
+
+def resolve_vqvae_checkpoint(checkpoint: Optional[str | os.PathLike] = None) -> Path:
+    """The VQ-VAE a stage works on: `checkpoint` itself, else the grid's best (results/grid/best.json),
+    else the published study's best, so that a fresh clone works without training."""
+    if checkpoint:
+        return resolve_checkpoint(checkpoint)
+    for folder in (paths.grid_dir(), paths.published_dir() / "grid"):
+        if (folder / BEST_FILE).is_file():
+            found = resolve_checkpoint(read_best(folder)["checkpoint"])
+            return found if found.is_absolute() else paths.project_root() / found
+    raise CheckpointError(
+        f"no VQ-VAE checkpoint was given and {paths.grid_dir() / BEST_FILE} does not exist; "
+        "run the grid first (`vqlib run`) or pass a VQ-VAE checkpoint (--vqvae-checkpoint)"
+    )
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> Path:
@@ -29,15 +93,16 @@ def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any])
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None,
-                    expect: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, *, kind: Optional[str] = None, expect: Optional[dict[str, Any]] = None
+) -> dict[str, Any]:
     """The one way checkpoints are read: weights_only, then kind and key checks.
 
     `expect` maps model_config fields to the values the caller needs (for
     example the K and D of a grid point); a checkpoint of another
     configuration is refused.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train one first or check the path")
     try:
@@ -46,8 +111,9 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None,
         # weights_only refuses any global it does not know: this is where a pickle
         # that would run code ends, before anything of it runs. torch's own message
         # suggests weights_only=False, which is exactly what must not be done here.
-        raise CheckpointError(f"{path} is not a vqlib checkpoint: it holds Python objects that a safe "
-                              "(weights-only) load refuses to run") from None
+        raise CheckpointError(
+            f"{path} is not a vqlib checkpoint: it holds Python objects that a safe (weights-only) load refuses to run"
+        ) from None
     except Exception as exc:  # noqa: BLE001
         # On bytes that are not a checkpoint, the legacy unpickler fails with whatever
         # its parse hits first (KeyError, IndexError, EOFError, ...): all mean the same.
@@ -55,8 +121,9 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None,
     if not isinstance(ckpt, dict) or not REQUIRED_KEYS <= set(ckpt):
         raise CheckpointError(f"{path} is not a vqlib checkpoint (it lacks the keys {sorted(REQUIRED_KEYS)})")
     if ckpt["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, "
-                              f"this vqlib reads format {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint format {ckpt['format_version']}, this vqlib reads format {FORMAT_VERSION}"
+        )
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path} is a {ckpt['kind']} checkpoint, but a {kind} checkpoint is needed here")
     for key, value in (expect or {}).items():
@@ -71,12 +138,12 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.Pa
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not match the {what} its config describes "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path} does not match the {what} its config describes ({str(exc).splitlines()[0][:200]})"
+        ) from None
 
 
-def load_vqvae(path: str | os.PathLike, *, device: torch.device | str = "cpu",
-               expect: Optional[dict[str, Any]] = None):
+def load_vqvae(path: str | os.PathLike, *, device: torch.device | str = "cpu", expect: Optional[dict[str, Any]] = None):
     """A VQ-VAE in eval mode, rebuilt from its checkpoint alone; returns (model, checkpoint)."""
     from .config import VQVAEConfig, from_dict
     from .models import VQVAE

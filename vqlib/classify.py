@@ -4,8 +4,9 @@ The encoder is frozen, so its output for an image never changes: the training
 and validation splits are encoded once into code indices (uint8 for K <= 256:
 55,000 x 144 bytes is 8 MB) and every epoch trains the head from codebook
 look-ups. `train_classifier` writes only inside its checkpoint folder
-(best.pt, history.json, config.json); `evaluate_classifier` and
-`label_efficiency` write only inside their results folder.
+(best.pt, history.json, config.json); `evaluate_classifier` writes only
+inside its results folder. `fit` is the one training loop of every head and
+baseline (label_efficiency.py uses it too).
 """
 
 from __future__ import annotations
@@ -14,28 +15,37 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .progress import progress_bar
 
 from . import paths
-from .checkpoints import load_checkpoint, load_vqvae, load_weights, save_checkpoint
-from .config import (LABELS_PER_CLASS_AVAILABLE, ClassifierConfig, LabelEfficiencyConfig, VQVAEConfig,
-                     changed_fields, from_dict, parse_floats, parse_label_counts, parse_methods)
-from .data import (CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist,
-                   read_idx, stratified_subset, to_float)
+from .checkpoints import load_checkpoint, load_vqvae, load_weights, resolve_vqvae_checkpoint, save_checkpoint
+from .config import (
+    ClassifierConfig,
+    VQVAEConfig,
+    changed_fields,
+    from_dict,
+)
+from .data import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    FashionMNIST,
+    batch_indices,
+    load_fashion_mnist,
+    stratified_subset,
+    to_float,
+)
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .files import ensure_dir, save_figure, write_csv, write_json
-from .grid import resolve_vqvae_checkpoint
-from .models import VQVAE, ClassificationHead, PixelCNN, VQVAEClassifier
+from .models import VQVAE, ClassificationHead, VQVAEClassifier
+from .progress import progress_bar
 
 # What may differ between a last.pt and the run that continues it: where it runs and writes.
 CLASSIFIER_RESUMABLE_CHANGES = {"device", "checkpoint_dir", "results_dir"}
@@ -80,7 +90,7 @@ def encode_codes(model: VQVAE | VQVAEClassifier, images: torch.Tensor, batch_siz
     dtype = code_dtype(quantizer.num_embeddings)
     out = []
     for start in range(0, len(images), batch_size):
-        z = encoder(to_float(images[start:start + batch_size], device))
+        z = encoder(to_float(images[start : start + batch_size], device))
         b, d, h, w = z.shape
         out.append(quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w).to(dtype))
     model.train(was_training)
@@ -91,7 +101,7 @@ def encode_codes(model: VQVAE | VQVAEClassifier, images: torch.Tensor, batch_siz
 
 
 @dataclass
-class _Inputs:
+class Inputs:
     """A split as stored (code indices or uint8 images) and how a batch of it becomes the model's input."""
 
     stored: torch.Tensor
@@ -102,26 +112,41 @@ class _Inputs:
         return self.to_input(self.stored[idx])
 
 
-def _code_lookup(quantizer) -> Callable[[torch.Tensor], torch.Tensor]:
+def code_lookup(quantizer) -> Callable[[torch.Tensor], torch.Tensor]:
     """Stored uint8/int16 code indices -> quantized latents (B, D, 12, 12), by codebook look-up."""
     return lambda codes: quantizer.lookup(codes.long())
 
 
-def _evaluate_logits(model: nn.Module, inputs: _Inputs, batch_size: int = 1000) -> torch.Tensor:
+def evaluate_logits(model: nn.Module, inputs: Inputs, batch_size: int = 1000) -> torch.Tensor:
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        logits = torch.cat([model(inputs.batch(torch.arange(s, min(s + batch_size, len(inputs.labels)),
-                                                            device=inputs.stored.device)))
-                            for s in range(0, len(inputs.labels), batch_size)])
+        logits = torch.cat(
+            [
+                model(
+                    inputs.batch(torch.arange(s, min(s + batch_size, len(inputs.labels)), device=inputs.stored.device))
+                )
+                for s in range(0, len(inputs.labels), batch_size)
+            ]
+        )
     model.train(was_training)
     return logits
 
 
-def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Inputs, *, epochs: int,
-         config: ClassifierConfig, seed: int, desc: str, progress: bool,
-         resume_from: Optional[dict] = None,
-         on_epoch: Optional[Callable[[dict], None]] = None) -> tuple[list[dict], dict, int]:
+def fit(
+    model: nn.Module,
+    param_groups: list[dict],
+    train: Inputs,
+    val: Inputs,
+    *,
+    epochs: int,
+    config: ClassifierConfig,
+    seed: int,
+    desc: str,
+    progress: bool,
+    resume_from: Optional[dict] = None,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+) -> tuple[list[dict], dict, int]:
     """AdamW with cosine decay; the state of the best validation accuracy is kept (early stopping).
 
     Returns (history, best state_dict, best epoch). An epoch is one pass over the
@@ -140,7 +165,9 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
     steps_per_epoch = max(math.ceil(n / batch_size), config.min_steps_per_epoch)
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, epochs * steps_per_epoch) / (epochs * steps_per_epoch))))
+        optimizer,
+        lambda step: 0.5 * (1 + math.cos(math.pi * min(step, epochs * steps_per_epoch) / (epochs * steps_per_epoch))),
+    )
     history: list[dict] = []
     best_acc, best_loss, best_epoch, best_state = -1.0, math.inf, 0, None
     start_epoch, stopped = 0, False
@@ -154,8 +181,9 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
         set_rng_state(resume_from["rng"])
     if stopped:
         start_epoch = epochs  # early stopping had already ended this run
-    bar = progress_bar(total=max(epochs - start_epoch, 0) * steps_per_epoch, desc=desc, unit="step",
-                       enabled=progress, leave=False)
+    bar = progress_bar(
+        total=max(epochs - start_epoch, 0) * steps_per_epoch, desc=desc, unit="step", enabled=progress, leave=False
+    )
     for epoch in range(start_epoch, epochs):
         model.train()
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -180,13 +208,21 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
         train_loss, train_correct = sums.tolist()
         if not math.isfinite(train_loss):
             bar.close()
-            raise TrainingError(f"the classifier's training loss became {train_loss} in epoch {epoch + 1}; "
-                                "lower the learning rate")
-        val_logits = _evaluate_logits(model, val)
+            raise TrainingError(
+                f"the classifier's training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate"
+            )
+        val_logits = evaluate_logits(model, val)
         val_loss = F.cross_entropy(val_logits, val.labels).item()
         val_acc = (val_logits.argmax(1) == val.labels).float().mean().item()
-        row = {"epoch": epoch + 1, "train_loss": train_loss / seen, "train_acc": train_correct / seen,
-               "val_loss": val_loss, "val_acc": val_acc, "epoch_seconds": seconds, "images_per_s": seen / seconds}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss / seen,
+            "train_acc": train_correct / seen,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epoch_seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
         history.append(row)
         bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", val_acc=f"{val_acc:.4f}")
         if val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss):
@@ -195,9 +231,19 @@ def _fit(model: nn.Module, param_groups: list[dict], train: _Inputs, val: _Input
         else:
             stopped = epoch + 1 - best_epoch >= config.patience
         if on_epoch is not None:
-            on_epoch({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-                      "best_acc": best_acc, "best_loss": best_loss, "best_epoch": best_epoch,
-                      "best_state": best_state, "stopped": stopped, "rng": rng_state()})
+            on_epoch(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "best_acc": best_acc,
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "stopped": stopped,
+                    "rng": rng_state(),
+                }
+            )
         if stopped:
             break
     bar.close()
@@ -217,7 +263,7 @@ def _epoch_batches(n: int, batch_size: int, steps: int, generator: torch.Generat
     return out
 
 
-def _label_subset(data: FashionMNIST, labels_per_class: Optional[int], seed: int) -> torch.Tensor:
+def label_subset(data: FashionMNIST, labels_per_class: Optional[int], seed: int) -> torch.Tensor:
     """Indices into the training split: `labels_per_class` of each class (seeded), or all of them."""
     if labels_per_class is None:
         return torch.arange(len(data.train_labels))
@@ -254,8 +300,9 @@ def build_classifier(config: ClassifierConfig, vqvae: VQVAE) -> VQVAEClassifier:
     return VQVAEClassifier(vqvae, head, finetune=config.finetune)
 
 
-def train_classifier(config: ClassifierConfig, data: Optional[FashionMNIST] = None, *,
-                     resume: bool = False, progress: bool = True) -> ClassifierRun:
+def train_classifier(
+    config: ClassifierConfig, data: Optional[FashionMNIST] = None, *, resume: bool = False, progress: bool = True
+) -> ClassifierRun:
     """Train the head on the VQ-VAE's code (frozen, or fine-tuned with `config.finetune`).
 
     Model selection and early stopping use the validation split only. Writes
@@ -273,61 +320,103 @@ def train_classifier(config: ClassifierConfig, data: Optional[FashionMNIST] = No
     results_dir = Path(config.results_dir or default_results_dir(config, vqvae_path))
     last_path = ckpt_dir / "last.pt"
     resumed = _resumable_classifier(last_path, config, vqvae_path, vqvae) if resume and last_path.is_file() else None
-    write_json(ckpt_dir / "config.json", {"classifier": dataclasses.asdict(config),
-                                          "vqvae": dataclasses.asdict(vqvae.config),
-                                          "vqvae_checkpoint": str(vqvae_path)})
+    write_json(
+        ckpt_dir / "config.json",
+        {
+            "classifier": dataclasses.asdict(config),
+            "vqvae": dataclasses.asdict(vqvae.config),
+            "vqvae_checkpoint": str(vqvae_path),
+        },
+    )
 
     seed_everything(config.seed)
     model = build_classifier(config, vqvae).to(device)
-    idx = _label_subset(data, config.labels_per_class, config.seed)
+    idx = label_subset(data, config.labels_per_class, config.seed)
     train_images, train_labels = data.train_images[idx], data.train_labels[idx].to(device)
     val_labels = data.val_labels.to(device)
 
     encode_seconds = 0.0
     if config.cache_codes and not config.finetune:
         started = time.perf_counter()
-        train = _Inputs(encode_codes(model, train_images), train_labels, _code_lookup(model.quantizer))
-        val = _Inputs(encode_codes(model, data.val_images), val_labels, _code_lookup(model.quantizer))
+        train = Inputs(encode_codes(model, train_images), train_labels, code_lookup(model.quantizer))
+        val = Inputs(encode_codes(model, data.val_images), val_labels, code_lookup(model.quantizer))
         encode_seconds = time.perf_counter() - started
         trained, params = model.head, [{"params": model.head.parameters(), "lr": config.learning_rate}]
     else:
         to_input = lambda x: to_float(x, device)  # noqa: E731
-        train = _Inputs(train_images.to(device), train_labels, to_input)
-        val = _Inputs(data.val_images.to(device), val_labels, to_input)
+        train = Inputs(train_images.to(device), train_labels, to_input)
+        val = Inputs(data.val_images.to(device), val_labels, to_input)
         trained, params = model, [{"params": model.head.parameters(), "lr": config.learning_rate}]
         if config.finetune:
             params.append({"params": model.encoder.parameters(), "lr": config.encoder_learning_rate})
     for group in params:
         group["initial_lr"] = group["lr"]
     name = run_name(vqvae_path, config.labels_per_class, config.finetune)
-    about = {"model_config": dataclasses.asdict(config), "vqvae_config": dataclasses.asdict(vqvae.config),
-             "vqvae_checkpoint": str(vqvae_path), "run_name": name, "results_dir": str(results_dir)}
+    about = {
+        "model_config": dataclasses.asdict(config),
+        "vqvae_config": dataclasses.asdict(vqvae.config),
+        "vqvae_checkpoint": str(vqvae_path),
+        "run_name": name,
+        "results_dir": str(results_dir),
+    }
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
 
     def save_last(fit_state: dict) -> None:
-        save_checkpoint(last_path, "classifier", {**about, "state_dict": model.state_dict(),
-                                                  "epoch": len(fit_state["history"]), "history": fit_state["history"],
-                                                  "fit": fit_state})
+        save_checkpoint(
+            last_path,
+            "classifier",
+            {
+                **about,
+                "state_dict": model.state_dict(),
+                "epoch": len(fit_state["history"]),
+                "history": fit_state["history"],
+                "fit": fit_state,
+            },
+        )
         write_json(ckpt_dir / "history.json", fit_state["history"])
 
     started = time.perf_counter()
-    history, _, best_epoch = _fit(trained, params, train, val, epochs=config.epochs, config=config,
-                                  seed=config.seed, desc=f"classifier {name}", progress=progress,
-                                  resume_from=resumed["fit"] if resumed is not None else None, on_epoch=save_last)
+    history, _, best_epoch = fit(
+        trained,
+        params,
+        train,
+        val,
+        epochs=config.epochs,
+        config=config,
+        seed=config.seed,
+        desc=f"classifier {name}",
+        progress=progress,
+        resume_from=resumed["fit"] if resumed is not None else None,
+        on_epoch=save_last,
+    )
     train_seconds = time.perf_counter() - started
     model.eval()
     best = history[best_epoch - 1]
-    save_checkpoint(ckpt_dir / "best.pt", "classifier", {**about, "state_dict": model.state_dict(),
-                                                         "epoch": best_epoch, "history": history})
+    save_checkpoint(
+        ckpt_dir / "best.pt",
+        "classifier",
+        {**about, "state_dict": model.state_dict(), "epoch": best_epoch, "history": history},
+    )
     if progress:
-        print(f"best validation accuracy {best['val_acc']:.4f} at epoch {best_epoch} of {len(history)}; "
-              f"{len(idx)} training images, head training {train_seconds:.1f} s"
-              + (f" (+ {encode_seconds:.1f} s encoding once)" if encode_seconds else ""))
-    return ClassifierRun(model=model, history=history, checkpoint_dir=ckpt_dir, results_dir=results_dir,
-                         config=config, vqvae_checkpoint=vqvae_path, best_epoch=best_epoch,
-                         best_val_acc=best["val_acc"], train_seconds=train_seconds,
-                         encode_seconds=encode_seconds, train_images=len(idx))
+        print(
+            f"best validation accuracy {best['val_acc']:.4f} at epoch {best_epoch} of {len(history)}; "
+            f"{len(idx)} training images, head training {train_seconds:.1f} s"
+            + (f" (+ {encode_seconds:.1f} s encoding once)" if encode_seconds else "")
+        )
+    return ClassifierRun(
+        model=model,
+        history=history,
+        checkpoint_dir=ckpt_dir,
+        results_dir=results_dir,
+        config=config,
+        vqvae_checkpoint=vqvae_path,
+        best_epoch=best_epoch,
+        best_val_acc=best["val_acc"],
+        train_seconds=train_seconds,
+        encode_seconds=encode_seconds,
+        train_images=len(idx),
+    )
 
 
 def _resumable_classifier(path: Path, config: ClassifierConfig, vqvae_path: Path, vqvae: VQVAE) -> dict:
@@ -340,17 +429,21 @@ def _resumable_classifier(path: Path, config: ClassifierConfig, vqvae_path: Path
         raise CheckpointError(f"cannot resume from {path}: it was trained with other settings ({diff})")
     # A fine-tuned encoder has moved away from the VQ-VAE's: only a frozen one can be compared.
     if Path(ckpt["vqvae_checkpoint"]) != vqvae_path or (
-            not config.finetune and not _same_code(ckpt["state_dict"], vqvae.state_dict())):
-        raise CheckpointError(f"cannot resume from {path}: it was trained on the VQ-VAE {ckpt['vqvae_checkpoint']} "
-                              f"as it was then, not on {vqvae_path} as it is now")
+        not config.finetune and not _same_code(ckpt["state_dict"], vqvae.state_dict())
+    ):
+        raise CheckpointError(
+            f"cannot resume from {path}: it was trained on the VQ-VAE {ckpt['vqvae_checkpoint']} "
+            f"as it was then, not on {vqvae_path} as it is now"
+        )
     return ckpt
 
 
 # ----------------------------------------------------------------------------- load
 
 
-def load_classifier(path: str | os.PathLike, *, vqvae_checkpoint: Optional[str | os.PathLike] = None,
-                    device: torch.device | str = "cpu") -> tuple[VQVAEClassifier, dict]:
+def load_classifier(
+    path: str | os.PathLike, *, vqvae_checkpoint: Optional[str | os.PathLike] = None, device: torch.device | str = "cpu"
+) -> tuple[VQVAEClassifier, dict]:
     """A classifier in eval mode, rebuilt from its checkpoint alone; returns (model, checkpoint).
 
     The checkpoint holds the encoder and codebook it was trained on, so it needs
@@ -360,19 +453,28 @@ def load_classifier(path: str | os.PathLike, *, vqvae_checkpoint: Optional[str |
     """
     ckpt = load_checkpoint(path, kind="classifier")
     if "vqvae_config" not in ckpt:
-        raise CheckpointError(f"{path} is a classifier checkpoint without the VQ-VAE configuration it was trained on; retrain it")
+        raise CheckpointError(
+            f"{path} is a classifier checkpoint without the VQ-VAE configuration it was trained on; retrain it"
+        )
     config = from_dict(ClassifierConfig, ckpt["model_config"])
     vqvae_config = from_dict(VQVAEConfig, ckpt["vqvae_config"])
     if vqvae_checkpoint is not None:
         paired = load_checkpoint(vqvae_checkpoint, kind="vqvae")
         if paired["model_config"] != ckpt["vqvae_config"]:
-            diff = ", ".join(f"{k}={v} (not {paired['model_config'].get(k)})"
-                             for k, v in ckpt["vqvae_config"].items() if paired["model_config"].get(k) != v)
-            raise CheckpointError(f"the classifier {path} was trained on a VQ-VAE with {diff}, so it cannot be paired "
-                                  f"with {vqvae_checkpoint}; pass the VQ-VAE it was trained on ({ckpt['vqvae_checkpoint']})")
+            diff = ", ".join(
+                f"{k}={v} (not {paired['model_config'].get(k)})"
+                for k, v in ckpt["vqvae_config"].items()
+                if paired["model_config"].get(k) != v
+            )
+            raise CheckpointError(
+                f"the classifier {path} was trained on a VQ-VAE with {diff}, so it cannot be paired "
+                f"with {vqvae_checkpoint}; pass the VQ-VAE it was trained on ({ckpt['vqvae_checkpoint']})"
+            )
         if not config.finetune and not _same_code(ckpt["state_dict"], paired["state_dict"]):
-            raise CheckpointError(f"the classifier {path} was trained on the code of another VQ-VAE run than {vqvae_checkpoint} "
-                                  f"(same configuration, other weights); pass {ckpt['vqvae_checkpoint']}")
+            raise CheckpointError(
+                f"the classifier {path} was trained on the code of another VQ-VAE run than {vqvae_checkpoint} "
+                f"(same configuration, other weights); pass {ckpt['vqvae_checkpoint']}"
+            )
     model = build_classifier(config, VQVAE(vqvae_config))
     load_weights(model, ckpt, path, "classifier")
     return model.to(device).eval(), ckpt
@@ -390,8 +492,10 @@ def _same_code(classifier_state: dict, vqvae_state: dict) -> bool:
 
 def _as_model(checkpoint_or_model, device) -> tuple[VQVAEClassifier, dict]:
     if isinstance(checkpoint_or_model, ClassifierRun):
-        return checkpoint_or_model.model, {"results_dir": str(checkpoint_or_model.results_dir),
-                                           "run_name": checkpoint_or_model.checkpoint_dir.name}
+        return checkpoint_or_model.model, {
+            "results_dir": str(checkpoint_or_model.results_dir),
+            "run_name": checkpoint_or_model.checkpoint_dir.name,
+        }
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model, {}
     return load_classifier(checkpoint_or_model, device=device)
@@ -405,8 +509,12 @@ def predict(model: VQVAEClassifier, images: torch.Tensor, *, batch_size: int = 1
     """uint8 images (N, 28, 28) -> class probabilities (N, 10), on the CPU."""
     device = next(model.parameters()).device
     model.eval()
-    return torch.cat([F.softmax(model(to_float(images[s:s + batch_size], device)), dim=1).cpu()
-                      for s in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            F.softmax(model(to_float(images[s : s + batch_size], device)), dim=1).cpu()
+            for s in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def classification_report_frame(labels: np.ndarray, predicted: np.ndarray):
@@ -415,9 +523,11 @@ def classification_report_frame(labels: np.ndarray, predicted: np.ndarray):
     from sklearn.metrics import precision_recall_fscore_support
 
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=list(range(NUM_CLASSES)), zero_division=0)
-    return pd.DataFrame({"class": list(CLASS_NAMES), "precision": precision, "recall": recall,
-                         "f1": f1, "support": support})
+        labels, predicted, labels=list(range(NUM_CLASSES)), zero_division=0
+    )
+    return pd.DataFrame(
+        {"class": list(CLASS_NAMES), "precision": precision, "recall": recall, "f1": f1, "support": support}
+    )
 
 
 def classification_metrics(labels, predicted) -> dict:
@@ -425,15 +535,25 @@ def classification_metrics(labels, predicted) -> dict:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
     labels, predicted = np.asarray(labels), np.asarray(predicted)
-    return {"accuracy": float(accuracy_score(labels, predicted)),
-            "macro_f1": float(f1_score(labels, predicted, labels=list(range(NUM_CLASSES)), average="macro", zero_division=0)),
-            "report": classification_report_frame(labels, predicted),
-            "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(NUM_CLASSES)))}
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(
+            f1_score(labels, predicted, labels=list(range(NUM_CLASSES)), average="macro", zero_division=0)
+        ),
+        "report": classification_report_frame(labels, predicted),
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(NUM_CLASSES))),
+    }
 
 
-def evaluate_classifier(checkpoint_or_model, data: Optional[FashionMNIST] = None, *, split: str = "test",
-                        results_dir: Optional[str | os.PathLike] = None, device: str = "auto",
-                        write: bool = True) -> dict:
+def evaluate_classifier(
+    checkpoint_or_model,
+    data: Optional[FashionMNIST] = None,
+    *,
+    split: str = "test",
+    results_dir: Optional[str | os.PathLike] = None,
+    device: str = "auto",
+    write: bool = True,
+) -> dict:
     """Accuracy, per-class precision/recall/F1 and confusion matrix of one split.
 
     `checkpoint_or_model` is a classifier checkpoint path, a `ClassifierRun` or
@@ -462,293 +582,58 @@ def evaluate_classifier(checkpoint_or_model, data: Optional[FashionMNIST] = None
         results_dir = info["results_dir"]
     out = ensure_dir(results_dir)
     files = {
-        "metrics": write_json(out / f"metrics_{split}.json", {
-            "checkpoint": None if isinstance(checkpoint_or_model, nn.Module) else str(getattr(checkpoint_or_model, "best_checkpoint", checkpoint_or_model)),
-            "split": split, "images": len(labels), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            "per_class": metrics["report"].set_index("class").to_dict(orient="index")}),
+        "metrics": write_json(
+            out / f"metrics_{split}.json",
+            {
+                "checkpoint": None
+                if isinstance(checkpoint_or_model, nn.Module)
+                else str(getattr(checkpoint_or_model, "best_checkpoint", checkpoint_or_model)),
+                "split": split,
+                "images": len(labels),
+                "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"],
+                "per_class": metrics["report"].set_index("class").to_dict(orient="index"),
+            },
+        ),
         "per_class": write_csv(out / f"per_class_{split}.csv", metrics["report"]),
-        "confusion_matrix_csv": write_csv(out / f"confusion_matrix_{split}.csv",
-                                          pd.DataFrame(metrics["confusion_matrix"], columns=list(CLASS_NAMES))
-                                          .assign(**{"true class": list(CLASS_NAMES)})
-                                          [["true class", *CLASS_NAMES]]),
+        "confusion_matrix_csv": write_csv(
+            out / f"confusion_matrix_{split}.csv",
+            pd.DataFrame(metrics["confusion_matrix"], columns=list(CLASS_NAMES)).assign(
+                **{"true class": list(CLASS_NAMES)}
+            )[["true class", *CLASS_NAMES]],
+        ),
     }
-    fig = confusion_matrix_figure(metrics["confusion_matrix"],
-                                  title=f"{info.get('run_name', 'classifier')}: {split} accuracy {metrics['accuracy']:.2%}")
+    fig = confusion_matrix_figure(
+        metrics["confusion_matrix"],
+        title=f"{info.get('run_name', 'classifier')}: {split} accuracy {metrics['accuracy']:.2%}",
+    )
     files["confusion_matrix_png"] = save_figure(fig, out / f"confusion_matrix_{split}.png")
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     metrics["files"] = files
     return metrics
 
 
-# ----------------------------------------------------------------------------- images for infer-cls
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def _is_idx(path: Path) -> bool:
-    if path.suffix == ".gz":
-        return True
-    with open(path, "rb") as f:
-        head = f.read(4)
-    return head in (b"\x00\x00\x08\x03", b"\x00\x00\x08\x01")
-
-
-def fashion_mnist_like(image, *, invert: Optional[bool] = None) -> np.ndarray:
-    """A Pillow image of any size and mode -> 28x28 uint8, garment light on a dark background.
-
-    FashionMNIST images are grayscale, the garment light on black, cropped to
-    the object and scaled so that its longer side fills the 28 pixels
-    (Xiao et al. 2017, section 2). `invert=None` decides from the border: a
-    light border means a dark-on-light photo, which is inverted.
-    """
-    from PIL import Image, ImageOps
-
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        # Transparent areas become the background of a photo (white); the inversion turns them dark.
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-        if invert is None:
-            invert = True
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    if invert is None:
-        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-        invert = bool(border.mean() > 127)
-    if invert:
-        gray = 255.0 - gray
-    # Crop to the object: pixels clearly above the background level.
-    background = np.percentile(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]), 50)
-    gray = np.clip(gray - background, 0, None)
-    mask = gray > 0.1 * max(gray.max(), 1e-6)
-    if mask.any():
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        gray = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    h, w = gray.shape
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=np.float32)
-    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = gray
-    if square.max() > 0:
-        square *= 255.0 / square.max()
-    small = Image.fromarray(square.astype(np.uint8), mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    return np.asarray(small, dtype=np.uint8)
-
-
-def load_images(inputs: Sequence[str | os.PathLike], *, invert: Optional[bool] = None) -> tuple[torch.Tensor, list[str]]:
-    """IDX image files and/or image files -> uint8 (N, 28, 28) tensor and a name for each image.
-
-    IDX files are taken as they are (already FashionMNIST's format; `invert=True`
-    still inverts them); other images go through `fashion_mnist_like`.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not inputs:
-        raise ConfigError("no input given; pass an IDX file or image files")
-    images, names = [], []
-    for item in inputs:
-        path = Path(item)
-        if not path.is_file():
-            raise DataError(f"{path} does not exist or is not a file")
-        if _is_idx(path):
-            array = read_idx(path, expected_magic=0x00000803)
-            if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-                array = np.stack([np.asarray(Image.fromarray(a).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
-                                  for a in array])
-            if invert:
-                array = 255 - array
-            images.append(array)
-            names += [f"{path}[{i}]" for i in range(len(array))]
-            continue
-        try:
-            with Image.open(path) as image:
-                image.load()
-                images.append(fashion_mnist_like(image, invert=invert)[None])
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{path} is neither an IDX file nor an image Pillow can read ({exc})") from None
-        names.append(str(path))
-    return torch.from_numpy(np.concatenate(images)), names
-
-
-def infer_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
-                 output: Optional[str | os.PathLike] = None, invert: Optional[bool] = None,
-                 device: str = "auto"):
-    """Predict the class of each input image; returns a DataFrame (input, predicted, probability, one column per class).
-
-    With `output`, also writes it as CSV or JSON (by the suffix).
-    """
-    import pandas as pd
-
-    if output is not None and Path(output).suffix.lower() not in (".csv", ".json"):
-        raise ConfigError(f"the output must end in .csv or .json, not {Path(output).name!r}")
-    model, _ = load_classifier(checkpoint, device=resolve_device(device))
-    images, names = load_images(inputs, invert=invert)
-    probabilities = predict(model, images).numpy()
-    predicted = probabilities.argmax(1)
-    frame = pd.DataFrame({"input": names, "predicted": [CLASS_NAMES[i] for i in predicted],
-                          "probability": probabilities.max(1)})
-    for c, name in enumerate(CLASS_NAMES):
-        frame[name] = probabilities[:, c]
-    if output is not None:
-        if Path(output).suffix.lower() == ".csv":
-            write_csv(output, frame)
-        else:
-            write_json(output, frame.to_dict(orient="records"))
-    return frame
-
-
-# ----------------------------------------------------------------------------- label efficiency
-
-
-def _logistic_regression(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                         test_x: np.ndarray, test_y: np.ndarray, cs: list[float], max_iter: int, seed: int) -> dict:
-    """Standardised features, L-BFGS logistic regression; C chosen on validation accuracy."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(train_x)
-    train_x, val_x, test_x = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
-    best = None
-    for c in cs:
-        with warnings.catch_warnings():
-            # A capped iteration count is the stated budget; the validation score judges the result.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(train_x, train_y)
-        val_acc = float((clf.predict(val_x) == val_y).mean())
-        if best is None or val_acc > best[0]:
-            best = (val_acc, c, clf)
-    val_acc, c, clf = best
-    return {"val_acc": val_acc, "test_acc": float((clf.predict(test_x) == test_y).mean()), "chosen": f"C={c}"}
-
-
-def label_efficiency(config: LabelEfficiencyConfig, data: Optional[FashionMNIST] = None, *,
-                     classifier: Optional[ClassifierConfig] = None, progress: bool = True):
-    """Test accuracy against labels per class for the four methods; returns the tidy DataFrame.
-
-    Methods: vq_head (the head on the frozen code, from the index cache),
-    vq_linear (logistic regression on the flattened quantized latents),
-    pixel_cnn (an encoder-shaped CNN and the same head, from scratch on pixels,
-    the same size as the fine-tuned classifier), pixel_linear (logistic
-    regression on pixels). Every method sees the same labelled subset for a
-    (label count, seed) and selects its epoch or C on the whole validation
-    split. Writes label_efficiency.csv and label_efficiency.png into the
-    results folder.
-    """
-    import pandas as pd
-
-    from .plots import label_efficiency_figure
-
-    classifier = classifier or ClassifierConfig()
-    data = data or load_fashion_mnist()
-    device = resolve_device(config.device)
-    vqvae_path = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
-    vqvae, _ = load_vqvae(vqvae_path, device=device)
-    out = ensure_dir(config.results_dir or paths.results_dir() / "classifier"
-                     / f"label_efficiency_{Path(vqvae_path).resolve().parent.name}")
-    counts, methods, cs = parse_label_counts(config.label_counts), parse_methods(config.methods), parse_floats("linear_c", config.linear_c)
-
-    head_config = dataclasses.replace(classifier, finetune=False)
-    frozen = build_classifier(head_config, vqvae).to(device)
-    codes = {split: encode_codes(frozen, data.split(split)[0]) for split in ("train", "val", "test")}
-    labels = {split: data.split(split)[1].to(device) for split in ("train", "val", "test")}
-
-    def quantized_features(split: str, idx=None) -> np.ndarray:
-        c = codes[split] if idx is None else codes[split][idx.to(codes[split].device)]
-        return torch.cat([frozen.quantizer.lookup(c[s:s + 2000].long()).flatten(1).cpu()
-                          for s in range(0, len(c), 2000)]).numpy()
-
-    def pixels(split: str, idx=None) -> np.ndarray:
-        images = data.split(split)[0]
-        images = images if idx is None else images[idx]
-        return images.reshape(len(images), -1).numpy().astype(np.float32) / 255.0
-
-    val_q, test_q = (quantized_features("val"), quantized_features("test")) if "vq_linear" in methods else (None, None)
-    val_p, test_p = (pixels("val"), pixels("test")) if "pixel_linear" in methods else (None, None)
-    val_y, test_y = data.val_labels.numpy(), data.test_labels.numpy()
-    lookup = _code_lookup(frozen.quantizer)
-    to_input = lambda x: to_float(x, device)  # noqa: E731
-
-    jobs = [(n, config.seed + i) for n in counts
-            for i in range(config.num_seeds if n is not None and n <= config.max_seeded_labels else 1)]
-    rows = []
-    bar = progress_bar(total=len(jobs) * len(methods), desc="label efficiency", unit="run", enabled=progress)
-    for n, seed in jobs:
-        idx = _label_subset(data, n, seed)
-        didx = idx.to(device)
-        per_class = LABELS_PER_CLASS_AVAILABLE if n is None else n
-        for method in methods:
-            bar.set_postfix(labels=per_class, seed=seed, method=method)
-            started = time.perf_counter()
-            if method in ("vq_head", "pixel_cnn"):
-                seed_everything(seed)
-                head = ClassificationHead.from_config(classifier, vqvae.config.embedding_dim).to(device)
-                if method == "vq_head":
-                    model = head
-                    train = _Inputs(codes["train"][didx], labels["train"][didx], lookup)
-                    val, test = _Inputs(codes["val"], labels["val"], lookup), _Inputs(codes["test"], labels["test"], lookup)
-                    epochs = classifier.epochs
-                else:
-                    model = PixelCNN(vqvae.config, head).to(device)
-                    train = _Inputs(data.train_images[idx].to(device), labels["train"][didx], to_input)
-                    val = _Inputs(data.val_images.to(device), labels["val"], to_input)
-                    test = _Inputs(data.test_images.to(device), labels["test"], to_input)
-                    epochs = min(classifier.epochs, config.cnn_epochs_all) if n is None else classifier.epochs
-                params = [{"params": model.parameters(), "lr": classifier.learning_rate, "initial_lr": classifier.learning_rate}]
-                history, _, best_epoch = _fit(model, params, train, val, epochs=epochs, config=classifier, seed=seed,
-                                              desc=f"{method} {per_class}/class seed {seed}", progress=progress)
-                test_logits = _evaluate_logits(model, test)
-                result = {"val_acc": history[best_epoch - 1]["val_acc"],
-                          "test_acc": (test_logits.argmax(1) == test.labels).float().mean().item(),
-                          "chosen": f"epoch {best_epoch} of {len(history)}"}
-            elif method == "vq_linear":
-                result = _logistic_regression(quantized_features("train", idx), data.train_labels[idx].numpy(),
-                                              val_q, val_y, test_q, test_y, cs, config.linear_max_iter, seed)
-            else:
-                result = _logistic_regression(pixels("train", idx), data.train_labels[idx].numpy(),
-                                              val_p, val_y, test_p, test_y, cs, config.linear_max_iter, seed)
-            rows.append({"method": method, "labels_per_class": per_class, "seed": seed,
-                         "val_acc": result["val_acc"], "test_acc": result["test_acc"],
-                         "train_images": len(idx), "selected": result["chosen"],
-                         "seconds": time.perf_counter() - started})
-            bar.update(1)
-            if progress:
-                bar.write(f"{method:>12} {per_class:>5}/class seed {seed}: val {result['val_acc']:.4f}, "
-                          f"test {result['test_acc']:.4f} ({result['chosen']}, {rows[-1]['seconds']:.1f} s)")
-    bar.close()
-    frame = pd.DataFrame(rows)
-    write_csv(out / "label_efficiency.csv", frame)
-    fig = label_efficiency_figure(frame)
-    save_figure(fig, out / "label_efficiency.png")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return frame
-
-
-def label_efficiency_summary(frame):
-    """Mean and standard deviation of test accuracy per method and label count (the table of the report)."""
-    return (frame.groupby(["method", "labels_per_class"])["test_acc"]
-            .agg(["mean", "std", "count"]).reset_index())
-
-
 # ----------------------------------------------------------------------------- record
 
 
-def record_classifier_results(results_dir: str | os.PathLike, run: ClassifierRun, evaluation: dict,
-                              label_frame=None) -> Path:
-    """Write metrics.json: the run's budget and validation score, the test metrics, and the label-efficiency means."""
+def record_classifier_results(results_dir: str | os.PathLike, run: ClassifierRun, evaluation: dict, **extra) -> Path:
+    """Write metrics.json: the run's budget and validation score, the test metrics, and `extra` entries
+    (notebook 03 adds the label-efficiency means)."""
     record = {
         "vqvae_checkpoint": str(run.vqvae_checkpoint),
         "classifier_checkpoint": str(run.best_checkpoint),
         "config": dataclasses.asdict(run.config),
         "train_images": run.train_images,
-        "epochs_run": len(run.history), "best_epoch": run.best_epoch,
+        "epochs_run": len(run.history),
+        "best_epoch": run.best_epoch,
         "val_accuracy": run.best_val_acc,
-        "train_seconds": run.train_seconds, "encode_seconds": run.encode_seconds,
-        "test_accuracy": evaluation["accuracy"], "test_macro_f1": evaluation["macro_f1"],
-        "test_per_class_f1": dict(zip(evaluation["report"]["class"], evaluation["report"]["f1"])),
+        "train_seconds": run.train_seconds,
+        "encode_seconds": run.encode_seconds,
+        "test_accuracy": evaluation["accuracy"],
+        "test_macro_f1": evaluation["macro_f1"],
+        "test_per_class_f1": dict(zip(evaluation["report"]["class"], evaluation["report"]["f1"], strict=True)),
     }
-    if label_frame is not None:
-        summary = label_efficiency_summary(label_frame)
-        record["label_efficiency"] = summary.to_dict(orient="records")
+    record.update(extra)
     return write_json(Path(results_dir) / "metrics.json", record)

@@ -22,9 +22,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
     """Register `run(args) -> exit code` as a subcommand; `configure(parser)` adds its options."""
+
     def register(run):
         COMMANDS[name] = (help, configure, run)
         return run
+
     return register
 
 
@@ -32,8 +34,9 @@ def _parse_optional_int(text: str) -> Optional[int]:
     return None if text.lower() in ("none", "all") else int(text)
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (),
-                       profile: bool = False) -> None:
+def add_config_options(
+    parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (), profile: bool = False
+) -> None:
     """One --option per dataclass field, typed, with the field's help and default.
 
     With `profile`, an option not given is left out of the parsed arguments, so
@@ -46,8 +49,11 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequ
             continue
         kind = hints[f.name]
         default = f"the profile's, or {f.default} where it sets none" if profile else f.default
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS if profile else f.default, "dest": f.name,
-                                  "help": f"{f.metadata.get('help', '')} (default: {default})"}
+        kwargs: dict[str, Any] = {
+            "default": argparse.SUPPRESS if profile else f.default,
+            "dest": f.name,
+            "help": f"{f.metadata.get('help', '')} (default: {default})",
+        }
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind in (int, float, str):
@@ -66,17 +72,22 @@ def config_from_args(cls: type, args: argparse.Namespace):
 
 
 def _data_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the four FashionMNIST IDX .gz files (default: search VQLIB_DATA_DIR, "
-                             "data/FashionMNIST/raw, the Debian package, then download)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four FashionMNIST IDX .gz files (default: search VQLIB_DATA_DIR, "
+        "data/FashionMNIST/raw, the Debian package, then download)",
+    )
 
 
 def _load_data(args: argparse.Namespace):
     from .data import load_fashion_mnist
+
     return load_fashion_mnist(getattr(args, "data_dir", None))
 
 
 # ----------------------------------------------------------------------------- data
+
 
 def _configure_data(p: argparse.ArgumentParser) -> None:
     _data_option(p)
@@ -86,17 +97,22 @@ def _configure_data(p: argparse.ArgumentParser) -> None:
 @command("data", "find (or download) and verify FashionMNIST; print where it is", _configure_data)
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import find_data_dir, load_fashion_mnist
+
     folder = find_data_dir(args.data_dir, allow_download=not args.no_download)
     data = load_fashion_mnist(folder)
-    print(f"FashionMNIST verified in {folder}: {len(data.train_labels)} train, {len(data.val_labels)} validation, "
-          f"{len(data.test_labels)} test images")
+    print(
+        f"FashionMNIST verified in {folder}: {len(data.train_labels)} train, {len(data.val_labels)} validation, "
+        f"{len(data.test_labels)} test images"
+    )
     return 0
 
 
 # ----------------------------------------------------------------------------- VQ-VAE
 
+
 def _configure_train_vqvae(p: argparse.ArgumentParser) -> None:
     from .config import TrainConfig, VQVAEConfig
+
     add_config_options(p, VQVAEConfig)
     add_config_options(p, TrainConfig)
     _data_option(p)
@@ -107,14 +123,17 @@ def _configure_train_vqvae(p: argparse.ArgumentParser) -> None:
 def cmd_train_vqvae(args: argparse.Namespace) -> int:
     from .config import TrainConfig, VQVAEConfig
     from .train import train_vqvae
+
     model_config, train_config = config_from_args(VQVAEConfig, args), config_from_args(TrainConfig, args)
     data = _load_data(args)
     run = train_vqvae(model_config, train_config, data, resume=args.resume)
     last = run.history[-1]
     best = min(run.history, key=lambda row: row["val_mse"])
-    print(f"validation MSE {last['val_mse']:.5f} (best {best['val_mse']:.5f} at epoch {best['epoch']}), "
-          f"validation perplexity {last['val_perplexity']:.2f} of {model_config.num_embeddings} codes, "
-          f"{last['val_usage']:.0%} of codes used")
+    print(
+        f"validation MSE {last['val_mse']:.5f} (best {best['val_mse']:.5f} at epoch {best['epoch']}), "
+        f"validation perplexity {last['val_perplexity']:.2f} of {model_config.num_embeddings} codes, "
+        f"{last['val_usage']:.0%} of codes used"
+    )
     print(f"checkpoints: {run.checkpoint_dir}/best.pt, {run.checkpoint_dir}/last.pt")
     return 0
 
@@ -122,8 +141,7 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
 def _configure_infer_vqvae(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a VQ-VAE checkpoint (best.pt or last.pt)")
     p.add_argument("--num-images", type=int, default=20, help="test images to reconstruct (default: 20)")
-    p.add_argument("--output", default=None,
-                   help="PNG to write (default: results/vqvae/<run>/reconstructions.png)")
+    p.add_argument("--output", default=None, help="PNG to write (default: results/vqvae/<run>/reconstructions.png)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _data_option(p)
 
@@ -132,15 +150,24 @@ def _configure_infer_vqvae(p: argparse.ArgumentParser) -> None:
 def cmd_infer_vqvae(args: argparse.Namespace) -> int:
     from . import paths
     from .infer import infer_vqvae
-    output = args.output or paths.results_dir() / "vqvae" / Path(args.checkpoint).resolve().parent.name / "reconstructions.png"
-    metrics = infer_vqvae(args.checkpoint, output, num_images=args.num_images, data=_load_data(args), device=args.device)
-    print(f"test MSE {metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity {metrics['perplexity']:.2f}, "
-          f"codes used {metrics['codebook_usage']:.0%}")
+
+    output = (
+        args.output
+        or paths.results_dir() / "vqvae" / Path(args.checkpoint).resolve().parent.name / "reconstructions.png"
+    )
+    metrics = infer_vqvae(
+        args.checkpoint, output, num_images=args.num_images, data=_load_data(args), device=args.device
+    )
+    print(
+        f"test MSE {metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity {metrics['perplexity']:.2f}, "
+        f"codes used {metrics['codebook_usage']:.0%}"
+    )
     print(f"reconstructions: {output}")
     return 0
 
 
 # ----------------------------------------------------------------------------- codebook ablation
+
 
 def _parse_config(text: str) -> tuple[int, int]:
     """'25x16' (or 'K25xD16', '25,16') -> (25, 16)."""
@@ -148,41 +175,92 @@ def _parse_config(text: str) -> tuple[int, int]:
     try:
         k, d = (int(part) for part in plain.split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a codebook configuration; write K x D, such as 25x16") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a codebook configuration; write K x D, such as 25x16"
+        ) from None
     return k, d
 
 
 def _configure_ablation(p: argparse.ArgumentParser) -> None:
     from .ablation import SEED_GRID_EXTREMES, VARIANTS
-    p.add_argument("--configs", nargs="+", type=_parse_config, default=list(SEED_GRID_EXTREMES), metavar="KxD",
-                   help="codebook sizes K x D to compare (default: the seed grid's extremes 25x16 100x64)")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help=f"quantizer variants (default: all: {', '.join(VARIANTS)})")
-    p.add_argument("--restart-thresholds", nargs="+", type=float, default=None, metavar="T",
-                   help="run every variant with restarts once per dead-code threshold T, named variant@T "
-                        "(default: each variant's own threshold)")
+
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        type=_parse_config,
+        default=list(SEED_GRID_EXTREMES),
+        metavar="KxD",
+        help="codebook sizes K x D to compare (default: the seed grid's extremes 25x16 100x64)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help=f"quantizer variants (default: all: {', '.join(VARIANTS)})",
+    )
+    p.add_argument(
+        "--restart-thresholds",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="T",
+        help="run every variant with restarts once per dead-code threshold T, named variant@T "
+        "(default: each variant's own threshold)",
+    )
     p.add_argument("--epochs", type=int, default=2, help="epochs of every run: a fixed budget (default: 2)")
-    p.add_argument("--train-subset", type=_parse_optional_int, default=6400,
-                   help="training images (stratified; 'all' uses 55,000) (default: 6400)")
+    p.add_argument(
+        "--train-subset",
+        type=_parse_optional_int,
+        default=6400,
+        help="training images (stratified; 'all' uses 55,000) (default: 6400)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--results-dir", default=None, help="where ablation.csv and ablation.png go (default: results/ablation)")
-    p.add_argument("--checkpoints-dir", default=None, help="where the runs' checkpoints go (default: checkpoints/ablation)")
+    p.add_argument(
+        "--results-dir", default=None, help="where ablation.csv and ablation.png go (default: results/ablation)"
+    )
+    p.add_argument(
+        "--checkpoints-dir", default=None, help="where the runs' checkpoints go (default: checkpoints/ablation)"
+    )
     _data_option(p)
 
 
-@command("ablation", "compare the paper's quantizer with EMA, k-means init and dead-code restarts; "
-                     "writes results/ablation/ablation.csv and ablation.png", _configure_ablation)
+@command(
+    "ablation",
+    "compare the paper's quantizer with EMA, k-means init and dead-code restarts; "
+    "writes results/ablation/ablation.csv and ablation.png",
+    _configure_ablation,
+)
 def cmd_ablation(args: argparse.Namespace) -> int:
     from . import paths
     from .ablation import codebook_ablation, resolve_variants, with_thresholds
+
     variants = resolve_variants(args.variants)
     if args.restart_thresholds:
         variants = with_thresholds(variants, args.restart_thresholds)
-    table = codebook_ablation(args.configs, variants, epochs=args.epochs, train_subset=args.train_subset,
-                              seed=args.seed, data=_load_data(args), results_dir=args.results_dir,
-                              checkpoints_dir=args.checkpoints_dir, device=args.device)
-    columns = ["K", "D", "variant", "val_mse", "val_perplexity", "val_usage", "train_perplexity", "codes_restarted", "seconds"]
+    table = codebook_ablation(
+        args.configs,
+        variants,
+        epochs=args.epochs,
+        train_subset=args.train_subset,
+        seed=args.seed,
+        data=_load_data(args),
+        results_dir=args.results_dir,
+        checkpoints_dir=args.checkpoints_dir,
+        device=args.device,
+    )
+    columns = [
+        "K",
+        "D",
+        "variant",
+        "val_mse",
+        "val_perplexity",
+        "val_usage",
+        "train_perplexity",
+        "codes_restarted",
+        "seconds",
+    ]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"table and figure: {Path(args.results_dir or paths.results_dir() / 'ablation')}/ablation.csv, ablation.png")
     return 0
@@ -190,68 +268,106 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- classifier
 
+
 def _configure_train_cls(p: argparse.ArgumentParser) -> None:
     from .config import ClassifierConfig
+
     add_config_options(p, ClassifierConfig)
     _data_option(p)
     p.add_argument("--resume", action="store_true", help="continue from last.pt in the checkpoint folder")
 
 
-@command("train-cls", "train the classification head on a frozen (or fine-tuned) VQ-VAE encoder; "
-                      "writes checkpoints/classifier/<run>/best.pt, last.pt and history.json", _configure_train_cls)
+@command(
+    "train-cls",
+    "train the classification head on a frozen (or fine-tuned) VQ-VAE encoder; "
+    "writes checkpoints/classifier/<run>/best.pt, last.pt and history.json",
+    _configure_train_cls,
+)
 def cmd_train_cls(args: argparse.Namespace) -> int:
     from .classify import train_classifier
     from .config import ClassifierConfig
+
     run = train_classifier(config_from_args(ClassifierConfig, args), _load_data(args), resume=args.resume)
-    print(f"validation accuracy {run.best_val_acc:.4f} (epoch {run.best_epoch} of {len(run.history)}), "
-          f"{run.train_images} training images, training {run.train_seconds:.1f} s"
-          + (f" + encoding once {run.encode_seconds:.1f} s" if run.encode_seconds else ""))
+    print(
+        f"validation accuracy {run.best_val_acc:.4f} (epoch {run.best_epoch} of {len(run.history)}), "
+        f"{run.train_images} training images, training {run.train_seconds:.1f} s"
+        + (f" + encoding once {run.encode_seconds:.1f} s" if run.encode_seconds else "")
+    )
     print(f"checkpoint: {run.best_checkpoint}")
     return 0
 
 
 def _configure_eval_cls(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a classifier checkpoint (best.pt)")
-    p.add_argument("--vqvae-checkpoint", default=None,
-                   help="check the classifier against this VQ-VAE checkpoint (refused if it is another configuration or run)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate (default: test)")
-    p.add_argument("--results-dir", default=None, help="where the metrics, CSVs and PNG go (default: results/classifier/<run>)")
+    p.add_argument(
+        "--vqvae-checkpoint",
+        default=None,
+        help="check the classifier against this VQ-VAE checkpoint (refused if it is another configuration or run)",
+    )
+    p.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="split to evaluate (default: test)"
+    )
+    p.add_argument(
+        "--results-dir", default=None, help="where the metrics, CSVs and PNG go (default: results/classifier/<run>)"
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _data_option(p)
 
 
-@command("eval-cls", "test accuracy, per-class precision/recall/F1 and confusion matrix (CSV and PNG) of a classifier",
-         _configure_eval_cls)
+@command(
+    "eval-cls",
+    "test accuracy, per-class precision/recall/F1 and confusion matrix (CSV and PNG) of a classifier",
+    _configure_eval_cls,
+)
 def cmd_eval_cls(args: argparse.Namespace) -> int:
     from .classify import evaluate_classifier, load_classifier
     from .device import resolve_device
+
     if args.vqvae_checkpoint:
         load_classifier(args.checkpoint, vqvae_checkpoint=args.vqvae_checkpoint)
-    metrics = evaluate_classifier(args.checkpoint, _load_data(args), split=args.split,
-                                  results_dir=args.results_dir, device=str(resolve_device(args.device)))
+    metrics = evaluate_classifier(
+        args.checkpoint,
+        _load_data(args),
+        split=args.split,
+        results_dir=args.results_dir,
+        device=str(resolve_device(args.device)),
+    )
     print(metrics["report"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"{args.split} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images, macro F1 {metrics['macro_f1']:.4f}")
+    print(
+        f"{args.split} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images, macro F1 {metrics['macro_f1']:.4f}"
+    )
     print(f"files: {', '.join(str(path) for path in metrics['files'].values())}")
     return 0
 
 
 def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a classifier checkpoint (best.pt)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="an IDX images file (.gz or raw) or PNG/JPEG images of any size")
-    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
-                   help="--invert for dark garments on a light background, --no-invert to never invert "
-                        "(default: decide from each image's border)")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="an IDX images file (.gz or raw) or PNG/JPEG images of any size"
+    )
+    p.add_argument(
+        "--invert",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--invert for dark garments on a light background, --no-invert to never invert "
+        "(default: decide from each image's border)",
+    )
     p.add_argument("--output", default=None, help="also write the predictions to this .csv or .json file")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
-@command("infer-cls", "predict the class of images (IDX or PNG/JPEG) with a classifier; prints and writes probabilities",
-         _configure_infer_cls)
+@command(
+    "infer-cls",
+    "predict the class of images (IDX or PNG/JPEG) with a classifier; prints and writes probabilities",
+    _configure_infer_cls,
+)
 def cmd_infer_cls(args: argparse.Namespace) -> int:
-    from .classify import infer_images
     from .device import resolve_device
-    frame = infer_images(args.checkpoint, args.inputs, output=args.output, invert=args.invert,
-                         device=str(resolve_device(args.device)))
+    from .infer import infer_images
+
+    frame = infer_images(
+        args.checkpoint, args.inputs, output=args.output, invert=args.invert, device=str(resolve_device(args.device))
+    )
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.output:
         print(f"predictions: {args.output}")
@@ -260,21 +376,44 @@ def cmd_infer_cls(args: argparse.Namespace) -> int:
 
 def _configure_label_efficiency(p: argparse.ArgumentParser) -> None:
     from .config import ClassifierConfig, LabelEfficiencyConfig
+
     add_config_options(p, LabelEfficiencyConfig)
     # The head's sizes and budget; the names LabelEfficiencyConfig shares are set above.
-    add_config_options(p, ClassifierConfig, skip=("vqvae_checkpoint", "labels_per_class", "finetune", "cache_codes",
-                                                  "seed", "device", "checkpoint_dir", "results_dir"))
+    add_config_options(
+        p,
+        ClassifierConfig,
+        skip=(
+            "vqvae_checkpoint",
+            "labels_per_class",
+            "finetune",
+            "cache_codes",
+            "seed",
+            "device",
+            "checkpoint_dir",
+            "results_dir",
+        ),
+    )
     _data_option(p)
 
 
-@command("label-efficiency", "test accuracy against labels per class: frozen-VQ head, linear probe, pixel CNN, "
-                             "pixel logistic regression; writes label_efficiency.csv and .png", _configure_label_efficiency)
+@command(
+    "label-efficiency",
+    "test accuracy against labels per class: frozen-VQ head, linear probe, pixel CNN, "
+    "pixel logistic regression; writes label_efficiency.csv and .png",
+    _configure_label_efficiency,
+)
 def cmd_label_efficiency(args: argparse.Namespace) -> int:
-    from .classify import label_efficiency, label_efficiency_summary
     from .config import ClassifierConfig, LabelEfficiencyConfig
+    from .label_efficiency import label_efficiency, label_efficiency_summary
+
     config = config_from_args(LabelEfficiencyConfig, args)
-    classifier = ClassifierConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierConfig)
-                                     if hasattr(args, f.name) and f.name not in ("vqvae_checkpoint", "results_dir")})
+    classifier = ClassifierConfig(
+        **{
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(ClassifierConfig)
+            if hasattr(args, f.name) and f.name not in ("vqvae_checkpoint", "results_dir")
+        }
+    )
     frame = label_efficiency(config, _load_data(args), classifier=classifier)
     print(label_efficiency_summary(frame).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
@@ -282,11 +421,17 @@ def cmd_label_efficiency(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- grid, study, reports
 
+
 def _configure_grid(p: argparse.ArgumentParser) -> None:
     from .config import GridConfig, TrainConfig, VQVAEConfig
     from .grid import PROFILES
-    p.add_argument("--profile", choices=list(PROFILES), default="quick",
-                   help="settings to start from; the options below override them (default: quick)")
+
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="quick",
+        help="settings to start from; the options below override them (default: quick)",
+    )
     # Only options given on the command line override the profile.
     add_config_options(p, GridConfig, profile=True)
     add_config_options(p, VQVAEConfig, skip=("num_embeddings", "embedding_dim"), profile=True)
@@ -295,16 +440,22 @@ def _configure_grid(p: argparse.ArgumentParser) -> None:
 
 def _profile_overrides(args: argparse.Namespace, profile: dict) -> dict:
     from .config import GridConfig, TrainConfig, VQVAEConfig
+
     for stage, cls in (("grid", GridConfig), ("vqvae", VQVAEConfig), ("train", TrainConfig)):
         profile[stage].update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
     return profile
 
 
-@command("grid", "train every K x D configuration through notebooks/01_train_vqvae.ipynb (papermill); "
-                 "writes results/grid/K{K}_D{D}/ and results/grid/summary.csv", _configure_grid)
+@command(
+    "grid",
+    "train every K x D configuration through notebooks/01_train_vqvae.ipynb (papermill); "
+    "writes results/grid/K{K}_D{D}/ and results/grid/summary.csv",
+    _configure_grid,
+)
 def cmd_grid(args: argparse.Namespace) -> int:
     from .config import GridConfig, TrainConfig, VQVAEConfig, from_dict
     from .grid import SUMMARY_FILE, get_profile, grid_dir, run_grid
+
     prof = _profile_overrides(args, get_profile(args.profile))
     grid = from_dict(GridConfig, prof["grid"])
     frame = run_grid(grid, from_dict(VQVAEConfig, prof["vqvae"]), from_dict(TrainConfig, prof["train"]))
@@ -319,8 +470,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
     from .grid import PROFILES
-    p.add_argument("--profile", choices=list(PROFILES), default="quick",
-                   help="quick: a few minutes on a CPU; full: the seed's protocol, for a GPU (default: quick)")
+
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="quick",
+        help="quick: a few minutes on a CPU; full: the seed's protocol, for a GPU (default: quick)",
+    )
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
     p.add_argument("--jobs", type=int, default=None, help="grid configurations run at once (default: the profile's, 1)")
 
@@ -330,10 +486,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     import time
 
     from .grid import run_study
+
     started = time.perf_counter()
     result = run_study(args.profile, with_code=args.with_code, jobs=args.jobs)
-    print(f"study finished in {time.perf_counter() - started:.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in result.seconds.items() if k != 'total')})")
+    print(
+        f"study finished in {time.perf_counter() - started:.0f} s "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in result.seconds.items() if k != 'total')})"
+    )
     for failure in result.failures:
         print(f"problem: {failure}", file=sys.stderr)
     print(result.index)
@@ -347,14 +506,19 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 @command("report", "export the executed notebooks again to results/reports/*.html and index.html", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
     from .grid import write_reports
+
     print(write_reports(with_code=args.with_code))
     return 0
 
 
 # ----------------------------------------------------------------------------- entry point
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqlib", description="vqlib: a VQ-VAE that learns a discrete code for FashionMNIST, and a classifier that reads it.")
+    parser = argparse.ArgumentParser(
+        prog="vqlib",
+        description="vqlib: a VQ-VAE that learns a discrete code for FashionMNIST, and a classifier that reads it.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, configure, run) in COMMANDS.items():

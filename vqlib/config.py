@@ -47,22 +47,32 @@ class VQVAEConfig:
     residual_channels: int = _opt(32, "bottleneck channels inside each residual block")
     num_residual_blocks: int = _opt(2, "residual blocks in the encoder and in the decoder")
     beta: float = _opt(0.25, "commitment weight (van den Oord et al. 2017, eq. 3)")
-    codebook_update: str = _opt("ema", "codebook learning: 'loss' (the paper's codebook term) or 'ema'",
-                                choices=("loss", "ema"))
+    codebook_update: str = _opt(
+        "ema", "codebook learning: 'loss' (the paper's codebook term) or 'ema'", choices=("loss", "ema")
+    )
     ema_decay: float = _opt(0.99, "EMA decay of code counts and sums (codebook_update='ema')")
-    init: str = _opt("kmeans", "codebook init: 'uniform' (the paper's) or 'kmeans' (on the first batch)",
-                     choices=("uniform", "kmeans"))
-    dead_code_threshold: float = _opt(1.0, "restart codes whose EMA count per batch falls below this; 0 turns restarts off")
+    init: str = _opt(
+        "kmeans",
+        "codebook init: 'uniform' (the paper's) or 'kmeans' (on the first batch)",
+        choices=("uniform", "kmeans"),
+    )
+    dead_code_threshold: float = _opt(
+        1.0, "restart codes whose EMA count per batch falls below this; 0 turns restarts off"
+    )
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.num_embeddings, int) and 1 <= self.num_embeddings <= 65536,
-               f"num_embeddings must be an integer between 1 and 65536, not {self.num_embeddings!r}")
+        _check(
+            isinstance(self.num_embeddings, int) and 1 <= self.num_embeddings <= 65536,
+            f"num_embeddings must be an integer between 1 and 65536, not {self.num_embeddings!r}",
+        )
         for name in ("embedding_dim", "hidden_channels", "residual_channels"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, not {value!r}")
         _check(self.hidden_channels % 2 == 0, f"hidden_channels must be even, not {self.hidden_channels}")
-        _check(isinstance(self.num_residual_blocks, int) and self.num_residual_blocks >= 0,
-               f"num_residual_blocks must be 0 or more, not {self.num_residual_blocks!r}")
+        _check(
+            isinstance(self.num_residual_blocks, int) and self.num_residual_blocks >= 0,
+            f"num_residual_blocks must be 0 or more, not {self.num_residual_blocks!r}",
+        )
         _check(self.beta >= 0, f"beta must be 0 or more, not {self.beta}")
         _check(0.0 < self.ema_decay < 1.0, f"ema_decay must lie strictly between 0 and 1, not {self.ema_decay}")
         _check(self.dead_code_threshold >= 0, f"dead_code_threshold must be 0 or more, not {self.dead_code_threshold}")
@@ -78,22 +88,34 @@ class TrainConfig:
     batch_size: int = _opt(128, "images per optimiser step")
     learning_rate: float = _opt(2e-3, "Adam learning rate")
     seed: int = _opt(0, "seed of weights, shuffling and codebook restarts")
-    train_subset: Optional[int] = _opt(None, "train on this many images of the training split (stratified); None uses all 55,000")
+    train_subset: Optional[int] = _opt(
+        None, "train on this many images of the training split (stratified); None uses all 55,000"
+    )
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
     checkpoint_dir: Optional[str] = _opt(None, "folder of best.pt/last.pt; None means checkpoints/vqvae/K{K}_D{D}")
     results_dir: Optional[str] = _opt(None, "folder of metrics and figures; None means results/vqvae/K{K}_D{D}")
-    amp: str = _opt("auto", "bf16 autocast of the convolutions (quantizer distances stay fp32): 'auto' (on for CUDA, "
-                    "off for CPU, where bf16 has no hardware support), 'on' or 'off'", choices=AMP_MODES)
+    amp: str = _opt(
+        "auto",
+        "bf16 autocast of the convolutions (quantizer distances stay fp32): 'auto' (on for CUDA, "
+        "off for CPU, where bf16 has no hardware support), 'on' or 'off'",
+        choices=AMP_MODES,
+    )
     channels_last: bool = _opt(True, "channels-last (NHWC) memory format for the convolutions")
     compile: bool = _opt(False, "torch.compile the encoder and decoder (slow first steps; pays off on long GPU runs)")
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer, not {self.epochs!r}")
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
-               f"batch_size must be a positive integer, not {self.batch_size!r}")
+        _check(
+            isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer, not {self.epochs!r}"
+        )
+        _check(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            f"batch_size must be a positive integer, not {self.batch_size!r}",
+        )
         _check(self.learning_rate > 0, f"learning_rate must be positive, not {self.learning_rate}")
-        _check(self.train_subset is None or (isinstance(self.train_subset, int) and self.train_subset >= 1),
-               f"train_subset must be a positive integer or None, not {self.train_subset!r}")
+        _check(
+            self.train_subset is None or (isinstance(self.train_subset, int) and self.train_subset >= 1),
+            f"train_subset must be a positive integer or None, not {self.train_subset!r}",
+        )
         _check_choice("device", self.device, DEVICES)
         _check_choice("amp", self.amp, AMP_MODES)
         for name in ("channels_last", "compile"):
@@ -142,26 +164,36 @@ CLASSIFIER_METHODS = ("vq_head", "vq_linear", "pixel_cnn", "pixel_linear")
 
 
 def _check_labels_per_class(name: str, value: Optional[int]) -> None:
-    _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
-           f"{name} must be a positive integer or None (all labels), not {value!r}")
-    _check(value is None or value <= LABELS_PER_CLASS_AVAILABLE,
-           f"{name} is {value}, but the training split has only {LABELS_PER_CLASS_AVAILABLE} "
-           "labelled images of each class; use at most that, or None for all")
+    _check(
+        value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+        f"{name} must be a positive integer or None (all labels), not {value!r}",
+    )
+    _check(
+        value is None or value <= LABELS_PER_CLASS_AVAILABLE,
+        f"{name} is {value}, but the training split has only {LABELS_PER_CLASS_AVAILABLE} "
+        "labelled images of each class; use at most that, or None for all",
+    )
 
 
 @dataclass
 class ClassifierConfig:
     """The classification head on a frozen (or fine-tuned) VQ-VAE encoder, and how it is trained."""
 
-    vqvae_checkpoint: Optional[str] = _opt(None, "VQ-VAE checkpoint whose encoder is used; None reads results/grid/best.json")
-    labels_per_class: Optional[int] = _opt(None, "train on this many labelled images of each class (stratified); None uses all 5,500")
+    vqvae_checkpoint: Optional[str] = _opt(
+        None, "VQ-VAE checkpoint whose encoder is used; None reads results/grid/best.json"
+    )
+    labels_per_class: Optional[int] = _opt(
+        None, "train on this many labelled images of each class (stratified); None uses all 5,500"
+    )
     finetune: bool = _opt(False, "also train the encoder (a comparison point); default keeps it frozen")
     conv_channels: int = _opt(32, "channels of the head's first conv; the second has twice as many")
     hidden_units: int = _opt(128, "units of the head's hidden linear layer")
     dropout: float = _opt(0.3, "dropout before each linear layer of the head")
     epochs: int = _opt(8, "maximum epochs (early stopping on validation accuracy may end sooner)")
     patience: int = _opt(3, "stop after this many epochs without a better validation accuracy")
-    min_steps_per_epoch: int = _opt(20, "an epoch is one pass or this many steps, whichever is longer (small label sets)")
+    min_steps_per_epoch: int = _opt(
+        20, "an epoch is one pass or this many steps, whichever is longer (small label sets)"
+    )
     batch_size: int = _opt(128, "images per optimiser step")
     learning_rate: float = _opt(2e-3, "AdamW learning rate of the head (cosine decay to 0)")
     encoder_learning_rate: float = _opt(2e-4, "AdamW learning rate of the encoder when finetune is on")
@@ -169,19 +201,28 @@ class ClassifierConfig:
     cache_codes: bool = _opt(True, "encode the training set once into code indices (frozen encoder only)")
     seed: int = _opt(0, "seed of the label subset, weights and shuffling")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
-    checkpoint_dir: Optional[str] = _opt(None, "folder of best.pt; None means checkpoints/classifier/<VQ-VAE run>_<labels>_<frozen|finetune>")
+    checkpoint_dir: Optional[str] = _opt(
+        None, "folder of best.pt; None means checkpoints/classifier/<VQ-VAE run>_<labels>_<frozen|finetune>"
+    )
     results_dir: Optional[str] = _opt(None, "folder of metrics and figures; None means results/classifier/<same name>")
 
     def __post_init__(self) -> None:
         _check_labels_per_class("labels_per_class", self.labels_per_class)
         for name in ("conv_channels", "hidden_units", "epochs", "batch_size", "min_steps_per_epoch"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                   f"{name} must be a positive integer, not {value!r}")
-        _check(isinstance(self.patience, int) and self.patience >= 1, f"patience must be a positive integer, not {self.patience!r}")
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive integer, not {value!r}",
+            )
+        _check(
+            isinstance(self.patience, int) and self.patience >= 1,
+            f"patience must be a positive integer, not {self.patience!r}",
+        )
         _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), not {self.dropout}")
         _check(self.learning_rate > 0, f"learning_rate must be positive, not {self.learning_rate}")
-        _check(self.encoder_learning_rate > 0, f"encoder_learning_rate must be positive, not {self.encoder_learning_rate}")
+        _check(
+            self.encoder_learning_rate > 0, f"encoder_learning_rate must be positive, not {self.encoder_learning_rate}"
+        )
         _check(self.weight_decay >= 0, f"weight_decay must be 0 or more, not {self.weight_decay}")
         _check_choice("device", self.device, DEVICES)
 
@@ -197,8 +238,9 @@ def parse_label_counts(text: str) -> list[Optional[int]]:
         try:
             value = int(item)
         except ValueError:
-            raise ConfigError(f"label_counts must list positive integers or 'all' separated by commas, "
-                              f"not {text!r}") from None
+            raise ConfigError(
+                f"label_counts must list positive integers or 'all' separated by commas, not {text!r}"
+            ) from None
         _check_labels_per_class("each of label_counts", value)
         counts.append(value)
     _check(len(counts) > 0, "label_counts must name at least one count")
@@ -218,7 +260,10 @@ def parse_floats(name: str, text: str) -> list[float]:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{name} must be positive numbers separated by commas, not {text!r}") from None
-    _check(len(values) > 0 and all(v > 0 for v in values), f"{name} must be positive numbers separated by commas, not {text!r}")
+    _check(
+        len(values) > 0 and all(v > 0 for v in values),
+        f"{name} must be positive numbers separated by commas, not {text!r}",
+    )
     return values
 
 
@@ -231,20 +276,31 @@ class LabelEfficiencyConfig:
     mean the same and override it.
     """
 
-    vqvae_checkpoint: Optional[str] = _opt(None, "VQ-VAE checkpoint whose code is measured; None reads results/grid/best.json")
+    vqvae_checkpoint: Optional[str] = _opt(
+        None, "VQ-VAE checkpoint whose code is measured; None reads results/grid/best.json"
+    )
     label_counts: str = _opt("10,100,1000,all", "labelled images per class to try, comma-separated ('all' = 5,500)")
-    methods: str = _opt(",".join(CLASSIFIER_METHODS), "comma-separated: vq_head, vq_linear (logistic regression on the "
-                        "quantized latents), pixel_cnn (encoder-shaped CNN + head from scratch), pixel_linear")
+    methods: str = _opt(
+        ",".join(CLASSIFIER_METHODS),
+        "comma-separated: vq_head, vq_linear (logistic regression on the "
+        "quantized latents), pixel_cnn (encoder-shaped CNN + head from scratch), pixel_linear",
+    )
     num_seeds: int = _opt(3, "seeds (label subsets and initialisations) per label count up to max_seeded_labels")
     max_seeded_labels: int = _opt(1000, "label counts above this (and 'all') run one seed only")
-    cnn_epochs_all: int = _opt(3, "maximum epochs of pixel_cnn on all labels (it runs the CNN on every image, every step)")
+    cnn_epochs_all: int = _opt(
+        3, "maximum epochs of pixel_cnn on all labels (it runs the CNN on every image, every step)"
+    )
     # Measured: on standardised features the best C was the smallest of 0.01,0.1,1 in 14 of 18 fits
     # (full-settings K100_D16, 10-1,000 labels, 3 seeds); with 0.0003-0.01 the code's probe chose 0.003.
-    linear_c: str = _opt("0.001,0.003,0.01,0.1,1", "inverse regularisation strengths C of the logistic regressions, chosen on validation")
+    linear_c: str = _opt(
+        "0.001,0.003,0.01,0.1,1", "inverse regularisation strengths C of the logistic regressions, chosen on validation"
+    )
     linear_max_iter: int = _opt(200, "L-BFGS iterations of each logistic regression")
     seed: int = _opt(0, "first seed; seed i of a label count uses seed + i")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
-    results_dir: Optional[str] = _opt(None, "folder of label_efficiency.csv/.png; None means results/classifier/label_efficiency_<VQ-VAE run>")
+    results_dir: Optional[str] = _opt(
+        None, "folder of label_efficiency.csv/.png; None means results/classifier/label_efficiency_<VQ-VAE run>"
+    )
 
     def __post_init__(self) -> None:
         parse_label_counts(self.label_counts)
@@ -252,8 +308,10 @@ class LabelEfficiencyConfig:
         parse_floats("linear_c", self.linear_c)
         for name in ("num_seeds", "max_seeded_labels", "cnn_epochs_all", "linear_max_iter"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                   f"{name} must be a positive integer, not {value!r}")
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive integer, not {value!r}",
+            )
         _check_choice("device", self.device, DEVICES)
 
 
@@ -279,12 +337,24 @@ class GridConfig:
     num_embeddings_values: str = _opt("25,50,100", "codebook sizes K, comma-separated")
     embedding_dim_values: str = _opt("16,32,64", "code dimensions D, comma-separated")
     seeds: str = _opt("0", "training seeds of every K x D, comma-separated; summaries show mean and std over them")
-    jobs: Optional[int] = _opt(None, "configurations run at once; None chooses from the machine (CPU: one per core with "
-                               "one thread each, measured fastest; CUDA: one)")
-    threads_per_config: Optional[int] = _opt(None, "torch threads of each configuration; None: the cores divided by jobs")
-    cell_timeout: Optional[int] = _opt(None, "seconds one notebook cell may run before its configuration counts as failed; None: no limit")
-    grid_dir: Optional[str] = _opt(None, "folder of the runs K{K}_D{D}/, summary.csv and best.json; None means results/grid")
-    checkpoint_root: Optional[str] = _opt(None, "folder of the runs' checkpoints K{K}_D{D}/; None means checkpoints/grid (apart from manual train-vqvae runs in checkpoints/vqvae)")
+    jobs: Optional[int] = _opt(
+        None,
+        "configurations run at once; None chooses from the machine (CPU: one per core with "
+        "one thread each, measured fastest; CUDA: one)",
+    )
+    threads_per_config: Optional[int] = _opt(
+        None, "torch threads of each configuration; None: the cores divided by jobs"
+    )
+    cell_timeout: Optional[int] = _opt(
+        None, "seconds one notebook cell may run before its configuration counts as failed; None: no limit"
+    )
+    grid_dir: Optional[str] = _opt(
+        None, "folder of the runs K{K}_D{D}/, summary.csv and best.json; None means results/grid"
+    )
+    checkpoint_root: Optional[str] = _opt(
+        None,
+        "folder of the runs' checkpoints K{K}_D{D}/; None means checkpoints/grid (apart from manual train-vqvae runs in checkpoints/vqvae)",
+    )
 
     def __post_init__(self) -> None:
         parse_int_list("num_embeddings_values", self.num_embeddings_values)
@@ -293,10 +363,14 @@ class GridConfig:
         _check(all(s >= 0 for s in seeds), f"seeds must be 0 or more, not {self.seeds!r}")
         for name in ("jobs", "threads_per_config"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
-                   f"{name} must be a positive integer or None (chosen from the machine), not {value!r}")
-        _check(self.cell_timeout is None or (isinstance(self.cell_timeout, int) and self.cell_timeout >= 1),
-               f"cell_timeout must be a positive number of seconds or None, not {self.cell_timeout!r}")
+            _check(
+                value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                f"{name} must be a positive integer or None (chosen from the machine), not {value!r}",
+            )
+        _check(
+            self.cell_timeout is None or (isinstance(self.cell_timeout, int) and self.cell_timeout >= 1),
+            f"cell_timeout must be a positive number of seconds or None, not {self.cell_timeout!r}",
+        )
 
     def configurations(self) -> list[tuple[int, int]]:
         """(K, D) pairs, K-major, duplicates removed."""
@@ -328,7 +402,9 @@ class AnalysisConfig:
 
     vqvae_checkpoint: Optional[str] = _opt(None, "VQ-VAE checkpoint to analyse; None reads results/grid/best.json")
     test_subset: Optional[int] = _opt(None, "analyse this many test images (classes balanced); None uses all 10,000")
-    tsne_points: int = _opt(2000, "test images in the t-SNE (classes balanced); t-SNE costs about 45 s per 10,000 on 2 cores")
+    tsne_points: int = _opt(
+        2000, "test images in the t-SNE (classes balanced); t-SNE costs about 45 s per 10,000 on 2 cores"
+    )
     tsne_perplexity: float = _opt(30.0, "t-SNE perplexity")
     top_codes: int = _opt(3, "codes listed as most specific to each class")
     patch_classes: int = _opt(4, "classes whose most specific code is shown as image patches")
@@ -341,13 +417,24 @@ class AnalysisConfig:
     results_dir: Optional[str] = _opt(None, "folder of the figures and analysis.json; None means results/analysis")
 
     def __post_init__(self) -> None:
-        _check(self.test_subset is None or (isinstance(self.test_subset, int) and self.test_subset >= 100),
-               f"test_subset must be an integer of at least 100 or None, not {self.test_subset!r}")
-        for name in ("tsne_points", "top_codes", "patch_classes", "patches_per_code", "images_per_class",
-                     "interpolation_pairs", "interpolation_steps"):
+        _check(
+            self.test_subset is None or (isinstance(self.test_subset, int) and self.test_subset >= 100),
+            f"test_subset must be an integer of at least 100 or None, not {self.test_subset!r}",
+        )
+        for name in (
+            "tsne_points",
+            "top_codes",
+            "patch_classes",
+            "patches_per_code",
+            "images_per_class",
+            "interpolation_pairs",
+            "interpolation_steps",
+        ):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                   f"{name} must be a positive integer, not {value!r}")
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive integer, not {value!r}",
+            )
         _check(self.tsne_points >= 5, f"tsne_points must be at least 5, not {self.tsne_points}")
         _check(self.interpolation_steps >= 2, f"interpolation_steps must be at least 2, not {self.interpolation_steps}")
         _check(self.patch_classes <= 10, f"patch_classes must be at most 10 (the classes), not {self.patch_classes}")

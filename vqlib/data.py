@@ -24,8 +24,7 @@ from . import paths
 from .errors import ConfigError, DataError
 from .files import atomic_path, ensure_dir
 
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28
 
@@ -59,8 +58,10 @@ HOW_TO_PROVIDE = (
 
 # ----------------------------------------------------------------------------- IDX files
 
-def read_idx(path: str | os.PathLike, *, expected_magic: Optional[int] = None,
-             expected_md5: Optional[str] = None) -> np.ndarray:
+
+def read_idx(
+    path: str | os.PathLike, *, expected_magic: Optional[int] = None, expected_md5: Optional[str] = None
+) -> np.ndarray:
     """Read one IDX file (gzip-compressed or not) into a uint8 array, checking header, length and checksum."""
     path = Path(path)
     try:
@@ -87,11 +88,15 @@ def read_idx(path: str | os.PathLike, *, expected_magic: Optional[int] = None,
         header, shape = 8, (count,)
     expected_len = header + int(np.prod(shape))
     if len(raw) != expected_len:
-        raise DataError(f"{path} holds {len(raw)} bytes after decompression, but its header promises "
-                        f"{expected_len}; the file is truncated or corrupt: provide it again")
+        raise DataError(
+            f"{path} holds {len(raw)} bytes after decompression, but its header promises "
+            f"{expected_len}; the file is truncated or corrupt: provide it again"
+        )
     if expected_md5 is not None and hashlib.md5(raw).hexdigest() != expected_md5:
-        raise DataError(f"{path} fails its checksum (MD5 of the content {hashlib.md5(raw).hexdigest()}, "
-                        f"expected {expected_md5}); the file is corrupt: provide it again")
+        raise DataError(
+            f"{path} fails its checksum (MD5 of the content {hashlib.md5(raw).hexdigest()}, "
+            f"expected {expected_md5}); the file is corrupt: provide it again"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -140,14 +145,18 @@ def find_data_dir(data_dir: Optional[str | os.PathLike] = None, *, allow_downloa
     """The first folder holding all four files; downloads them when none has them and it is allowed."""
     if data_dir is not None and not _has_files(Path(data_dir)):
         missing = [n for n in FILES if not (Path(data_dir) / n).is_file()]
-        raise DataError(f"the data folder {data_dir} lacks {', '.join(missing)}; "
-                        + HOW_TO_PROVIDE.format(download_dir=paths.data_dir()))
+        raise DataError(
+            f"the data folder {data_dir} lacks {', '.join(missing)}; "
+            + HOW_TO_PROVIDE.format(download_dir=paths.data_dir())
+        )
     for _, folder in candidate_dirs(data_dir):
         if _has_files(folder):
             return folder
     how = HOW_TO_PROVIDE.format(download_dir=paths.data_dir())
     if not allow_download:
-        raise DataError(f"no FashionMNIST files found (looked in {', '.join(str(f) for _, f in candidate_dirs())}); {how}")
+        raise DataError(
+            f"no FashionMNIST files found (looked in {', '.join(str(f) for _, f in candidate_dirs())}); {how}"
+        )
     try:
         return download()
     except DataError as exc:
@@ -155,6 +164,7 @@ def find_data_dir(data_dir: Optional[str | os.PathLike] = None, *, allow_downloa
 
 
 # ----------------------------------------------------------------------------- splits
+
 
 @dataclass(frozen=True)
 class FashionMNIST:
@@ -187,20 +197,28 @@ def stratified_subset(labels: np.ndarray | torch.Tensor, per_class: int, seed: i
     for c in range(NUM_CLASSES):
         members = np.flatnonzero(labels == c)
         if per_class > len(members):
-            raise ConfigError(f"asked for {per_class} images of class {CLASS_NAMES[c]}, "
-                              f"but the split has only {len(members)}")
+            raise ConfigError(
+                f"asked for {per_class} images of class {CLASS_NAMES[c]}, but the split has only {len(members)}"
+            )
         chosen.append(rng.permutation(members)[:per_class])
     return np.sort(np.concatenate(chosen))
 
 
-def read_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike, *,
-                  images_md5: Optional[str] = None, labels_md5: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(
+    images_path: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    *,
+    images_md5: Optional[str] = None,
+    labels_md5: Optional[str] = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, rows, cols) uint8 and labels (N,) int64 from two IDX files of the same N."""
     images = read_idx(images_path, expected_magic=0x00000803, expected_md5=images_md5)
     labels = read_idx(labels_path, expected_magic=0x00000801, expected_md5=labels_md5)
     if len(images) != len(labels):
-        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
-                        "the two files do not belong together")
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+            "the two files do not belong together"
+        )
     if labels.size and labels.max() >= NUM_CLASSES:
         raise DataError(f"{labels_path} holds label {labels.max()}, but FashionMNIST has only classes 0-9")
     return images, labels.astype(np.int64)
@@ -211,16 +229,19 @@ def _load(folder: Path) -> FashionMNIST:
     arrays = {}
     for split in ("train", "t10k"):
         img_name, lab_name = f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz"
-        images, labels = read_idx_pair(folder / img_name, folder / lab_name,
-                                       images_md5=FILES[img_name][1], labels_md5=FILES[lab_name][1])
+        images, labels = read_idx_pair(
+            folder / img_name, folder / lab_name, images_md5=FILES[img_name][1], labels_md5=FILES[lab_name][1]
+        )
         arrays[f"{split}-images"], arrays[f"{split}-labels"] = images, labels
     train_x, train_y = arrays["train-images"], arrays["train-labels"]
     val = validation_indices(train_y)
     keep = np.setdiff1d(np.arange(len(train_y)), val)
     t = torch.from_numpy
     return FashionMNIST(
-        train_images=t(train_x[keep].copy()), train_labels=t(train_y[keep].copy()),
-        val_images=t(train_x[val].copy()), val_labels=t(train_y[val].copy()),
+        train_images=t(train_x[keep].copy()),
+        train_labels=t(train_y[keep].copy()),
+        val_images=t(train_x[val].copy()),
+        val_labels=t(train_y[val].copy()),
         test_images=t(arrays["t10k-images"].copy()),
         test_labels=t(arrays["t10k-labels"]),
         source=folder,
@@ -232,7 +253,9 @@ def load_fashion_mnist(data_dir: Optional[str | os.PathLike] = None, *, allow_do
     return _load(find_data_dir(data_dir, allow_download=allow_download).resolve())
 
 
-def subset(images: torch.Tensor, labels: torch.Tensor, size: Optional[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def subset(
+    images: torch.Tensor, labels: torch.Tensor, size: Optional[int], seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A stratified subset of `size` images (all of them when `size` is None)."""
     if size is None or size == len(labels):
         return images, labels
@@ -255,10 +278,16 @@ def to_float(images: torch.Tensor, device: torch.device | str | None = None) -> 
     return images.to(device).unsqueeze(1).float().div_(255.0)
 
 
-def batch_indices(n: int, batch_size: int, *, generator: Optional[torch.Generator] = None,
-                  shuffle: bool = True, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+def batch_indices(
+    n: int,
+    batch_size: int,
+    *,
+    generator: Optional[torch.Generator] = None,
+    shuffle: bool = True,
+    device: torch.device | str | None = None,
+) -> Iterator[torch.Tensor]:
     """Index tensors of consecutive batches over a (shuffled) permutation of range(n)."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order.to(device)
     for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]

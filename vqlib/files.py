@@ -25,8 +25,9 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder {path} ({exc.strerror}); "
-                          "choose a folder you can write to") from exc
+        raise OutputError(
+            f"cannot create the output folder {path} ({exc.strerror}); choose a folder you can write to"
+        ) from exc
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"the output folder {path} is not writable; choose a folder you can write to")
     return path
@@ -55,7 +56,7 @@ def _remove_orphans(path: Path) -> None:
     write in progress and is left alone.
     """
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 

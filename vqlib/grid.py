@@ -35,8 +35,18 @@ import numpy as np
 import pandas as pd
 
 from . import paths
-from .config import (AnalysisConfig, GridConfig, SummaryConfig, TrainConfig, VQVAEConfig, from_dict,
-                     changed_fields, split_fields, with_defaults)
+from .checkpoints import BEST_FILE, read_best
+from .config import (
+    AnalysisConfig,
+    GridConfig,
+    SummaryConfig,
+    TrainConfig,
+    VQVAEConfig,
+    changed_fields,
+    from_dict,
+    split_fields,
+    with_defaults,
+)
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError, VqlibError
 from .files import atomic_path, ensure_dir, read_json, write_csv, write_json
 
@@ -50,7 +60,6 @@ ANALYSIS_NOTEBOOK = "04_latent_analysis.ipynb"
 METRICS_FILE = "metrics.json"  # written by notebook 01: the run's result
 RUN_FILE = "run.json"  # written by the grid: status, error and wall time of the execution
 SUMMARY_FILE = "summary.csv"
-BEST_FILE = "best.json"
 # Selection happens on validation MSE (the seed's find_best_model_params); the test
 # split is measured for the chosen configuration only.
 SELECTION_METRIC = "val_mse"
@@ -62,8 +71,9 @@ class NotebookError(VqlibError):
 
 # ----------------------------------------------------------------------------- folders
 
+
 def grid_dir(config: Optional[GridConfig] = None) -> Path:
-    return Path(config.grid_dir) if config and config.grid_dir else paths.results_dir() / "grid"
+    return Path(config.grid_dir) if config and config.grid_dir else paths.grid_dir()
 
 
 def checkpoint_root(config: Optional[GridConfig] = None) -> Path:
@@ -84,16 +94,20 @@ def classifier_dir() -> Path:
 
 # ----------------------------------------------------------------------------- what notebook 01 records
 
+
 def vqvae_results_dir(model_config: VQVAEConfig, train_config: TrainConfig) -> Path:
     """Where notebook 01 writes its metrics and figures."""
     from .train import default_results_dir
+
     return Path(train_config.results_dir) if train_config.results_dir else default_results_dir(model_config)
 
 
 def configs_from_parameters(values: dict[str, Any]) -> tuple[VQVAEConfig, TrainConfig]:
     """The two configs of notebook 01 from its parameters (any extra names are ignored)."""
-    return (from_dict(VQVAEConfig, split_fields(VQVAEConfig, values)),
-            from_dict(TrainConfig, split_fields(TrainConfig, values)))
+    return (
+        from_dict(VQVAEConfig, split_fields(VQVAEConfig, values)),
+        from_dict(TrainConfig, split_fields(TrainConfig, values)),
+    )
 
 
 def record_vqvae_run(run, results_dir: str | os.PathLike) -> dict:
@@ -105,14 +119,17 @@ def record_vqvae_run(run, results_dir: str | os.PathLike) -> dict:
     best = min(run.history, key=lambda row: row["val_mse"])
     metrics = {
         "status": "success",
-        "name": paths.vqvae_run_name(run.model_config.num_embeddings, run.model_config.embedding_dim,
-                                     run.train_config.seed),
+        "name": paths.vqvae_run_name(
+            run.model_config.num_embeddings, run.model_config.embedding_dim, run.train_config.seed
+        ),
         "num_embeddings": run.model_config.num_embeddings,
         "embedding_dim": run.model_config.embedding_dim,
         "seed": run.train_config.seed,
         "best_epoch": best["epoch"],
-        "val_mse": best["val_mse"], "val_psnr": best["val_psnr"],
-        "val_perplexity": best["val_perplexity"], "val_usage": best["val_usage"],
+        "val_mse": best["val_mse"],
+        "val_psnr": best["val_psnr"],
+        "val_perplexity": best["val_perplexity"],
+        "val_usage": best["val_usage"],
         "train_seconds": float(sum(row["epoch_seconds"] for row in run.history)),
         "images_per_s": float(np.mean([row["images_per_s"] for row in run.history])),
         # Soak figures of the whole run, resumed parts included: the largest resident memory
@@ -135,8 +152,10 @@ def _now() -> str:
 
 # ----------------------------------------------------------------------------- executing one notebook
 
+
 def plain_parameters(values: dict[str, Any]) -> dict[str, Any]:
     """Parameters papermill can write as literals: numpy numbers cast, paths as str, tuples as lists."""
+
     def plain(name: str, value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
@@ -148,19 +167,25 @@ def plain_parameters(values: dict[str, Any]) -> dict[str, Any]:
             return [plain(name, v) for v in value]
         if isinstance(value, dict):
             return {str(k): plain(name, v) for k, v in value.items()}
-        raise ConfigError(f"notebook parameter {name} is a {type(value).__name__}; only numbers, strings, "
-                          "lists, dicts and None can be passed to a notebook")
+        raise ConfigError(
+            f"notebook parameter {name} is a {type(value).__name__}; only numbers, strings, "
+            "lists, dicts and None can be passed to a notebook"
+        )
+
     return {name: plain(name, value) for name, value in values.items()}
 
 
 def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
     """Fail early, in one sentence, when the project's kernel is not installed."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
     try:
         KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
-        raise NotebookError(f"the Jupyter kernel {kernel_name!r} is not installed; run `make run` (it registers it) or "
-                            f"`.venv/bin/python -m ipykernel install --sys-prefix --name {kernel_name}`") from None
+        raise NotebookError(
+            f"the Jupyter kernel {kernel_name!r} is not installed; run `make run` (it registers it) or "
+            f"`.venv/bin/python -m ipykernel install --sys-prefix --name {kernel_name}`"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -190,12 +215,19 @@ def _kernel_environment(threads: Optional[int] = None) -> Iterator[None]:
 def notebook_parameter_names(notebook: str | os.PathLike) -> list[str]:
     """Names in the cell tagged `parameters` (papermill's own reading of it)."""
     import papermill
+
     return list(papermill.inspect_notebook(str(notebook)))
 
 
-def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict[str, Any], *,
-                     cwd: Optional[str | os.PathLike] = None, cell_timeout: Optional[int] = None,
-                     threads: Optional[int] = None) -> Path:
+def execute_notebook(
+    notebook: str | os.PathLike,
+    output: str | os.PathLike,
+    parameters: dict[str, Any],
+    *,
+    cwd: Optional[str | os.PathLike] = None,
+    cell_timeout: Optional[int] = None,
+    threads: Optional[int] = None,
+) -> Path:
     """Execute `notebook` with papermill into `output`; raise `NotebookError` with one sentence on failure.
 
     The notebook is written next to `output` under a temporary name and moved
@@ -214,12 +246,19 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
     error: Optional[str] = None
     try:
         with _kernel_environment(threads):
-            papermill.execute_notebook(str(notebook), str(partial), parameters=plain_parameters(parameters),
-                                       kernel_name=KERNEL_NAME, cwd=str(cwd or notebook.parent),
-                                       progress_bar=False, log_output=False, execution_timeout=cell_timeout,
-                                       # the kernel's start-up warnings (TCP without encryption on
-                                       # loopback) would print once per grid point in the terminal
-                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            papermill.execute_notebook(
+                str(notebook),
+                str(partial),
+                parameters=plain_parameters(parameters),
+                kernel_name=KERNEL_NAME,
+                cwd=str(cwd or notebook.parent),
+                progress_bar=False,
+                log_output=False,
+                execution_timeout=cell_timeout,
+                # the kernel's start-up warnings (TCP without encryption on
+                # loopback) would print once per grid point in the terminal
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
     except PapermillExecutionError as exc:
         error = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
     except CellTimeoutError:
@@ -239,20 +278,32 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
 
 # ----------------------------------------------------------------------------- the grid
 
-def grid_parameters(num_embeddings: int, embedding_dim: int, model: Optional[VQVAEConfig] = None,
-                    train: Optional[TrainConfig] = None, grid: Optional[GridConfig] = None,
-                    seed: int = 0) -> dict[str, Any]:
+
+def grid_parameters(
+    num_embeddings: int,
+    embedding_dim: int,
+    model: Optional[VQVAEConfig] = None,
+    train: Optional[TrainConfig] = None,
+    grid: Optional[GridConfig] = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The parameters of notebook 01 for one grid point: every field of VQVAEConfig and TrainConfig.
 
     K and D are substituted without validation, so that an impossible point
     fails inside its own notebook (recorded) rather than stopping the grid.
     """
     name = paths.vqvae_run_name(num_embeddings, embedding_dim, seed)
-    return plain_parameters({**dataclasses.asdict(model or VQVAEConfig()),
-                             "num_embeddings": num_embeddings, "embedding_dim": embedding_dim,
-                             **dataclasses.asdict(train or TrainConfig()), "seed": seed,
-                             "checkpoint_dir": str((checkpoint_root(grid) / name).resolve()),
-                             "results_dir": str((grid_dir(grid) / name).resolve())})
+    return plain_parameters(
+        {
+            **dataclasses.asdict(model or VQVAEConfig()),
+            "num_embeddings": num_embeddings,
+            "embedding_dim": embedding_dim,
+            **dataclasses.asdict(train or TrainConfig()),
+            "seed": seed,
+            "checkpoint_dir": str((checkpoint_root(grid) / name).resolve()),
+            "results_dir": str((grid_dir(grid) / name).resolve()),
+        }
+    )
 
 
 # Where and how fast a point ran, not what it computed: a finished point is reused
@@ -312,20 +363,34 @@ def _execute_configuration(spec: dict) -> dict:
     # A stale success from other parameters must not survive a failed rerun.
     (folder / METRICS_FILE).unlink(missing_ok=True)
     started = time.perf_counter()
-    record = {"name": spec["name"], "num_embeddings": spec["parameters"]["num_embeddings"],
-              "embedding_dim": spec["parameters"]["embedding_dim"], "seed": spec["parameters"]["seed"],
-              "status": "success", "error": "", "resumed": spec["resume"], "threads": spec["threads"],
-              "code": paths.code_version(), "notebook": str(folder / TRAIN_NOTEBOOK), "started": _now()}
+    record = {
+        "name": spec["name"],
+        "num_embeddings": spec["parameters"]["num_embeddings"],
+        "embedding_dim": spec["parameters"]["embedding_dim"],
+        "seed": spec["parameters"]["seed"],
+        "status": "success",
+        "error": "",
+        "resumed": spec["resume"],
+        "threads": spec["threads"],
+        "code": paths.code_version(),
+        "notebook": str(folder / TRAIN_NOTEBOOK),
+        "started": _now(),
+    }
     try:
-        execute_notebook(spec["notebook"], folder / TRAIN_NOTEBOOK, {**spec["parameters"], "resume": spec["resume"]},
-                         cwd=spec["cwd"], cell_timeout=spec["cell_timeout"], threads=spec["threads"])
+        execute_notebook(
+            spec["notebook"],
+            folder / TRAIN_NOTEBOOK,
+            {**spec["parameters"], "resume": spec["resume"]},
+            cwd=spec["cwd"],
+            cell_timeout=spec["cell_timeout"],
+            threads=spec["threads"],
+        )
         if not is_complete(folder, spec["parameters"]):
             raise NotebookError(f"{TRAIN_NOTEBOOK} ended without recording success in {folder / METRICS_FILE}")
     except VqlibError as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # one bad point must not end the grid (STYLE.md rule 6)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc(limit=5))
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     record["seconds"] = time.perf_counter() - started
     record["finished"] = _now()
     write_json(folder / RUN_FILE, record)
@@ -340,8 +405,9 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_placement(points: int, jobs: Optional[int] = None, threads: Optional[int] = None,
-                     device: str = "auto") -> tuple[int, int]:
+def choose_placement(
+    points: int, jobs: Optional[int] = None, threads: Optional[int] = None, device: str = "auto"
+) -> tuple[int, int]:
     """(configurations at once, torch threads each) for `points` grid points; given values are kept.
 
     On a CPU, one configuration per core with one thread each: these small
@@ -361,8 +427,13 @@ def choose_placement(points: int, jobs: Optional[int] = None, threads: Optional[
     return jobs, threads
 
 
-def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = None,
-             train: Optional[TrainConfig] = None, *, progress: bool = True) -> pd.DataFrame:
+def run_grid(
+    grid: Optional[GridConfig] = None,
+    model: Optional[VQVAEConfig] = None,
+    train: Optional[TrainConfig] = None,
+    *,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Train every (K, D) of `grid` through notebook 01; return (and write) the summary table.
 
     `model` and `train` give every other setting (their K, D, seed and folders
@@ -380,8 +451,7 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
     root = ensure_dir(grid_dir(grid))
     specs, reused, notes = [], {}, []
     points = grid.points()
-    jobs, threads = choose_placement(len(points), grid.jobs, grid.threads_per_config,
-                                     (train or TrainConfig()).device)
+    jobs, threads = choose_placement(len(points), grid.jobs, grid.threads_per_config, (train or TrainConfig()).device)
     for k, d, seed in points:
         name = paths.vqvae_run_name(k, d, seed)
         parameters = grid_parameters(k, d, model, train, grid, seed)
@@ -391,9 +461,18 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
         resume, note = resume_decision(name, parameters)
         if note:
             notes.append(note)
-        specs.append({"name": name, "folder": str(root / name), "notebook": str(notebook),
-                      "cwd": str(paths.notebooks_dir()), "parameters": parameters, "resume": resume,
-                      "cell_timeout": grid.cell_timeout, "threads": threads})
+        specs.append(
+            {
+                "name": name,
+                "folder": str(root / name),
+                "notebook": str(notebook),
+                "cwd": str(paths.notebooks_dir()),
+                "parameters": parameters,
+                "resume": resume,
+                "cell_timeout": grid.cell_timeout,
+                "threads": threads,
+            }
+        )
     names = [paths.vqvae_run_name(k, d, seed) for k, d, seed in points]
 
     def summary() -> pd.DataFrame:
@@ -407,15 +486,22 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
     if progress:
         for note in notes:
             print(f"grid: {note}")
-    bar = progress_bar(total=len(specs), desc="grid", unit="config", enabled=progress and bool(specs),
-               bar_format="{desc}: {n}/{total} configs done [{elapsed} elapsed, {remaining} left] {postfix}")
+    bar = progress_bar(
+        total=len(specs),
+        desc="grid",
+        unit="config",
+        enabled=progress and bool(specs),
+        bar_format="{desc}: {n}/{total} configs done [{elapsed} elapsed, {remaining} left] {postfix}",
+    )
 
     def report(record: dict) -> None:
         bar.update(1)
         if record["status"] == "success":
             metrics = read_json(Path(record["notebook"]).parent / METRICS_FILE)
-            bar.write(f"{record['name']}: done in {record['seconds']:.0f} s, validation MSE {metrics['val_mse']:.5f}, "
-                      f"perplexity {metrics['val_perplexity']:.1f}, codes used {metrics['val_usage']:.0%}")
+            bar.write(
+                f"{record['name']}: done in {record['seconds']:.0f} s, validation MSE {metrics['val_mse']:.5f}, "
+                f"perplexity {metrics['val_perplexity']:.1f}, codes used {metrics['val_usage']:.0%}"
+            )
         else:
             bar.write(f"{record['name']}: FAILED after {record['seconds']:.0f} s: {record['error']}")
         summary()
@@ -440,6 +526,7 @@ def run_grid(grid: Optional[GridConfig] = None, model: Optional[VQVAEConfig] = N
 
 # ----------------------------------------------------------------------------- reading the grid (notebook 02)
 
+
 def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[list[str]] = None) -> pd.DataFrame:
     """One row per run folder (K{K}_D{D}) of the grid: status, error, validation metrics, timing, history.
 
@@ -448,8 +535,10 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
     """
     root = Path(folder) if folder else grid_dir()
     if names is None:
-        names = sorted((p.name for p in root.glob("K*_D*") if p.is_dir() and paths.parse_vqvae_run_name(p.name)),
-                       key=paths.parse_vqvae_run_name)
+        names = sorted(
+            (p.name for p in root.glob("K*_D*") if p.is_dir() and paths.parse_vqvae_run_name(p.name)),
+            key=paths.parse_vqvae_run_name,
+        )
     rows = []
     for name in names:
         run_dir = root / name
@@ -461,23 +550,56 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
         if status == "success" and not ok:
             status = "missing"  # the grid said success but the metrics are gone
         train_config = metrics.get("train_config", {})
-        rows.append({
-            "name": name, "num_embeddings": k, "embedding_dim": d, "seed": seed, "status": status,
-            "error": "" if ok else record.get("error", "no metrics.json yet"),
-            "val_mse": metrics.get("val_mse", math.nan), "val_psnr": metrics.get("val_psnr", math.nan),
-            "val_perplexity": metrics.get("val_perplexity", math.nan), "val_usage": metrics.get("val_usage", math.nan),
-            "best_epoch": metrics.get("best_epoch", math.nan), "epochs": train_config.get("epochs", math.nan),
-            "train_subset": train_config.get("train_subset"),
-            "train_seconds": metrics.get("train_seconds", math.nan), "run_seconds": record.get("seconds", math.nan),
-            "images_per_s": metrics.get("images_per_s", math.nan),
-            "peak_rss_mb": metrics.get("peak_rss_mb", math.nan), "threads": record.get("threads"),
-            "code": " ".join(metrics.get("code", [])),
-            "checkpoint": metrics.get("checkpoint", ""), "notebook": record.get("notebook", str(run_dir / TRAIN_NOTEBOOK)),
-            "history": metrics.get("history", []),
-        })
-    columns = ["name", "num_embeddings", "embedding_dim", "seed", "status", "error", "val_mse", "val_psnr",
-               "val_perplexity", "val_usage", "best_epoch", "epochs", "train_subset", "train_seconds", "run_seconds",
-               "images_per_s", "peak_rss_mb", "threads", "code", "checkpoint", "notebook", "history"]
+        rows.append(
+            {
+                "name": name,
+                "num_embeddings": k,
+                "embedding_dim": d,
+                "seed": seed,
+                "status": status,
+                "error": "" if ok else record.get("error", "no metrics.json yet"),
+                "val_mse": metrics.get("val_mse", math.nan),
+                "val_psnr": metrics.get("val_psnr", math.nan),
+                "val_perplexity": metrics.get("val_perplexity", math.nan),
+                "val_usage": metrics.get("val_usage", math.nan),
+                "best_epoch": metrics.get("best_epoch", math.nan),
+                "epochs": train_config.get("epochs", math.nan),
+                "train_subset": train_config.get("train_subset"),
+                "train_seconds": metrics.get("train_seconds", math.nan),
+                "run_seconds": record.get("seconds", math.nan),
+                "images_per_s": metrics.get("images_per_s", math.nan),
+                "peak_rss_mb": metrics.get("peak_rss_mb", math.nan),
+                "threads": record.get("threads"),
+                "code": " ".join(metrics.get("code", [])),
+                "checkpoint": metrics.get("checkpoint", ""),
+                "notebook": record.get("notebook", str(run_dir / TRAIN_NOTEBOOK)),
+                "history": metrics.get("history", []),
+            }
+        )
+    columns = [
+        "name",
+        "num_embeddings",
+        "embedding_dim",
+        "seed",
+        "status",
+        "error",
+        "val_mse",
+        "val_psnr",
+        "val_perplexity",
+        "val_usage",
+        "best_epoch",
+        "epochs",
+        "train_subset",
+        "train_seconds",
+        "run_seconds",
+        "images_per_s",
+        "peak_rss_mb",
+        "threads",
+        "code",
+        "checkpoint",
+        "notebook",
+        "history",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -492,19 +614,36 @@ def _read_or_empty(path: Path) -> dict:
 def load_losses(folder: Optional[str | os.PathLike] = None) -> dict[str, pd.DataFrame]:
     """The seed's `load_losses`: per-epoch history of every successful grid run, by run name."""
     frame = collect_grid(folder)
-    return {row.name: pd.DataFrame(row.history) for row in frame.itertuples() if row.status == "success" and row.history}
+    return {
+        row.name: pd.DataFrame(row.history) for row in frame.itertuples() if row.status == "success" and row.history
+    }
 
 
 def find_best_model_params(frame: pd.DataFrame, *, metric: str = SELECTION_METRIC) -> dict:
     """The seed's `find_best_model_params`: the successful run with the lowest validation MSE, as a dict."""
     done = frame[(frame["status"] == "success") & frame[metric].notna()]
     if done.empty:
-        raise TrainingError("no grid configuration finished successfully, so there is no best one; "
-                            "see the errors in results/grid/summary.csv")
+        raise TrainingError(
+            "no grid configuration finished successfully, so there is no best one; "
+            "see the errors in results/grid/summary.csv"
+        )
     row = done.loc[done[metric].idxmin()]
-    return {key: _python(row[key]) for key in ("name", "num_embeddings", "embedding_dim", "checkpoint", "val_mse",
-                                               "val_psnr", "val_perplexity", "val_usage", "best_epoch", "epochs",
-                                               "train_subset")}
+    return {
+        key: _python(row[key])
+        for key in (
+            "name",
+            "num_embeddings",
+            "embedding_dim",
+            "checkpoint",
+            "val_mse",
+            "val_psnr",
+            "val_perplexity",
+            "val_usage",
+            "best_epoch",
+            "epochs",
+            "train_subset",
+        )
+    }
 
 
 def _python(value: Any) -> Any:
@@ -515,8 +654,14 @@ def _python(value: Any) -> Any:
     return value
 
 
-def write_best(frame: pd.DataFrame, folder: Optional[str | os.PathLike] = None, *, test_metrics: bool = True,
-               device: str = "auto", data=None) -> dict:
+def write_best(
+    frame: pd.DataFrame,
+    folder: Optional[str | os.PathLike] = None,
+    *,
+    test_metrics: bool = True,
+    device: str = "auto",
+    data=None,
+) -> dict:
     """Choose the best configuration on validation MSE, measure it on the test split, write best.json.
 
     Only the chosen model ever sees the test split, after the choice.
@@ -530,38 +675,21 @@ def write_best(frame: pd.DataFrame, folder: Optional[str | os.PathLike] = None, 
         from .train import evaluate_vqvae
 
         data = data or load_fashion_mnist()
-        model, _ = load_vqvae(best["checkpoint"], device=resolve_device(device),
-                              expect={"num_embeddings": best["num_embeddings"], "embedding_dim": best["embedding_dim"]})
+        model, _ = load_vqvae(
+            best["checkpoint"],
+            device=resolve_device(device),
+            expect={"num_embeddings": best["num_embeddings"], "embedding_dim": best["embedding_dim"]},
+        )
         test = evaluate_vqvae(model, data.test_images, data.test_labels)
-        best.update(test_mse=test["mse"], test_psnr=test["psnr"], test_perplexity=test["perplexity"],
-                    test_usage=test["codebook_usage"], test_per_class_mse=test["per_class_mse"])
+        best.update(
+            test_mse=test["mse"],
+            test_psnr=test["psnr"],
+            test_perplexity=test["perplexity"],
+            test_usage=test["codebook_usage"],
+            test_per_class_mse=test["per_class_mse"],
+        )
     write_json(Path(folder or grid_dir()) / BEST_FILE, best)
     return best
-
-
-def read_best(folder: Optional[str | os.PathLike] = None) -> dict:
-    path = Path(folder or grid_dir()) / BEST_FILE
-    if not path.is_file():
-        raise ConfigError(f"no {path}; run the grid and notebook 02 first (`vqlib run`), or pass a checkpoint")
-    return read_json(path)
-
-
-def resolve_vqvae_checkpoint(checkpoint: Optional[str | os.PathLike] = None) -> Path:
-    """`checkpoint` itself, or the best grid configuration's best.pt named in results/grid/best.json."""
-    from .errors import CheckpointError
-
-    if checkpoint:
-        return Path(checkpoint)
-    best = grid_dir() / BEST_FILE
-    if not best.is_file():
-        raise CheckpointError(f"no VQ-VAE checkpoint was given and {best} does not exist; "
-                              "run the grid first or pass a VQ-VAE checkpoint (--vqvae-checkpoint)")
-    try:
-        found = Path(read_json(best)["checkpoint"])
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{best} names no VQ-VAE checkpoint (it lacks a 'checkpoint' entry); "
-                              "rerun the grid or pass --vqvae-checkpoint") from None
-    return found if found.is_absolute() else paths.project_root() / found
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -579,8 +707,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         # Label efficiency without the pixel CNN (the slowest baseline) and with one seed.
         # C = 1 was never chosen on validation in a measured quick run, and costs the most iterations;
         # 0.01 was chosen in 5 of 6 fits, so the grid reaches below it.
-        "classifier": {"label_counts": "10,100,1000", "num_seeds": 1, "methods": "vq_head,vq_linear,pixel_linear",
-                       "linear_max_iter": 100, "linear_c": "0.003,0.01,0.1"},
+        "classifier": {
+            "label_counts": "10,100,1000",
+            "num_seeds": 1,
+            "methods": "vq_head,vq_linear,pixel_linear",
+            "linear_max_iter": 100,
+            "linear_c": "0.003,0.01,0.1",
+        },
         "analysis": {"tsne_points": 2000},
     },
     # The seed's protocol: 50 epochs on all 55,000 training images. About 7-10 hours on a
@@ -625,12 +758,15 @@ def classifier_parameters(notebook: str | os.PathLike, overrides: dict[str, Any]
     names |= set(notebook_parameter_names(notebook))
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ConfigError(f"the profile sets {', '.join(unknown)}, which {Path(notebook).name} does not take "
-                          f"(its parameters: {', '.join(sorted(names))})")
+        raise ConfigError(
+            f"the profile sets {', '.join(unknown)}, which {Path(notebook).name} does not take "
+            f"(its parameters: {', '.join(sorted(names))})"
+        )
     return plain_parameters(overrides)
 
 
 # ----------------------------------------------------------------------------- the whole study
+
 
 @dataclass
 class StudyResult:
@@ -640,8 +776,14 @@ class StudyResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_study(profile: str | dict = "quick", *, with_code: bool = False, jobs: Optional[int] = None,
-              progress: bool = True, classifier: bool = True) -> StudyResult:
+def run_study(
+    profile: str | dict = "quick",
+    *,
+    with_code: bool = False,
+    jobs: Optional[int] = None,
+    progress: bool = True,
+    classifier: bool = True,
+) -> StudyResult:
     """The grid, notebooks 02, 03 and 04, then HTML reports; returns where index.html is.
 
     A failed notebook after the grid is recorded and reported (its executed
@@ -657,8 +799,9 @@ def run_study(profile: str | dict = "quick", *, with_code: bool = False, jobs: O
     notebooks = paths.notebooks_dir()
     classifier_nb = notebooks / CLASSIFIER_NOTEBOOK
     # Check the classifier's settings before an hour of grid, not after.
-    classifier_params = (classifier_parameters(classifier_nb, prof["classifier"])
-                         if classifier and classifier_nb.is_file() else None)
+    classifier_params = (
+        classifier_parameters(classifier_nb, prof["classifier"]) if classifier and classifier_nb.is_file() else None
+    )
 
     def say(text: str) -> None:
         if progress:
@@ -688,29 +831,46 @@ def run_study(profile: str | dict = "quick", *, with_code: bool = False, jobs: O
 
     have_best = False
     if (result.grid["status"] == "success").any():
-        have_best = stage("summary", notebooks / SUMMARY_NOTEBOOK, grid_dir(grid_config) / SUMMARY_NOTEBOOK,
-                          dataclasses.asdict(summary_config))
+        have_best = stage(
+            "summary",
+            notebooks / SUMMARY_NOTEBOOK,
+            grid_dir(grid_config) / SUMMARY_NOTEBOOK,
+            dataclasses.asdict(summary_config),
+        )
     else:
         result.failures.append("every grid configuration failed, so notebooks 02, 03 and 04 were not run")
     if have_best:
         best = read_best(grid_dir(grid_config))
         if classifier_params is not None:
-            stage("classifier", classifier_nb, classifier_dir() / CLASSIFIER_NOTEBOOK,
-                  {**classifier_params, "vqvae_checkpoint": best["checkpoint"]})
+            stage(
+                "classifier",
+                classifier_nb,
+                classifier_dir() / CLASSIFIER_NOTEBOOK,
+                {**classifier_params, "vqvae_checkpoint": best["checkpoint"]},
+            )
         elif classifier:
             result.failures.append(f"{classifier_nb} does not exist, so the classifier was not run")
-        stage("analysis", notebooks / ANALYSIS_NOTEBOOK, analysis_dir(analysis_config) / ANALYSIS_NOTEBOOK,
-              {**dataclasses.asdict(analysis_config), "vqvae_checkpoint": best["checkpoint"]})
+        stage(
+            "analysis",
+            notebooks / ANALYSIS_NOTEBOOK,
+            analysis_dir(analysis_config) / ANALYSIS_NOTEBOOK,
+            {**dataclasses.asdict(analysis_config), "vqvae_checkpoint": best["checkpoint"]},
+        )
     t0 = time.perf_counter()
-    result.index = write_reports(with_code=with_code, grid_folder=grid_dir(grid_config),
-                                 analysis_folder=analysis_dir(analysis_config), failures=result.failures,
-                                 profile_description=prof["description"])
+    result.index = write_reports(
+        with_code=with_code,
+        grid_folder=grid_dir(grid_config),
+        analysis_folder=analysis_dir(analysis_config),
+        failures=result.failures,
+        profile_description=prof["description"],
+    )
     result.seconds["reports"] = time.perf_counter() - t0
     result.seconds["total"] = time.perf_counter() - started
     return result
 
 
 # ----------------------------------------------------------------------------- HTML reports
+
 
 def export_html(notebook: str | os.PathLike, output: str | os.PathLike, *, with_code: bool = False) -> Path:
     """`jupyter nbconvert --to html --no-input` (code kept with `with_code`), written atomically.
@@ -720,15 +880,16 @@ def export_html(notebook: str | os.PathLike, output: str | os.PathLike, *, with_
     """
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=not with_code, exclude_input_prompt=not with_code,
-                            exclude_output_prompt=True)
+    exporter = HTMLExporter(exclude_input=not with_code, exclude_input_prompt=not with_code, exclude_output_prompt=True)
     body, _ = exporter.from_filename(str(notebook))
     with atomic_path(output) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return Path(output)
 
 
-def executed_notebooks(grid_folder: Optional[Path] = None, analysis_folder: Optional[Path] = None) -> list[tuple[str, Path, str]]:
+def executed_notebooks(
+    grid_folder: Optional[Path] = None, analysis_folder: Optional[Path] = None
+) -> list[tuple[str, Path, str]]:
     """(report name, executed notebook, title) of every executed notebook of the study that exists, in reading order."""
     grid_folder = Path(grid_folder or grid_dir())
     analysis_folder = Path(analysis_folder or analysis_dir())
@@ -741,12 +902,19 @@ def executed_notebooks(grid_folder: Optional[Path] = None, analysis_folder: Opti
         found.append(("03_classifier", classifier, "Classifier on the frozen discrete code"))
     analysis = analysis_folder / ANALYSIS_NOTEBOOK
     if analysis.is_file():
-        found.append(("04_latent_analysis", analysis, "Latent space: t-SNE, codebook usage, reconstructions, interpolation"))
+        found.append(
+            ("04_latent_analysis", analysis, "Latent space: t-SNE, codebook usage, reconstructions, interpolation")
+        )
     for run in collect_grid(grid_folder).itertuples():
         path = grid_folder / run.name / TRAIN_NOTEBOOK
         if path.is_file():
-            found.append((f"01_train_vqvae_{run.name}", path, f"VQ-VAE training, K={run.num_embeddings}, "
-                                                               f"D={run.embedding_dim} ({run.status})"))
+            found.append(
+                (
+                    f"01_train_vqvae_{run.name}",
+                    path,
+                    f"VQ-VAE training, K={run.num_embeddings}, D={run.embedding_dim} ({run.status})",
+                )
+            )
     return found
 
 
@@ -768,28 +936,40 @@ def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
         return {}
     _, path, value = max(candidates, key=lambda c: c[0])
     labels = (value.get("config") or {}).get("labels_per_class")
-    return {"test_accuracy": value["test_accuracy"], "source": path,
-            "labels": "all labels" if labels is None else f"{labels} labels per class"}
+    return {
+        "test_accuracy": value["test_accuracy"],
+        "source": path,
+        "labels": "all labels" if labels is None else f"{labels} labels per class",
+    }
 
 
-def write_reports(*, with_code: bool = False, grid_folder: Optional[Path] = None,
-                  analysis_folder: Optional[Path] = None, failures: Optional[list[str]] = None,
-                  profile_description: str = "") -> Path:
+def write_reports(
+    *,
+    with_code: bool = False,
+    grid_folder: Optional[Path] = None,
+    analysis_folder: Optional[Path] = None,
+    failures: Optional[list[str]] = None,
+    profile_description: str = "",
+) -> Path:
     """Export every executed notebook to results/reports/*.html and write index.html; return its path."""
     grid_folder = Path(grid_folder or grid_dir())
     executed = executed_notebooks(grid_folder, analysis_folder)
     if not executed:
         raise OutputError(f"no executed notebooks found under {paths.results_dir()}; run `vqlib run` first")
     out = ensure_dir(reports_dir())
-    reports = [(export_html(notebook, out / f"{name}.html", with_code=with_code), title)
-               for name, notebook, title in executed]
+    reports = [
+        (export_html(notebook, out / f"{name}.html", with_code=with_code), title) for name, notebook, title in executed
+    ]
     best = _read_or_empty(grid_folder / BEST_FILE)
     grid = collect_grid(grid_folder)
     index = out / "index.html"
     with atomic_path(index) as tmp:
-        tmp.write_text(_index_html(reports, best, classifier_headline(best.get("checkpoint")), grid, failures or [],
-                                   profile_description),
-                       encoding="utf-8")
+        tmp.write_text(
+            _index_html(
+                reports, best, classifier_headline(best.get("checkpoint")), grid, failures or [], profile_description
+            ),
+            encoding="utf-8",
+        )
     return index
 
 
@@ -799,25 +979,48 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _index_html(reports: list[tuple[Path, str]], best: dict, classifier: dict, grid: pd.DataFrame,
-                failures: list[str], description: str) -> str:
+def _index_html(
+    reports: list[tuple[Path, str]],
+    best: dict,
+    classifier: dict,
+    grid: pd.DataFrame,
+    failures: list[str],
+    description: str,
+) -> str:
     esc = html.escape
     headline = [
-        ("Best configuration (lowest validation MSE)",
-         f"K={best['num_embeddings']}, D={best['embedding_dim']}" if best else "–"),
+        (
+            "Best configuration (lowest validation MSE)",
+            f"K={best['num_embeddings']}, D={best['embedding_dim']}" if best else "–",
+        ),
         ("Its validation MSE", _fmt(best.get("val_mse"), ".5f")),
         ("Its test MSE", _fmt(best.get("test_mse"), ".5f")),
-        ("Its test perplexity", _fmt(best.get("test_perplexity"), ".1f")
-         + (f" of {best['num_embeddings']} codes" if best.get("test_perplexity") is not None else "")),
+        (
+            "Its test perplexity",
+            _fmt(best.get("test_perplexity"), ".1f")
+            + (f" of {best['num_embeddings']} codes" if best.get("test_perplexity") is not None else ""),
+        ),
         ("Its test codebook usage", _fmt(best.get("test_usage"), ".0%")),
-        ("Classifier test accuracy (frozen code" + (f", {classifier['labels']})" if classifier else ")"),
-         _fmt(classifier.get("test_accuracy"), ".2%")),
+        (
+            "Classifier test accuracy (frozen code" + (f", {classifier['labels']})" if classifier else ")"),
+            _fmt(classifier.get("test_accuracy"), ".2%"),
+        ),
     ]
     rows = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline)
     links = "\n".join(f'<li><a href="{esc(path.name)}">{esc(title)}</a></li>' for path, title in reports)
-    columns = {"name": "run", "status": "status", "val_mse": "val. MSE", "val_perplexity": "val. perplexity",
-               "val_usage": "codes used", "epochs": "epochs", "train_subset": "train images", "run_seconds": "seconds"}
-    table = grid[list(columns)].assign(val_usage=grid["val_usage"].map(lambda v: _fmt(v, ".0%"))).rename(columns=columns)
+    columns = {
+        "name": "run",
+        "status": "status",
+        "val_mse": "val. MSE",
+        "val_perplexity": "val. perplexity",
+        "val_usage": "codes used",
+        "epochs": "epochs",
+        "train_subset": "train images",
+        "run_seconds": "seconds",
+    }
+    table = (
+        grid[list(columns)].assign(val_usage=grid["val_usage"].map(lambda v: _fmt(v, ".0%"))).rename(columns=columns)
+    )
     grid_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, classes="grid")
     problems = ("<h2>Problems</h2><ul>" + "".join(f"<li>{esc(f)}</li>" for f in failures) + "</ul>") if failures else ""
     return f"""<!DOCTYPE html>

@@ -35,6 +35,21 @@ def results_dir() -> Path:
     return project_root() / "results"
 
 
+def grid_dir() -> Path:
+    """The grid's run folders, summary.csv and best.json (`vqlib grid`, `vqlib run`)."""
+    return results_dir() / "grid"
+
+
+def pretrained_dir() -> Path:
+    """The published study's checkpoints, tracked in git: ``pretrained:NAME`` is ``NAME/best.pt`` here."""
+    return checkpoints_dir() / "pretrained"
+
+
+def published_dir() -> Path:
+    """The published study's results (summary, metrics, reports), tracked in git."""
+    return results_dir() / "published"
+
+
 def notebooks_dir() -> Path:
     return project_root() / "notebooks"
 
@@ -66,8 +81,9 @@ def code_version() -> str:
     root = PACKAGE_DIR.parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short=12", "HEAD")

@@ -12,7 +12,13 @@ from typing import Optional, Sequence
 import matplotlib
 
 # matplotlib >= 3.9 reports the notebook backend as "inline", older ones by its module name.
-if matplotlib.get_backend().lower() not in ("inline", "module://matplotlib_inline.backend_inline", "nbagg", "widget", "ipympl"):
+if matplotlib.get_backend().lower() not in (
+    "inline",
+    "module://matplotlib_inline.backend_inline",
+    "nbagg",
+    "widget",
+    "ipympl",
+):
     matplotlib.use("Agg")  # no display outside notebooks
 
 import matplotlib.pyplot as plt
@@ -36,13 +42,20 @@ def _as_images(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.clip(images, 0.0, 1.0)
 
 
-def image_grid(rows: Sequence[torch.Tensor | np.ndarray], *, row_labels: Optional[Sequence[str]] = None,
-               col_labels: Optional[Sequence[str]] = None, title: Optional[str] = None, scale: float = 1.0):
+def image_grid(
+    rows: Sequence[torch.Tensor | np.ndarray],
+    *,
+    row_labels: Optional[Sequence[str]] = None,
+    col_labels: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+    scale: float = 1.0,
+):
     """A grid with one row per entry of `rows`, each an (N, 28, 28) batch of images."""
     rows = [_as_images(r) for r in rows]
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols * 0.9, scale * n_rows * 0.9 + (0.4 if title else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(scale * n_cols * 0.9, scale * n_rows * 0.9 + (0.4 if title else 0)), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i, j]
@@ -61,12 +74,18 @@ def image_grid(rows: Sequence[torch.Tensor | np.ndarray], *, row_labels: Optiona
     return fig
 
 
-def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, *, per_row: int = 10,
-                          labels: Optional[Sequence[str]] = None, title: Optional[str] = None):
+def reconstruction_figure(
+    originals: torch.Tensor,
+    reconstructions: torch.Tensor,
+    *,
+    per_row: int = 10,
+    labels: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+):
     """Originals above their reconstructions, `per_row` images per pair of rows."""
     rows, row_labels = [], []
     for start in range(0, len(originals), per_row):
-        rows += [originals[start:start + per_row], reconstructions[start:start + per_row]]
+        rows += [originals[start : start + per_row], reconstructions[start : start + per_row]]
         row_labels += ["original", "reconstruction"]
     return image_grid(rows, row_labels=row_labels, col_labels=labels[:per_row] if labels else None, title=title)
 
@@ -105,17 +124,19 @@ def ablation_figure(table, *, title: Optional[str] = None):
     import pandas as pd
 
     frame = pd.DataFrame(table)
-    frame["config"] = [f"K={k}, D={d}" for k, d in zip(frame["K"], frame["D"])]
+    frame["config"] = [f"K={k}, D={d}" for k, d in zip(frame["K"], frame["D"], strict=True)]
     configs = list(dict.fromkeys(frame["config"]))
     variants = list(dict.fromkeys(frame["variant"]))
-    panels = [("val_mse", "validation MSE", 1.0, "Reconstruction (lower is better)"),
-              ("val_usage", "codes used on validation (%)", 100.0, "Codebook usage"),
-              ("perplexity_fraction", "validation perplexity / K (%)", 100.0, "Perplexity relative to K")]
+    panels = [
+        ("val_mse", "validation MSE", 1.0, "Reconstruction (lower is better)"),
+        ("val_usage", "codes used on validation (%)", 100.0, "Codebook usage"),
+        ("perplexity_fraction", "validation perplexity / K (%)", 100.0, "Perplexity relative to K"),
+    ]
     frame["perplexity_fraction"] = frame["val_perplexity"] / frame["K"]
     fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.6))
     width = 0.8 / max(len(variants), 1)
     x = np.arange(len(configs))
-    for ax, (column, label, scale, panel_title) in zip(axes, panels):
+    for ax, (column, label, scale, panel_title) in zip(axes, panels, strict=True):
         for i, variant in enumerate(variants):
             rows = frame[frame["variant"] == variant].set_index("config").reindex(configs)
             bars = ax.bar(x + (i - (len(variants) - 1) / 2) * width, scale * rows[column], width, label=variant)
@@ -135,8 +156,9 @@ def ablation_figure(table, *, title: Optional[str] = None):
     return fig
 
 
-def confusion_matrix_figure(matrix, *, class_names: Optional[Sequence[str]] = None, normalize: bool = True,
-                            title: Optional[str] = None):
+def confusion_matrix_figure(
+    matrix, *, class_names: Optional[Sequence[str]] = None, normalize: bool = True, title: Optional[str] = None
+):
     """Seaborn heatmap of a confusion matrix (rows: true class, columns: predicted).
 
     With `normalize`, colours and numbers are the share of each true class
@@ -151,9 +173,20 @@ def confusion_matrix_figure(matrix, *, class_names: Optional[Sequence[str]] = No
     names = list(class_names or CLASS_NAMES)
     shown = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None) if normalize else matrix
     fig, ax = plt.subplots(figsize=(8.5, 7))
-    sns.heatmap(shown, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", square=True, cbar=True,
-                xticklabels=names, yticklabels=names, annot_kws={"fontsize": 7}, ax=ax,
-                vmin=0, vmax=1 if normalize else None)
+    sns.heatmap(
+        shown,
+        annot=True,
+        fmt=".2f" if normalize else "d",
+        cmap="Blues",
+        square=True,
+        cbar=True,
+        xticklabels=names,
+        yticklabels=names,
+        annot_kws={"fontsize": 7},
+        ax=ax,
+        vmin=0,
+        vmax=1 if normalize else None,
+    )
     ax.set(xlabel="predicted class", ylabel="true class")
     ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
     ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
@@ -163,8 +196,12 @@ def confusion_matrix_figure(matrix, *, class_names: Optional[Sequence[str]] = No
     return fig
 
 
-LABEL_EFFICIENCY_NAMES = {"vq_head": "frozen VQ code + conv head", "vq_linear": "frozen VQ code + logistic regression",
-                          "pixel_cnn": "CNN from scratch on pixels", "pixel_linear": "logistic regression on pixels"}
+LABEL_EFFICIENCY_NAMES = {
+    "vq_head": "frozen VQ code + conv head",
+    "vq_linear": "frozen VQ code + logistic regression",
+    "pixel_cnn": "CNN from scratch on pixels",
+    "pixel_linear": "logistic regression on pixels",
+}
 
 
 def label_efficiency_figure(frame, *, title: Optional[str] = None):
@@ -173,15 +210,18 @@ def label_efficiency_figure(frame, *, title: Optional[str] = None):
     for method, rows in frame.groupby("method", sort=False):
         stats = rows.groupby("labels_per_class")["test_acc"].agg(["mean", "min", "max"]).sort_index()
         x = stats.index.to_numpy()
-        line, = ax.plot(x, 100 * stats["mean"], marker="o", label=LABEL_EFFICIENCY_NAMES.get(method, method))
+        (line,) = ax.plot(x, 100 * stats["mean"], marker="o", label=LABEL_EFFICIENCY_NAMES.get(method, method))
         ax.fill_between(x, 100 * stats["min"], 100 * stats["max"], color=line.get_color(), alpha=0.2, linewidth=0)
     ticks = sorted(frame["labels_per_class"].unique())
     ax.set_xscale("log")
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:,}" for t in ticks])
     ax.minorticks_off()
-    ax.set(xlabel="labelled images per class (log scale)", ylabel="test accuracy (%)",
-           title=title or "Label efficiency: mean over seeds, band = min to max")
+    ax.set(
+        xlabel="labelled images per class (log scale)",
+        ylabel="test accuracy (%)",
+        title=title or "Label efficiency: mean over seeds, band = min to max",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -189,6 +229,7 @@ def label_efficiency_figure(frame, *, title: Optional[str] = None):
 
 
 # ----------------------------------------------------------------------------- grid (notebook 02)
+
 
 def _grid_line_styles(names: Sequence[str]) -> list[dict]:
     """A colour per codebook size K and a line style per dimension D, from run names K{K}_D{D}.
@@ -205,8 +246,10 @@ def _grid_line_styles(names: Sequence[str]) -> list[dict]:
     ks = sorted({k for k, _, _ in parsed})
     ds = sorted({d for _, d, _ in parsed})
     dashes = ["-", "--", ":", "-."]
-    return [{"color": palette[ks.index(k) % len(palette)], "linestyle": dashes[ds.index(d) % len(dashes)]}
-            for k, d, _ in parsed]
+    return [
+        {"color": palette[ks.index(k) % len(palette)], "linestyle": dashes[ds.index(d) % len(dashes)]}
+        for k, d, _ in parsed
+    ]
 
 
 def plot_losses(losses, *, title: Optional[str] = "Training of every grid configuration"):
@@ -218,11 +261,11 @@ def plot_losses(losses, *, title: Optional[str] = "Training of every grid config
     import pandas as pd
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
-    for (name, history), style in zip(losses.items(), _grid_line_styles(list(losses))):
+    for (name, history), style in zip(losses.items(), _grid_line_styles(list(losses)), strict=True):
         frame = pd.DataFrame(history)
         axes[0].plot(frame["epoch"], frame["train_mse"], marker="o", ms=3, label=name, **style)
         axes[1].plot(frame["epoch"], frame["val_mse"], marker="o", ms=3, label=name, **style)
-    for ax, split in zip(axes, ("training", "validation")):
+    for ax, split in zip(axes, ("training", "validation"), strict=True):
         ax.set(xlabel="epoch", ylabel="reconstruction MSE", yscale="log", title=f"{split} MSE")
         ax.grid(alpha=0.3)
         epoch_axis(ax)
@@ -233,26 +276,31 @@ def plot_losses(losses, *, title: Optional[str] = "Training of every grid config
     return fig
 
 
-def grid_heatmaps(frame, metrics: Sequence[tuple[str, str, str]] = (
+def grid_heatmaps(
+    frame,
+    metrics: Sequence[tuple[str, str, str]] = (
         ("val_mse", "validation MSE (lower is better)", ".4f"),
         ("val_perplexity", "validation perplexity", ".1f"),
-        ("val_usage", "codes used on validation", ".0%"))):
+        ("val_usage", "codes used on validation", ".0%"),
+    ),
+):
     """One K x D heatmap per metric of the grid table (rows: K, columns: D); failed runs stay blank."""
     import seaborn as sns
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
-    for ax, (column, label, fmt) in zip(axes[0], metrics):
-        table = frame.pivot_table(index="num_embeddings", columns="embedding_dim", values=column, aggfunc="first",
-                                  dropna=False)
+    for ax, (column, label, fmt) in zip(axes[0], metrics, strict=True):
+        table = frame.pivot_table(
+            index="num_embeddings", columns="embedding_dim", values=column, aggfunc="first", dropna=False
+        )
         cmap = "viridis_r" if column.endswith("mse") else "viridis"
-        sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False,
-                    annot_kws={"fontsize": 9})
+        sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 9})
         ax.set(xlabel="code dimension D", ylabel="codebook size K", title=label)
     fig.tight_layout()
     return fig
 
 
 # ----------------------------------------------------------------------------- latent analysis (notebook 04)
+
 
 def tsne_scatter(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, title: Optional[str] = None):
     """2-D t-SNE points coloured by class, with a legend of class names."""
@@ -286,16 +334,30 @@ def class_code_heatmap(frequencies: np.ndarray, class_names: Sequence[str], *, t
     k = frequencies.shape[1]
     fig, axes = plt.subplots(2, 1, figsize=(min(2 + 0.16 * k, 18), 7.6), sharex=True)
     floor = 1e-4  # zero counts (codes a class never uses) are drawn as this
-    sns.heatmap(np.maximum(sorted_freq, floor), ax=axes[0], cmap="magma",
-                norm=LogNorm(vmin=floor, vmax=max(sorted_freq.max(), floor * 10)),
-                cbar_kws={"label": "share of the class's cells (log)"}, yticklabels=class_names, xticklabels=False)
+    sns.heatmap(
+        np.maximum(sorted_freq, floor),
+        ax=axes[0],
+        cmap="magma",
+        norm=LogNorm(vmin=floor, vmax=max(sorted_freq.max(), floor * 10)),
+        cbar_kws={"label": "share of the class's cells (log)"},
+        yticklabels=class_names,
+        xticklabels=False,
+    )
     axes[0].set_title(title or "Codebook usage per class (test images)")
     relative = sorted_freq / np.maximum(sorted_freq.max(axis=0, keepdims=True), 1e-12)
-    sns.heatmap(relative, ax=axes[1], cmap="magma", vmin=0, vmax=1,
-                cbar_kws={"label": "relative to the code's top class"}, yticklabels=class_names,
-                xticklabels=[str(i) for i in order] if k <= 64 else False)
-    axes[1].set_title("The same, each code relative to the class that uses it most: blocks are the codes a class owns",
-                      fontsize=10)
+    sns.heatmap(
+        relative,
+        ax=axes[1],
+        cmap="magma",
+        vmin=0,
+        vmax=1,
+        cbar_kws={"label": "relative to the code's top class"},
+        yticklabels=class_names,
+        xticklabels=[str(i) for i in order] if k <= 64 else False,
+    )
+    axes[1].set_title(
+        "The same, each code relative to the class that uses it most: blocks are the codes a class owns", fontsize=10
+    )
     axes[1].set(xlabel="code (sorted by the class that uses it most)", ylabel="")
     axes[1].tick_params(axis="x", labelsize=6)
     fig.tight_layout()
@@ -304,19 +366,28 @@ def class_code_heatmap(frequencies: np.ndarray, class_names: Sequence[str], *, t
 
 def code_patches_figure(patches: Sequence[np.ndarray], row_labels: Sequence[str], *, title: Optional[str] = None):
     """One row of image patches (the receptive field of a latent cell) per code."""
-    return image_grid(list(patches), row_labels=row_labels, scale=1.1,
-                      title=title or "Image patches whose latent cell uses a class-specific code")
+    return image_grid(
+        list(patches),
+        row_labels=row_labels,
+        scale=1.1,
+        title=title or "Image patches whose latent cell uses a class-specific code",
+    )
 
 
-def class_reconstructions(originals: Sequence, reconstructions: Sequence, class_names: Sequence[str], *,
-                          title: Optional[str] = None):
+def class_reconstructions(
+    originals: Sequence, reconstructions: Sequence, class_names: Sequence[str], *, title: Optional[str] = None
+):
     """For each class, a row of test images and, below it, their reconstructions."""
     rows, labels = [], []
-    for name, orig, recon in zip(class_names, originals, reconstructions):
+    for name, orig, recon in zip(class_names, originals, reconstructions, strict=True):
         rows += [orig, recon]
         labels += [name, "reconstructed"]
-    return image_grid(rows, row_labels=labels, scale=0.9,
-                      title=title or "Test images (odd rows) above their reconstructions (even rows)")
+    return image_grid(
+        rows,
+        row_labels=labels,
+        scale=0.9,
+        title=title or "Test images (odd rows) above their reconstructions (even rows)",
+    )
 
 
 def per_class_mse_bars(table, *, title: Optional[str] = None):
@@ -337,9 +408,14 @@ def per_class_mse_bars(table, *, title: Optional[str] = None):
 def interpolation_figure(interpolations: Sequence, pair_names: Sequence[str], *, title: Optional[str] = None):
     """For each pair, the quantized decodes (top) and the unquantized decodes (below) along the line."""
     rows, labels = [], []
-    for interp, name in zip(interpolations, pair_names):
+    for interp, name in zip(interpolations, pair_names, strict=True):
         rows += [interp.quantized, interp.continuous]
         labels += [f"{name}\nquantized", "unquantized"]
     weights = interpolations[0].weights if interpolations else []
-    return image_grid(rows, row_labels=labels, col_labels=[f"t={w:.2f}" for w in weights], scale=1.0,
-                      title=title or "Linear interpolation of the encoder's output between two test images")
+    return image_grid(
+        rows,
+        row_labels=labels,
+        col_labels=[f"t={w:.2f}" for w in weights],
+        scale=1.0,
+        title=title or "Linear interpolation of the encoder's output between two test images",
+    )

@@ -28,8 +28,8 @@ from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, TrainingError
 from .files import ensure_dir, write_json
 from .models import VQVAE
-from .progress import progress_bar
 from .models.quantizer import code_histogram, perplexity_and_usage
+from .progress import progress_bar
 
 # Fields of TrainConfig that may differ between a run and its resumption: where it
 # runs and how fast, not what it computes (the speed switches change results only
@@ -53,7 +53,11 @@ class VQVAERun:
 
 
 def default_checkpoint_dir(model_config: VQVAEConfig) -> Path:
-    return paths.checkpoints_dir() / "vqvae" / paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)
+    return (
+        paths.checkpoints_dir()
+        / "vqvae"
+        / paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)
+    )
 
 
 def default_results_dir(model_config: VQVAEConfig) -> Path:
@@ -61,6 +65,7 @@ def default_results_dir(model_config: VQVAEConfig) -> Path:
 
 
 # ----------------------------------------------------------------------------- speed switches
+
 
 def amp_enabled(train_config: TrainConfig, device: torch.device) -> bool:
     """bf16 autocast: 'auto' means CUDA only; bf16 has no hardware support on the project's CPU (ENVIRONMENT.md)."""
@@ -101,8 +106,9 @@ def make_optimizer(model: VQVAE, train_config: TrainConfig) -> torch.optim.Optim
     return torch.optim.Adam(model.parameters(), lr=train_config.learning_rate, fused=True)
 
 
-def train_step(model: VQVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, train_config: TrainConfig,
-               device: torch.device) -> torch.Tensor:
+def train_step(
+    model: VQVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, train_config: TrainConfig, device: torch.device
+) -> torch.Tensor:
     """One Adam step on the batch `x` (float, on the device).
 
     Returns (reconstruction MSE, VQ loss, perplexity, usage) of the batch as one
@@ -121,9 +127,11 @@ def train_step(model: VQVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, 
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 @torch.inference_mode()
-def evaluate_vqvae(model: VQVAE, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                   *, batch_size: int = 1000) -> dict:
+def evaluate_vqvae(
+    model: VQVAE, images: torch.Tensor, labels: Optional[torch.Tensor] = None, *, batch_size: int = 1000
+) -> dict:
     """Reconstruction MSE, PSNR, perplexity and codebook usage on a split (uint8 images).
 
     MSE is the mean over pixels and images; PSNR is 10 log10(1 / MSE) of that mean
@@ -138,7 +146,7 @@ def evaluate_vqvae(model: VQVAE, images: torch.Tensor, labels: Optional[torch.Te
     per_image = []
     counts = torch.zeros(k, dtype=torch.long, device=device)
     for start in range(0, len(images), batch_size):
-        x = to_float(images[start:start + batch_size], device)
+        x = to_float(images[start : start + batch_size], device)
         out = model(x)
         per_image.append(F.mse_loss(out.reconstruction, x, reduction="none").mean(dim=(1, 2, 3)))
         counts += code_histogram(out.vq.indices, k)
@@ -146,16 +154,22 @@ def evaluate_vqvae(model: VQVAE, images: torch.Tensor, labels: Optional[torch.Te
     per_image = torch.cat(per_image).cpu()
     mse = per_image.mean().item()
     perplexity, usage = perplexity_and_usage(counts)
-    result = {"mse": mse, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
-              "perplexity": perplexity.item(), "codebook_usage": usage.item()}
+    result = {
+        "mse": mse,
+        "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+        "perplexity": perplexity.item(),
+        "codebook_usage": usage.item(),
+    }
     if labels is not None:
         labels = labels.cpu()
-        result["per_class_mse"] = {CLASS_NAMES[c]: per_image[labels == c].mean().item()
-                                   for c in range(NUM_CLASSES) if (labels == c).any()}
+        result["per_class_mse"] = {
+            CLASS_NAMES[c]: per_image[labels == c].mean().item() for c in range(NUM_CLASSES) if (labels == c).any()
+        }
     return result
 
 
 # ----------------------------------------------------------------------------- training
+
 
 def read_last(path: str | os.PathLike, model_config: VQVAEConfig, train_config: TrainConfig) -> dict:
     """last.pt at `path`, checked to continue a run of these configs; a CheckpointError says why not."""
@@ -174,8 +188,9 @@ def _config_problem(ckpt: dict, model_config: VQVAEConfig, train_config: TrainCo
     diff = changed_fields(with_defaults(VQVAEConfig, ckpt["model_config"]), dataclasses.asdict(model_config))
     if diff:
         return f"it was trained with another model configuration ({diff})"
-    diff = changed_fields(with_defaults(TrainConfig, ckpt["train_config"]), dataclasses.asdict(train_config),
-                          RESUMABLE_CHANGES)
+    diff = changed_fields(
+        with_defaults(TrainConfig, ckpt["train_config"]), dataclasses.asdict(train_config), RESUMABLE_CHANGES
+    )
     if diff:
         return f"it was trained with other settings ({diff})"
     return None
@@ -189,6 +204,7 @@ def memory_mb() -> tuple[float, float]:
     """
     try:
         import resource
+
         # ru_maxrss is in KiB on Linux.
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with open("/proc/self/statm") as f:
@@ -198,8 +214,14 @@ def memory_mb() -> tuple[float, float]:
     return current, peak
 
 
-def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Optional[FashionMNIST] = None,
-                *, resume: bool = False, progress: bool = True) -> VQVAERun:
+def train_vqvae(
+    model_config: VQVAEConfig,
+    train_config: TrainConfig,
+    data: Optional[FashionMNIST] = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> VQVAERun:
     """Train one VQ-VAE with Adam; keep best.pt (lowest validation MSE) and last.pt; return the best epoch's model.
 
     With `resume`, continue from last.pt in the checkpoint folder (model,
@@ -230,14 +252,18 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
         optimizer.load_state_dict(ckpt["optimizer"])
         history, start_epoch = ckpt["history"], ckpt["epoch"]
         set_rng_state(ckpt["rng"])
-    write_json(ckpt_dir / "config.json", {"model": dataclasses.asdict(model_config),
-                                          "train": dataclasses.asdict(train_config)})
+    write_json(
+        ckpt_dir / "config.json", {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}
+    )
     best_mse = min((row["val_mse"] for row in history), default=math.inf)
 
     steps_per_epoch = math.ceil(n / train_config.batch_size)
-    bar = progress_bar(total=(train_config.epochs - start_epoch) * steps_per_epoch, enabled=progress,
-                       desc=f"VQ-VAE {paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)}",
-                       unit="step")
+    bar = progress_bar(
+        total=(train_config.epochs - start_epoch) * steps_per_epoch,
+        enabled=progress,
+        desc=f"VQ-VAE {paths.vqvae_run_name(model_config.num_embeddings, model_config.embedding_dim)}",
+        unit="step",
+    )
     for epoch in range(start_epoch, train_config.epochs):
         model.train()
         # Shuffling depends on (seed, epoch) alone, so a resumed run sees the same batches.
@@ -252,47 +278,70 @@ def train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, data: Opti
                 current = sums / (step + 1)
                 if not torch.isfinite(current).all():
                     bar.close()
-                    raise TrainingError(f"the training loss became {current[0].item() + current[1].item()} in epoch "
-                                        f"{epoch + 1}; lower the learning rate (last good checkpoint: {last_path})")
-                bar.set_postfix(epoch=f"{epoch + 1}/{train_config.epochs}", mse=f"{current[0].item():.4f}",
-                                ppl=f"{current[2].item():.1f}")
+                    raise TrainingError(
+                        f"the training loss became {current[0].item() + current[1].item()} in epoch "
+                        f"{epoch + 1}; lower the learning rate (last good checkpoint: {last_path})"
+                    )
+                bar.set_postfix(
+                    epoch=f"{epoch + 1}/{train_config.epochs}",
+                    mse=f"{current[0].item():.4f}",
+                    ppl=f"{current[2].item():.1f}",
+                )
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         means = (sums / steps_per_epoch).tolist()
         if not all(map(math.isfinite, means)):
-            raise TrainingError(f"the training loss became non-finite in epoch {epoch + 1}; "
-                                f"lower the learning rate (last good checkpoint: {last_path})")
+            raise TrainingError(
+                f"the training loss became non-finite in epoch {epoch + 1}; "
+                f"lower the learning rate (last good checkpoint: {last_path})"
+            )
         # Validation runs in fp32 even with amp: it picks the best checkpoint, and bf16
         # rounding (~0.4%) would be noise on that choice; it is 5,000 images, cheap.
         val = evaluate_vqvae(model, val_images, batch_size=1000)
-        row = {"epoch": epoch + 1, "train_mse": means[0], "train_vq_loss": means[1],
-               "train_perplexity": means[2], "train_usage": means[3],
-               "val_mse": val["mse"], "val_psnr": val["psnr"], "val_perplexity": val["perplexity"],
-               "val_usage": val["codebook_usage"], "codes_restarted": int(model.quantizer.restarts) - restarts_before,
-               "epoch_seconds": seconds, "images_per_s": n / seconds}
+        row = {
+            "epoch": epoch + 1,
+            "train_mse": means[0],
+            "train_vq_loss": means[1],
+            "train_perplexity": means[2],
+            "train_usage": means[3],
+            "val_mse": val["mse"],
+            "val_psnr": val["psnr"],
+            "val_perplexity": val["perplexity"],
+            "val_usage": val["codebook_usage"],
+            "codes_restarted": int(model.quantizer.restarts) - restarts_before,
+            "epoch_seconds": seconds,
+            "images_per_s": n / seconds,
+        }
         row["rss_mb"], row["peak_rss_mb"] = memory_mb()
         row["threads"] = torch.get_num_threads()
         row["code"] = paths.code_version()
         history.append(row)
 
-        payload = {"model_config": dataclasses.asdict(model_config),
-                   "train_config": dataclasses.asdict(train_config),
-                   "state_dict": model.state_dict(), "epoch": epoch + 1, "history": history}
+        payload = {
+            "model_config": dataclasses.asdict(model_config),
+            "train_config": dataclasses.asdict(train_config),
+            "state_dict": model.state_dict(),
+            "epoch": epoch + 1,
+            "history": history,
+        }
         if row["val_mse"] < best_mse:
             best_mse = row["val_mse"]
             save_checkpoint(best_path, "vqvae", payload)
         save_checkpoint(last_path, "vqvae", {**payload, "optimizer": optimizer.state_dict(), "rng": rng_state()})
         write_json(ckpt_dir / "history.json", history)
         if progress:
-            bar.write(f"epoch {epoch + 1}/{train_config.epochs}: train MSE {row['train_mse']:.4f}, "
-                      f"val MSE {row['val_mse']:.4f}, val perplexity {row['val_perplexity']:.1f}, "
-                      f"codes used {row['val_usage']:.0%}, {row['images_per_s']:.0f} images/s")
+            bar.write(
+                f"epoch {epoch + 1}/{train_config.epochs}: train MSE {row['train_mse']:.4f}, "
+                f"val MSE {row['val_mse']:.4f}, val perplexity {row['val_perplexity']:.1f}, "
+                f"codes used {row['val_usage']:.0%}, {row['images_per_s']:.0f} images/s"
+            )
     bar.close()
     # The run's result is the best epoch (the one best.pt and the metrics describe), not the last.
     if history and history[-1]["val_mse"] > best_mse:
         model.load_state_dict(load_checkpoint(best_path, kind="vqvae")["state_dict"])
     model.eval()
-    return VQVAERun(model=model, history=history, checkpoint_dir=ckpt_dir,
-                    model_config=model_config, train_config=train_config)
+    return VQVAERun(
+        model=model, history=history, checkpoint_dir=ckpt_dir, model_config=model_config, train_config=train_config
+    )

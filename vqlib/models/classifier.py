@@ -31,28 +31,41 @@ class ClassificationHead(nn.Module):
     under a minute on two cores.
     """
 
-    def __init__(self, embedding_dim: int, *, conv_channels: int = 32, hidden_units: int = 128,
-                 dropout: float = 0.3, num_classes: int = NUM_CLASSES):
+    def __init__(
+        self,
+        embedding_dim: int,
+        *,
+        conv_channels: int = 32,
+        hidden_units: int = 128,
+        dropout: float = 0.3,
+        num_classes: int = NUM_CLASSES,
+    ):
         super().__init__()
         c = conv_channels
         self.features = nn.Sequential(
             nn.Conv2d(embedding_dim, c, 3, stride=2, padding=1, bias=False),  # 12 -> 6
-            nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
             nn.Conv2d(c, 2 * c, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * c), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # 6 -> 3
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout),
-            nn.Linear(2 * c * (LATENT_SIZE // 4) ** 2, hidden_units), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(hidden_units, num_classes),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * c * (LATENT_SIZE // 4) ** 2, hidden_units),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_units, num_classes),
         )
 
     @classmethod
     def from_config(cls, config, embedding_dim: int) -> "ClassificationHead":
         """Build from a `ClassifierConfig` (sizes) and the VQ-VAE's D."""
-        return cls(embedding_dim, conv_channels=config.conv_channels, hidden_units=config.hidden_units,
-                   dropout=config.dropout)
+        return cls(
+            embedding_dim, conv_channels=config.conv_channels, hidden_units=config.hidden_units, dropout=config.dropout
+        )
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(latents))

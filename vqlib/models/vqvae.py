@@ -18,9 +18,11 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.block = nn.Sequential(
             # In place is safe: it overwrites the BN output, never x, which the skip path still needs.
-            nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, residual_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(residual_channels), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(residual_channels),
+            nn.ReLU(inplace=True),
             nn.Conv2d(residual_channels, channels, 1, bias=False),
         )
 
@@ -36,10 +38,12 @@ class Encoder(nn.Module):
         h = config.hidden_channels
         self.net = nn.Sequential(
             nn.Conv2d(1, h // 2, 4, stride=2, padding=1, bias=False),  # 28 -> 14
-            nn.BatchNorm2d(h // 2), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(h // 2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(h // 2, h, 3, bias=False),  # 14 -> 12
             *[ResidualBlock(h, config.residual_channels) for _ in range(config.num_residual_blocks)],
-            nn.BatchNorm2d(h), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(h),
+            nn.ReLU(inplace=True),
             nn.Conv2d(h, config.embedding_dim, 1),
         )
 
@@ -56,9 +60,11 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(config.embedding_dim, h, 1, bias=False),
             *[ResidualBlock(h, config.residual_channels) for _ in range(config.num_residual_blocks)],
-            nn.BatchNorm2d(h), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(h),
+            nn.ReLU(inplace=True),
             nn.ConvTranspose2d(h, h // 2, 3, bias=False),  # 12 -> 14
-            nn.BatchNorm2d(h // 2), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(h // 2),
+            nn.ReLU(inplace=True),
             nn.ConvTranspose2d(h // 2, 1, 4, stride=2, padding=1),  # 14 -> 28
             # Pixels live in [0, 1]; a sigmoid keeps reconstructions there, so PSNR
             # and image grids need no clipping.
@@ -83,9 +89,14 @@ class VQVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.quantizer = VectorQuantizer(
-            config.num_embeddings, config.embedding_dim, beta=config.beta,
-            codebook_update=config.codebook_update, ema_decay=config.ema_decay,
-            init=config.init, dead_code_threshold=config.dead_code_threshold)
+            config.num_embeddings,
+            config.embedding_dim,
+            beta=config.beta,
+            codebook_update=config.codebook_update,
+            ema_decay=config.ema_decay,
+            init=config.init,
+            dead_code_threshold=config.dead_code_threshold,
+        )
         self.decoder = Decoder(config)
         # Channels-last (NHWC) weights make every convolution run NHWC whatever the layout
         # of its input, and the quantizer's (B, D, H, W) -> (B*H*W, D) flattening a view:
