@@ -116,7 +116,7 @@ def test_help_documents_every_hyperparameter(capsys):
 def test_grid_options_override_only_what_they_name():
     """`vqlib grid`'s options start unset, so the profile keeps every setting not given."""
     from vqlib.cli import _profile_overrides, build_parser
-    from vqlib.grid import get_profile
+    from vqlib.study import get_profile
 
     args = build_parser().parse_args(["grid", "--epochs", "3", "--jobs", "2", "--no-channels-last"])
     profile = _profile_overrides(args, get_profile(args.profile))

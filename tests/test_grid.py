@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vqlib import checkpoints as vqcheckpoints
 from vqlib import grid as vqgrid
+from vqlib import notebooks as vqnotebooks
+from vqlib import reports as vqreports
+from vqlib import study as vqstudy
+from vqlib import train as vqtrain
 from vqlib.config import GridConfig, TrainConfig, VQVAEConfig
 from vqlib.errors import ConfigError, TrainingError
 from vqlib.files import read_json
@@ -35,7 +40,7 @@ def grid_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         root = tiny_root(tmp_path_factory, mp)
         first = vqgrid.run_grid(TINY_GRID, TINY_MODEL, TINY_TRAIN, progress=False)
-        notebook = root / "results" / "grid" / "K8_D4" / vqgrid.TRAIN_NOTEBOOK
+        notebook = root / "results" / "grid" / "K8_D4" / vqnotebooks.TRAIN_NOTEBOOK
         mtime = notebook.stat().st_mtime_ns
         second = vqgrid.run_grid(TINY_GRID, TINY_MODEL, TINY_TRAIN, progress=False)
         yield {"root": root, "first": first, "second": second, "mtime": mtime, "mp": mp}
@@ -53,12 +58,12 @@ def test_failed_point_is_recorded_and_the_other_runs(grid_run):
     record = read_json(grid_run["root"] / "results" / "grid" / "K8_D0" / vqgrid.RUN_FILE)
     assert record["status"] == "failed" and record["seconds"] > 0
     # The failed notebook is kept: it shows the error.
-    assert (grid_run["root"] / "results" / "grid" / "K8_D0" / vqgrid.TRAIN_NOTEBOOK).is_file()
+    assert (grid_run["root"] / "results" / "grid" / "K8_D0" / vqnotebooks.TRAIN_NOTEBOOK).is_file()
 
 
 def test_run_folder_holds_notebook_metrics_and_figures(grid_run):
     folder = grid_run["root"] / "results" / "grid" / "K8_D4"
-    metrics = read_json(folder / vqgrid.METRICS_FILE)
+    metrics = read_json(folder / vqtrain.METRICS_FILE)
     assert metrics["status"] == "success" and (metrics["num_embeddings"], metrics["embedding_dim"]) == (8, 4)
     assert metrics["train_config"]["train_subset"] == 300 and len(metrics["history"]) == 1
     assert 0 < metrics["val_mse"] < 0.2 and 1 <= metrics["val_perplexity"] <= 8
@@ -66,7 +71,7 @@ def test_run_folder_holds_notebook_metrics_and_figures(grid_run):
     assert Path(metrics["checkpoint"]).parent == grid_run["root"] / "checkpoints" / "grid" / "K8_D4"
     for name in ("loss_curves.png", "reconstructions.png"):
         assert (folder / name).stat().st_size > 5000
-    nb = nbformat.read(folder / vqgrid.TRAIN_NOTEBOOK, as_version=4)
+    nb = nbformat.read(folder / vqnotebooks.TRAIN_NOTEBOOK, as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "embedding_dim = 4" in injected[0].source
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
@@ -83,7 +88,7 @@ def test_rerun_reuses_complete_points_and_retries_failed_ones(grid_run):
     second = grid_run["second"].set_index("name")
     assert bool(second.loc["K8_D4", "reused"]) and not bool(second.loc["K8_D0", "reused"])
     assert second.loc["K8_D0", "status"] == "failed"
-    notebook = grid_run["root"] / "results" / "grid" / "K8_D4" / vqgrid.TRAIN_NOTEBOOK
+    notebook = grid_run["root"] / "results" / "grid" / "K8_D4" / vqnotebooks.TRAIN_NOTEBOOK
     assert notebook.stat().st_mtime_ns == grid_run["mtime"]
 
 
@@ -105,7 +110,7 @@ def test_best_is_chosen_on_validation_and_measured_on_test(grid_run, data):
     losses = vqgrid.load_losses(folder)
     assert list(losses) == ["K8_D4"] and "val_mse" in losses["K8_D4"]
     best = vqgrid.write_best(frame, folder, device="cpu", data=data)
-    saved = read_json(folder / vqgrid.BEST_FILE)
+    saved = read_json(folder / vqcheckpoints.BEST_FILE)
     for key in (
         "num_embeddings",
         "embedding_dim",
@@ -148,13 +153,13 @@ def test_find_best_picks_lowest_validation_mse():
 
 
 def test_plain_parameters_and_bad_values():
-    params = vqgrid.plain_parameters(
+    params = vqnotebooks.plain_parameters(
         {"a": np.int64(3), "b": np.float32(0.5), "c": Path("/x"), "d": (1, 2), "e": None, "f": True}
     )
     assert params == {"a": 3, "b": 0.5, "c": "/x", "d": [1, 2], "e": None, "f": True}
     assert type(params["a"]) is int and type(params["b"]) is float
     with pytest.raises(ConfigError, match="only numbers, strings"):
-        vqgrid.plain_parameters({"model": object()})
+        vqnotebooks.plain_parameters({"model": object()})
 
 
 def test_config_and_profile_errors_are_one_sentence():
@@ -164,27 +169,27 @@ def test_config_and_profile_errors_are_one_sentence():
         GridConfig(jobs=0)
     assert GridConfig().configurations()[0] == (25, 16) and len(GridConfig().configurations()) == 9
     with pytest.raises(ConfigError, match="profile must be one of"):
-        vqgrid.get_profile("medium")
+        vqstudy.get_profile("medium")
     with pytest.raises(ConfigError, match="unknown profile stage"):
-        vqgrid.get_profile({"trian": {}})
+        vqstudy.get_profile({"trian": {}})
     with pytest.raises(ConfigError, match="does not take"):
-        vqgrid.classifier_parameters(REPO / "notebooks" / vqgrid.SUMMARY_NOTEBOOK, {"bogus": 1})
-    with pytest.raises(vqgrid.NotebookError, match="not installed"):
-        vqgrid.check_kernel("no-such-kernel-vqlib")
+        vqstudy.classifier_parameters(REPO / "notebooks" / vqnotebooks.SUMMARY_NOTEBOOK, {"bogus": 1})
+    with pytest.raises(vqnotebooks.NotebookError, match="not installed"):
+        vqnotebooks.check_kernel("no-such-kernel-vqlib")
 
 
 def test_profiles_build_valid_configs():
     from vqlib.config import AnalysisConfig, SummaryConfig, from_dict
 
-    for name in vqgrid.PROFILES:
-        prof = vqgrid.get_profile(name)
+    for name in vqstudy.PROFILES:
+        prof = vqstudy.get_profile(name)
         from_dict(GridConfig, prof["grid"]), from_dict(VQVAEConfig, prof["vqvae"])
         from_dict(TrainConfig, prof["train"]), from_dict(SummaryConfig, prof["summary"])
         from_dict(AnalysisConfig, prof["analysis"])
-        notebook = REPO / "notebooks" / vqgrid.CLASSIFIER_NOTEBOOK
+        notebook = REPO / "notebooks" / vqnotebooks.CLASSIFIER_NOTEBOOK
         if notebook.is_file():
-            vqgrid.classifier_parameters(notebook, prof["classifier"])
-    assert vqgrid.get_profile("full")["train"] == {"epochs": 50, "train_subset": None}
+            vqstudy.classifier_parameters(notebook, prof["classifier"])
+    assert vqstudy.get_profile("full")["train"] == {"epochs": 50, "train_subset": None}
 
 
 def test_classifier_headline_reads_the_record_of_the_chosen_vqvae(tmp_path, monkeypatch):
@@ -203,9 +208,9 @@ def test_classifier_headline_reads_the_record_of_the_chosen_vqvae(tmp_path, monk
         {"vqvae_checkpoint": "/ckpt/K25_D16/best.pt", "test_accuracy": 0.80, "config": {}},
     )
     os.utime(stale, (2e9, 2e9))  # newer, but of another VQ-VAE
-    headline = vqgrid.classifier_headline("/ckpt/K50_D32/best.pt")
+    headline = vqreports.classifier_headline("/ckpt/K50_D32/best.pt")
     assert headline["test_accuracy"] == 0.88 and headline["labels"] == "all labels"
-    assert vqgrid.classifier_headline("/ckpt/K100_D64/best.pt") == {}
+    assert vqreports.classifier_headline("/ckpt/K100_D64/best.pt") == {}
 
 
 GRID_ARGS = [
@@ -266,7 +271,7 @@ def test_an_interrupted_grid_point_continues_from_its_last_pt(tmp_path_factory, 
     # The epochs done before the kill are kept as they were, timings included: not trained again.
     assert final["history"][: killed["epoch"]] == killed["history"]
     assert read_json(root / "results" / "grid" / "K8_D4" / vqgrid.RUN_FILE)["resumed"] is True
-    assert read_json(root / "results" / "grid" / "K8_D4" / vqgrid.METRICS_FILE)["status"] == "success"
+    assert read_json(root / "results" / "grid" / "K8_D4" / vqtrain.METRICS_FILE)["status"] == "success"
 
 
 def test_a_last_pt_of_other_settings_is_trained_afresh_and_said(tmp_path, monkeypatch, data):
@@ -275,7 +280,7 @@ def test_a_last_pt_of_other_settings_is_trained_afresh_and_said(tmp_path, monkey
     monkeypatch.setenv("VQLIB_ROOT", str(tmp_path))
     quick = vqgrid.grid_parameters(8, 4, TINY_MODEL, TINY_TRAIN, TINY_GRID)
     assert vqgrid.resume_decision("K8_D4", quick) == (False, "")  # nothing to continue
-    model_config, train_config = vqgrid.configs_from_parameters(quick)
+    model_config, train_config = vqtrain.configs_from_parameters(quick)
     train_vqvae(model_config, train_config, data, progress=False)
     longer = vqgrid.grid_parameters(8, 4, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=3), TINY_GRID)
     assert vqgrid.resume_decision("K8_D4", longer) == (True, "K8_D4 continues from its last.pt (epoch 1 of 3 done)")

@@ -20,7 +20,10 @@ import nbformat
 import papermill
 import pytest
 
-from vqlib import grid as vqgrid
+from vqlib import checkpoints as vqcheckpoints
+from vqlib import notebooks as vqnotebooks
+from vqlib import reports as vqreports
+from vqlib import study as vqstudy
 from vqlib.config import AnalysisConfig, SummaryConfig, TrainConfig, VQVAEConfig
 from vqlib.files import read_json
 
@@ -71,7 +74,7 @@ def test_parameters_cell_equals_the_config_fields(notebook, classes, extra):
     # Literals only, one per line, each with a comment.
     for line in tagged[0].source.splitlines():
         assert re.fullmatch(r"\w+ = (None|True|False|-?[\d.e+-]+|'[^']*')  # .+", line), line
-    assert nb.metadata["kernelspec"]["name"] == vqgrid.KERNEL_NAME
+    assert nb.metadata["kernelspec"]["name"] == vqnotebooks.KERNEL_NAME
 
 
 def test_notebooks_in_git_carry_no_outputs():
@@ -114,7 +117,7 @@ def study(tmp_path_factory):
     shutil.copytree(NOTEBOOKS, root / "notebooks")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQLIB_ROOT", str(root))
-        result = vqgrid.run_study(TINY_PROFILE, progress=False, classifier=False)
+        result = vqstudy.run_study(TINY_PROFILE, progress=False, classifier=False)
         yield {"root": root, "result": result, "mp": mp}
 
 
@@ -125,7 +128,7 @@ def test_study_runs_without_problems(study):
 
 def test_notebook_02_writes_best_json(study):
     grid = study["root"] / "results" / "grid"
-    best = read_json(grid / vqgrid.BEST_FILE)
+    best = read_json(grid / vqcheckpoints.BEST_FILE)
     for key in (
         "num_embeddings",
         "embedding_dim",
@@ -140,7 +143,7 @@ def test_notebook_02_writes_best_json(study):
         assert key in best, key
     assert (best["num_embeddings"], best["embedding_dim"]) == (8, 4)
     assert Path(best["checkpoint"]).is_absolute() and Path(best["checkpoint"]).is_file()
-    for name in ("loss_curves.png", "heatmaps.png", vqgrid.SUMMARY_NOTEBOOK):
+    for name in ("loss_curves.png", "heatmaps.png", vqnotebooks.SUMMARY_NOTEBOOK):
         assert (grid / name).stat().st_size > 5000, name
 
 
@@ -153,14 +156,14 @@ def test_notebook_04_writes_figures_and_analysis(study):
         "reconstructions_per_class.png",
         "per_class_mse.png",
         "interpolations.png",
-        vqgrid.ANALYSIS_NOTEBOOK,
+        vqnotebooks.ANALYSIS_NOTEBOOK,
     ):
         assert (folder / name).stat().st_size > 5000, name
     summary = read_json(folder / "analysis.json")
     assert len(summary["per_class_mse"]) == 10 and summary["images"] == 300
     assert summary["receptive_field"]["size"] == 12  # one residual block: 4 + 2*2 + 2*2
     assert summary["seed_claim"]["sentence"].startswith("Ranked by test reconstruction MSE")
-    nb = nbformat.read(folder / vqgrid.ANALYSIS_NOTEBOOK, as_version=4)
+    nb = nbformat.read(folder / vqnotebooks.ANALYSIS_NOTEBOOK, as_version=4)
     markdown = [o for c in nb.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
     assert any("Verdict" in o["data"]["text/markdown"] for o in markdown)
 
@@ -180,18 +183,18 @@ def test_html_reports_hold_their_figures_and_no_code(study):
     index = (reports / "index.html").read_text()
     for name in names:
         assert f'href="{name}.html"' in index
-    best = read_json(study["root"] / "results" / "grid" / vqgrid.BEST_FILE)
+    best = read_json(study["root"] / "results" / "grid" / vqcheckpoints.BEST_FILE)
     assert "K=8, D=4" in index and f"{best['test_mse']:.5f}" in index and f"{best['test_perplexity']:.1f}" in index
 
 
 def test_reports_with_code_keep_the_code(study):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQLIB_ROOT", str(study["root"]))
-        index = vqgrid.write_reports(with_code=True)
+        index = vqreports.write_reports(with_code=True)
     assert "analysis_summary" in (index.parent / "04_latent_analysis.html").read_text()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQLIB_ROOT", str(study["root"]))
-        vqgrid.write_reports(with_code=False)
+        vqreports.write_reports(with_code=False)
 
 
 def test_notebook_01_runs_through_the_papermill_cli(tmp_path):
@@ -214,7 +217,7 @@ def test_notebook_01_runs_through_the_papermill_cli(tmp_path):
         str(NOTEBOOKS / "01_train_vqvae.ipynb"),
         str(out),
         "-k",
-        vqgrid.KERNEL_NAME,
+        vqnotebooks.KERNEL_NAME,
         "--no-progress-bar",
     ]
     for name, value in args.items():

@@ -424,7 +424,7 @@ def cmd_label_efficiency(args: argparse.Namespace) -> int:
 
 def _configure_grid(p: argparse.ArgumentParser) -> None:
     from .config import GridConfig, TrainConfig, VQVAEConfig
-    from .grid import PROFILES
+    from .study import PROFILES
 
     p.add_argument(
         "--profile",
@@ -454,7 +454,8 @@ def _profile_overrides(args: argparse.Namespace, profile: dict) -> dict:
 )
 def cmd_grid(args: argparse.Namespace) -> int:
     from .config import GridConfig, TrainConfig, VQVAEConfig, from_dict
-    from .grid import SUMMARY_FILE, get_profile, grid_dir, run_grid
+    from .grid import SUMMARY_FILE, grid_dir, run_grid
+    from .study import get_profile
 
     prof = _profile_overrides(args, get_profile(args.profile))
     grid = from_dict(GridConfig, prof["grid"])
@@ -468,27 +469,47 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+# The grid options `vqlib run` takes: where and how its configurations run, and the seeds.
+RUN_GRID_OPTIONS = (
+    "seeds",
+    "jobs",
+    "threads_per_config",
+    "executor",
+    "ray_address",
+    "cpus_per_config",
+    "gpus_per_config",
+    "ray_worker_root",
+)
+
+
 def _configure_run(p: argparse.ArgumentParser) -> None:
-    from .grid import PROFILES
+    from .config import GridConfig
+    from .study import PROFILES
 
     p.add_argument(
         "--profile",
         choices=list(PROFILES),
         default="quick",
-        help="quick: a few minutes on a CPU; full: the seed's protocol, for a GPU (default: quick)",
+        help="quick: about 10 minutes on a 2-core CPU; full: the seed's protocol, hours on a CPU (default: quick)",
     )
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
-    p.add_argument("--jobs", type=int, default=None, help="grid configurations run at once (default: the profile's, 1)")
+    add_config_options(
+        p,
+        GridConfig,
+        profile=True,
+        skip=[f.name for f in dataclasses.fields(GridConfig) if f.name not in RUN_GRID_OPTIONS],
+    )
 
 
 @command("run", "the whole study: grid, notebooks 02-04, HTML reports -> results/reports/index.html", _configure_run)
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from .grid import run_study
+    from .study import run_study
 
     started = time.perf_counter()
-    result = run_study(args.profile, with_code=args.with_code, jobs=args.jobs)
+    overrides = {name: getattr(args, name) for name in RUN_GRID_OPTIONS if hasattr(args, name)}
+    result = run_study(args.profile, with_code=args.with_code, grid_overrides=overrides)
     print(
         f"study finished in {time.perf_counter() - started:.0f} s "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in result.seconds.items() if k != 'total')})"
@@ -505,7 +526,7 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 
 @command("report", "export the executed notebooks again to results/reports/*.html and index.html", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
-    from .grid import write_reports
+    from .reports import write_reports
 
     print(write_reports(with_code=args.with_code))
     return 0

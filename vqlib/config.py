@@ -345,6 +345,21 @@ class GridConfig:
     threads_per_config: Optional[int] = _opt(
         None, "torch threads of each configuration; None: the cores divided by jobs"
     )
+    executor: str = _opt(
+        "local",
+        "where configurations run: 'local' (a process pool here) or 'ray' (Ray tasks)",
+        choices=("local", "ray"),
+    )
+    ray_address: Optional[str] = _opt(
+        None, "Ray cluster to join: None starts a local Ray; 'auto' or HOST:PORT joins a running one"
+    )
+    cpus_per_config: Optional[int] = _opt(
+        None, "CPUs of each Ray task, which are also its torch threads; None: threads_per_config, else the placement's"
+    )
+    gpus_per_config: float = _opt(0.0, "GPUs of each Ray task; a fraction (0.25) lets configurations share a GPU")
+    ray_worker_root: Optional[str] = _opt(
+        None, "VQLIB_ROOT of the Ray workers, where they keep scratch files; None: each worker's own default"
+    )
     cell_timeout: Optional[int] = _opt(
         None, "seconds one notebook cell may run before its configuration counts as failed; None: no limit"
     )
@@ -361,7 +376,12 @@ class GridConfig:
         parse_int_list("embedding_dim_values", self.embedding_dim_values)
         seeds = parse_int_list("seeds", self.seeds)
         _check(all(s >= 0 for s in seeds), f"seeds must be 0 or more, not {self.seeds!r}")
-        for name in ("jobs", "threads_per_config"):
+        _check_choice("executor", self.executor, ("local", "ray"))
+        _check(
+            isinstance(self.gpus_per_config, (int, float)) and self.gpus_per_config >= 0,
+            f"gpus_per_config must be 0 or more, not {self.gpus_per_config!r}",
+        )
+        for name in ("jobs", "threads_per_config", "cpus_per_config"):
             value = getattr(self, name)
             _check(
                 value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),

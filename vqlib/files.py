@@ -13,10 +13,16 @@ import json
 import math
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import OutputError
+
+
+def utc_timestamp() -> str:
+    """Now, as recorded in run files: ISO 8601 in UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -108,6 +114,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_json_or_empty(path: str | os.PathLike) -> dict:
+    """A JSON object from `path`, or {} when the file is missing, unreadable or not an object.
+
+    For the grid's records (metrics.json, run.json), where a missing or broken
+    file means "not done yet", not an error.
+    """
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def write_csv(path: str | os.PathLike, frame) -> Path:

@@ -35,6 +35,31 @@ def results_dir() -> Path:
     return project_root() / "results"
 
 
+def vqvae_checkpoint_dir(name: str) -> Path:
+    """Checkpoints of a VQ-VAE trained by hand (`vqlib train-vqvae`, notebook 01 alone)."""
+    return checkpoints_dir() / "vqvae" / name
+
+
+def vqvae_results_dir(name: str) -> Path:
+    """Metrics and figures of a VQ-VAE trained by hand."""
+    return results_dir() / "vqvae" / name
+
+
+def classifier_dir() -> Path:
+    """Results of notebook 03 and the classifier commands, one folder per run."""
+    return results_dir() / "classifier"
+
+
+def analysis_dir() -> Path:
+    """Figures and analysis.json of notebook 04."""
+    return results_dir() / "analysis"
+
+
+def reports_dir() -> Path:
+    """The study's HTML reports and their index."""
+    return results_dir() / "reports"
+
+
 def grid_dir() -> Path:
     """The grid's run folders, summary.csv and best.json (`vqlib grid`, `vqlib run`)."""
     return results_dir() / "grid"

@@ -15,18 +15,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import paths
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import TrainConfig, VQVAEConfig, changed_fields, with_defaults
+from .config import TrainConfig, VQVAEConfig, changed_fields, from_dict, split_fields, with_defaults
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset, to_float
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, TrainingError
-from .files import ensure_dir, write_json
+from .files import ensure_dir, utc_timestamp, write_json
 from .models import VQVAE
 from .models.quantizer import code_histogram, perplexity_and_usage
 from .progress import progress_bar
@@ -345,3 +346,57 @@ def train_vqvae(
     return VQVAERun(
         model=model, history=history, checkpoint_dir=ckpt_dir, model_config=model_config, train_config=train_config
     )
+
+
+# ----------------------------------------------------------------------------- what notebook 01 records
+
+METRICS_FILE = "metrics.json"  # the run's result; `status: success` marks it complete for the grid
+
+
+def vqvae_results_dir(model_config: VQVAEConfig, train_config: TrainConfig) -> Path:
+    """Where notebook 01 writes its metrics and figures."""
+    return Path(train_config.results_dir) if train_config.results_dir else default_results_dir(model_config)
+
+
+def configs_from_parameters(values: dict[str, Any]) -> tuple[VQVAEConfig, TrainConfig]:
+    """The two configs of notebook 01 from its parameters (any extra names are ignored)."""
+    return (
+        from_dict(VQVAEConfig, split_fields(VQVAEConfig, values)),
+        from_dict(TrainConfig, split_fields(TrainConfig, values)),
+    )
+
+
+def record_vqvae_run(run, results_dir: str | os.PathLike) -> dict:
+    """Write the metrics JSON of one trained VQ-VAE (`train.VQVAERun`); return it.
+
+    The validation numbers are those of the best epoch, the one best.pt holds.
+    ``status: success`` is what makes the grid count the run as complete.
+    """
+    best = min(run.history, key=lambda row: row["val_mse"])
+    metrics = {
+        "status": "success",
+        "name": paths.vqvae_run_name(
+            run.model_config.num_embeddings, run.model_config.embedding_dim, run.train_config.seed
+        ),
+        "num_embeddings": run.model_config.num_embeddings,
+        "embedding_dim": run.model_config.embedding_dim,
+        "seed": run.train_config.seed,
+        "best_epoch": best["epoch"],
+        "val_mse": best["val_mse"],
+        "val_psnr": best["val_psnr"],
+        "val_perplexity": best["val_perplexity"],
+        "val_usage": best["val_usage"],
+        "train_seconds": float(sum(row["epoch_seconds"] for row in run.history)),
+        "images_per_s": float(np.mean([row["images_per_s"] for row in run.history])),
+        # Soak figures of the whole run, resumed parts included: the largest resident memory
+        # of any epoch, and every code version that trained an epoch (older histories lack them).
+        "peak_rss_mb": max((row.get("peak_rss_mb", math.nan) for row in run.history), default=math.nan),
+        "code": sorted({row["code"] for row in run.history if "code" in row}),
+        "checkpoint": str(run.best_checkpoint.resolve()),
+        "model_config": dataclasses.asdict(run.model_config),
+        "train_config": dataclasses.asdict(run.train_config),
+        "history": run.history,
+        "finished": utc_timestamp(),
+    }
+    write_json(Path(results_dir) / METRICS_FILE, metrics)
+    return metrics

@@ -1,0 +1,200 @@
+"""HTML reports: every executed notebook of the study through nbconvert, and an index page.
+
+Reports are a mechanical last step (STYLE.md rule 12): `nbconvert --to html
+--no-input` over the executed notebooks; figures are inline PNG outputs, so
+each HTML file stands alone.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from . import paths
+from .checkpoints import BEST_FILE
+from .errors import OutputError
+from .files import atomic_path, ensure_dir, read_json_or_empty, utc_timestamp
+from .grid import collect_grid, grid_dir
+from .notebooks import ANALYSIS_NOTEBOOK, CLASSIFIER_NOTEBOOK, SUMMARY_NOTEBOOK, TRAIN_NOTEBOOK
+
+
+def export_html(notebook: str | os.PathLike, output: str | os.PathLike, *, with_code: bool = False) -> Path:
+    """`jupyter nbconvert --to html --no-input` (code kept with `with_code`), written atomically.
+
+    Figures are inline PNG outputs of the executed notebook, so nbconvert embeds
+    them as data URIs: the HTML file stands alone.
+    """
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=not with_code, exclude_input_prompt=not with_code, exclude_output_prompt=True)
+    body, _ = exporter.from_filename(str(notebook))
+    with atomic_path(output) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return Path(output)
+
+
+def executed_notebooks(
+    grid_folder: Optional[Path] = None, analysis_folder: Optional[Path] = None
+) -> list[tuple[str, Path, str]]:
+    """(report name, executed notebook, title) of every executed notebook of the study that exists, in reading order."""
+    grid_folder = Path(grid_folder or grid_dir())
+    analysis_folder = Path(analysis_folder or paths.analysis_dir())
+    found = []
+    summary = grid_folder / SUMMARY_NOTEBOOK
+    if summary.is_file():
+        found.append(("02_grid_summary", summary, "Grid summary: all VQ-VAE configurations, the best one"))
+    classifier = paths.classifier_dir() / CLASSIFIER_NOTEBOOK
+    if classifier.is_file():
+        found.append(("03_classifier", classifier, "Classifier on the frozen discrete code"))
+    analysis = analysis_folder / ANALYSIS_NOTEBOOK
+    if analysis.is_file():
+        found.append(
+            ("04_latent_analysis", analysis, "Latent space: t-SNE, codebook usage, reconstructions, interpolation")
+        )
+    for run in collect_grid(grid_folder).itertuples():
+        path = grid_folder / run.name / TRAIN_NOTEBOOK
+        if path.is_file():
+            found.append(
+                (
+                    f"01_train_vqvae_{run.name}",
+                    path,
+                    f"VQ-VAE training, K={run.num_embeddings}, D={run.embedding_dim} ({run.status})",
+                )
+            )
+    return found
+
+
+def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
+    """The classifier's test accuracy as notebook 03 recorded it in results/classifier/*/metrics.json.
+
+    The newest record on `vqvae_checkpoint` (the chosen VQ-VAE) wins, so a
+    classifier left over from an earlier grid is not reported as this one.
+    """
+    candidates = []
+    for path in paths.classifier_dir().glob("*/metrics.json"):
+        value = read_json_or_empty(path)
+        if not isinstance(value.get("test_accuracy"), (int, float)):
+            continue
+        if vqvae_checkpoint and value.get("vqvae_checkpoint") not in (None, vqvae_checkpoint):
+            continue
+        candidates.append((path.stat().st_mtime, path, value))
+    if not candidates:
+        return {}
+    _, path, value = max(candidates, key=lambda c: c[0])
+    labels = (value.get("config") or {}).get("labels_per_class")
+    return {
+        "test_accuracy": value["test_accuracy"],
+        "source": path,
+        "labels": "all labels" if labels is None else f"{labels} labels per class",
+    }
+
+
+def write_reports(
+    *,
+    with_code: bool = False,
+    grid_folder: Optional[Path] = None,
+    analysis_folder: Optional[Path] = None,
+    failures: Optional[list[str]] = None,
+    profile_description: str = "",
+) -> Path:
+    """Export every executed notebook to results/reports/*.html and write index.html; return its path."""
+    grid_folder = Path(grid_folder or grid_dir())
+    executed = executed_notebooks(grid_folder, analysis_folder)
+    if not executed:
+        raise OutputError(f"no executed notebooks found under {paths.results_dir()}; run `vqlib run` first")
+    out = ensure_dir(paths.reports_dir())
+    reports = [
+        (export_html(notebook, out / f"{name}.html", with_code=with_code), title) for name, notebook, title in executed
+    ]
+    best = read_json_or_empty(grid_folder / BEST_FILE)
+    grid = collect_grid(grid_folder)
+    index = out / "index.html"
+    with atomic_path(index) as tmp:
+        tmp.write_text(
+            _index_html(
+                reports, best, classifier_headline(best.get("checkpoint")), grid, failures or [], profile_description
+            ),
+            encoding="utf-8",
+        )
+    return index
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _index_html(
+    reports: list[tuple[Path, str]],
+    best: dict,
+    classifier: dict,
+    grid: pd.DataFrame,
+    failures: list[str],
+    description: str,
+) -> str:
+    esc = html.escape
+    headline = [
+        (
+            "Best configuration (lowest validation MSE)",
+            f"K={best['num_embeddings']}, D={best['embedding_dim']}" if best else "–",
+        ),
+        ("Its validation MSE", _fmt(best.get("val_mse"), ".5f")),
+        ("Its test MSE", _fmt(best.get("test_mse"), ".5f")),
+        (
+            "Its test perplexity",
+            _fmt(best.get("test_perplexity"), ".1f")
+            + (f" of {best['num_embeddings']} codes" if best.get("test_perplexity") is not None else ""),
+        ),
+        ("Its test codebook usage", _fmt(best.get("test_usage"), ".0%")),
+        (
+            "Classifier test accuracy (frozen code" + (f", {classifier['labels']})" if classifier else ")"),
+            _fmt(classifier.get("test_accuracy"), ".2%"),
+        ),
+    ]
+    rows = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline)
+    links = "\n".join(f'<li><a href="{esc(path.name)}">{esc(title)}</a></li>' for path, title in reports)
+    columns = {
+        "name": "run",
+        "status": "status",
+        "val_mse": "val. MSE",
+        "val_perplexity": "val. perplexity",
+        "val_usage": "codes used",
+        "epochs": "epochs",
+        "train_subset": "train images",
+        "run_seconds": "seconds",
+    }
+    table = (
+        grid[list(columns)].assign(val_usage=grid["val_usage"].map(lambda v: _fmt(v, ".0%"))).rename(columns=columns)
+    )
+    grid_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, classes="grid")
+    problems = ("<h2>Problems</h2><ul>" + "".join(f"<li>{esc(f)}</li>" for f in failures) + "</ul>") if failures else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>vqlib study</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .35rem .8rem; text-align: left; }}
+table.grid td, table.grid th {{ font-size: .85rem; text-align: right; }}
+.muted {{ color: #666; font-size: .9rem; }}
+</style></head><body>
+<h1>VQ-VAE on FashionMNIST, and a classifier on its discrete code</h1>
+<p class="muted">Profile: {esc(description)}. Generated {esc(utc_timestamp())}.</p>
+<h2>Headline</h2>
+<table class="headline">
+{rows}
+</table>
+<h2>Reports</h2>
+<ul>
+{links}
+</ul>
+<h2>Grid</h2>
+{grid_html}
+{problems}
+</body></html>
+"""

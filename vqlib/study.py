@@ -1,0 +1,210 @@
+"""The whole study: named profiles and `vqlib run` (grid, notebooks 02-04, reports).
+
+A profile is a dict of overrides per stage (vqvae, train, grid, summary,
+classifier, analysis); `run_study` runs the grid with it, then notebook 02
+(summary and choice), 03 (classifier) and 04 (analysis) on the chosen
+VQ-VAE, and exports every executed notebook to HTML.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from . import paths
+from .checkpoints import read_best
+from .config import AnalysisConfig, GridConfig, SummaryConfig, TrainConfig, VQVAEConfig, from_dict
+from .errors import ConfigError
+from .grid import grid_dir, run_grid
+from .notebooks import (
+    ANALYSIS_NOTEBOOK,
+    CLASSIFIER_NOTEBOOK,
+    SUMMARY_NOTEBOOK,
+    NotebookError,
+    execute_notebook,
+    notebook_parameter_names,
+    plain_parameters,
+)
+from .reports import write_reports
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # A CPU laptop: the whole study in <= 10 minutes on 2 cores. Each grid point sees
+    # 10,000 training images twice (about 30 s with its kernel start); the code is still
+    # good enough for the classifier to pass 85 % test accuracy.
+    "quick": {
+        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 10 minutes on a 2-core CPU",
+        "vqvae": {},
+        "train": {"epochs": 2, "train_subset": 10_000},
+        "grid": {},
+        "summary": {},
+        # Label efficiency without the pixel CNN (the slowest baseline) and with one seed.
+        # C = 1 was never chosen on validation in a measured quick run, and costs the most iterations;
+        # 0.01 was chosen in 5 of 6 fits, so the grid reaches below it.
+        "classifier": {
+            "label_counts": "10,100,1000",
+            "num_seeds": 1,
+            "methods": "vq_head,vq_linear,pixel_linear",
+            "linear_max_iter": 100,
+            "linear_c": "0.003,0.01,0.1",
+        },
+        "analysis": {"tsne_points": 2000},
+    },
+    # The seed's protocol: 50 epochs on all 55,000 training images. About 7-10 hours on a
+    # 2-core CPU (two configurations at once, one thread each); minutes per configuration on a GPU.
+    "full": {
+        "description": "the seed's protocol: 50 epochs on all training data, 3 x 3 grid; hours on a CPU, a GPU job",
+        "vqvae": {},
+        "train": {"epochs": 50, "train_subset": None},
+        "grid": {},
+        "summary": {},
+        "classifier": {"label_counts": "10,100,1000,all", "num_seeds": 3},
+        "analysis": {"tsne_points": 10_000},
+    },
+}
+PROFILE_STAGES = ("vqvae", "train", "grid", "summary", "classifier", "analysis")
+
+
+def get_profile(profile: str | dict) -> dict[str, Any]:
+    """A copy of a named profile, or a custom one (a dict of stage -> overrides) filled in with empty stages."""
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
+        profile = PROFILES[profile]
+    unknown = sorted(set(profile) - {*PROFILE_STAGES, "description"})
+    if unknown:
+        raise ConfigError(f"unknown profile stage(s): {', '.join(unknown)}; stages are {', '.join(PROFILE_STAGES)}")
+    return {"description": "", **{stage: {} for stage in PROFILE_STAGES}, **copy.deepcopy(profile)}
+
+
+def classifier_parameters(notebook: str | os.PathLike, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Parameters for notebook 03: the profile's overrides, each checked against the notebook's parameters cell.
+
+    The names of that cell are the fields of ClassifierConfig and
+    LabelEfficiencyConfig; an override the notebook does not take is an error,
+    not a silently ignored setting.
+    """
+    from .config import ClassifierConfig, LabelEfficiencyConfig
+
+    # The dataclasses are the contract; papermill's reading of the cell is added in
+    # case the notebook takes more (it skips lines whose comment holds an '=').
+    names = {f.name for cls in (ClassifierConfig, LabelEfficiencyConfig) for f in dataclasses.fields(cls)}
+    names |= set(notebook_parameter_names(notebook))
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(
+            f"the profile sets {', '.join(unknown)}, which {Path(notebook).name} does not take "
+            f"(its parameters: {', '.join(sorted(names))})"
+        )
+    return plain_parameters(overrides)
+
+
+# ----------------------------------------------------------------------------- the whole study
+
+
+@dataclass
+class StudyResult:
+    index: Path
+    grid: pd.DataFrame
+    failures: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_study(
+    profile: str | dict = "quick",
+    *,
+    with_code: bool = False,
+    grid_overrides: Optional[dict[str, Any]] = None,
+    progress: bool = True,
+    classifier: bool = True,
+) -> StudyResult:
+    """The grid, notebooks 02, 03 and 04, then HTML reports; returns where index.html is.
+
+    A failed notebook after the grid is recorded and reported (its executed
+    copy shows the error); the stages that need its output are skipped.
+    `classifier=False` leaves notebook 03 out (its own tests run it).
+    """
+    prof = get_profile(profile)
+    # The grid's options given on the command line (executor, placement, seeds) override the profile's.
+    grid_config = from_dict(GridConfig, {**prof["grid"], **(grid_overrides or {})})
+    model_config = from_dict(VQVAEConfig, prof["vqvae"])
+    train_config = from_dict(TrainConfig, prof["train"])
+    summary_config = from_dict(SummaryConfig, {"grid_dir": str(grid_dir(grid_config)), **prof["summary"]})
+    analysis_config = from_dict(AnalysisConfig, prof["analysis"])
+    notebooks = paths.notebooks_dir()
+    classifier_nb = notebooks / CLASSIFIER_NOTEBOOK
+    # Check the classifier's settings before an hour of grid, not after.
+    classifier_params = (
+        classifier_parameters(classifier_nb, prof["classifier"]) if classifier and classifier_nb.is_file() else None
+    )
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, flush=True)
+
+    result = StudyResult(index=paths.reports_dir() / "index.html", grid=pd.DataFrame())
+    started = time.perf_counter()
+    result.grid = run_grid(grid_config, model_config, train_config, progress=progress)
+    result.seconds["grid"] = time.perf_counter() - started
+    failed = result.grid[result.grid["status"] != "success"]
+    for row in failed.itertuples():
+        result.failures.append(f"grid configuration {row.name}: {row.error}")
+
+    def stage(key: str, notebook: Path, output: Path, parameters: dict) -> bool:
+        say(f"running {notebook.name} -> {output}")
+        t0 = time.perf_counter()
+        try:
+            execute_notebook(notebook, output, parameters, cwd=notebooks)
+            return True
+        except NotebookError as exc:
+            result.failures.append(str(exc))
+            say(f"  failed: {exc}")
+            return False
+        finally:
+            result.seconds[key] = time.perf_counter() - t0
+            say(f"  {notebook.name}: {result.seconds[key]:.0f} s")
+
+    have_best = False
+    if (result.grid["status"] == "success").any():
+        have_best = stage(
+            "summary",
+            notebooks / SUMMARY_NOTEBOOK,
+            grid_dir(grid_config) / SUMMARY_NOTEBOOK,
+            dataclasses.asdict(summary_config),
+        )
+    else:
+        result.failures.append("every grid configuration failed, so notebooks 02, 03 and 04 were not run")
+    if have_best:
+        best = read_best(grid_dir(grid_config))
+        if classifier_params is not None:
+            stage(
+                "classifier",
+                classifier_nb,
+                paths.classifier_dir() / CLASSIFIER_NOTEBOOK,
+                {**classifier_params, "vqvae_checkpoint": best["checkpoint"]},
+            )
+        elif classifier:
+            result.failures.append(f"{classifier_nb} does not exist, so the classifier was not run")
+        stage(
+            "analysis",
+            notebooks / ANALYSIS_NOTEBOOK,
+            (Path(analysis_config.results_dir or paths.analysis_dir())) / ANALYSIS_NOTEBOOK,
+            {**dataclasses.asdict(analysis_config), "vqvae_checkpoint": best["checkpoint"]},
+        )
+    t0 = time.perf_counter()
+    result.index = write_reports(
+        with_code=with_code,
+        grid_folder=grid_dir(grid_config),
+        analysis_folder=(Path(analysis_config.results_dir or paths.analysis_dir())),
+        failures=result.failures,
+        profile_description=prof["description"],
+    )
+    result.seconds["reports"] = time.perf_counter() - t0
+    result.seconds["total"] = time.perf_counter() - started
+    return result
