@@ -271,7 +271,12 @@ def ray_point(spec: dict, notebook_text: str, channel) -> dict:
     name = spec["name"]
     node = ray.get_runtime_context().get_node_id()
     files = ray.get(channel.begin.remote(name, node, os.getpid()))
-    scratch = ensure_dir(paths.results_dir() / ".ray-work" / f"{name}-{uuid.uuid4().hex[:8]}")
+    work = paths.results_dir() / ".ray-work"
+    # An attempt whose worker was killed left its scratch folder behind; Ray runs one attempt
+    # of a point at a time, so every older folder of this point is dead.
+    for stale in work.glob(f"{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = ensure_dir(work / f"{name}-{uuid.uuid4().hex[:8]}")
     checkpoints, results = ensure_dir(scratch / "checkpoints"), ensure_dir(scratch / "results")
     try:
         _write_files(checkpoints, files)

@@ -76,7 +76,10 @@ def published_dir() -> Path:
 
 
 def notebooks_dir() -> Path:
-    return project_root() / "notebooks"
+    """The notebooks: those of the project root, else those beside the package (a VQLIB_ROOT
+    that holds only data and results still runs the package's own notebooks)."""
+    own = project_root() / "notebooks"
+    return own if own.is_dir() else PACKAGE_DIR.parent / "notebooks"
 
 
 def vqvae_run_name(num_embeddings: int, embedding_dim: int, seed: int = 0) -> str:
