@@ -324,7 +324,25 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
         "notebook",
         "history",
     ]
-    return pd.DataFrame(rows, columns=columns)
+    return with_seed_statistics(pd.DataFrame(rows, columns=columns))
+
+
+def with_seed_statistics(frame: pd.DataFrame, metric: str = SELECTION_METRIC) -> pd.DataFrame:
+    """`frame` with, on every row, the mean, standard deviation and count over the seeds of its K x D.
+
+    Only successful runs count. With one seed the std is NaN: a spread cannot be
+    measured from one run (the seed's findings have no error bars; several
+    seeds give them).
+    """
+    ok = frame[metric].where(frame["status"] == "success")
+    groups = ok.groupby([frame["num_embeddings"], frame["embedding_dim"]])
+    return frame.assign(
+        **{
+            f"{metric}_mean": groups.transform("mean"),
+            f"{metric}_std": groups.transform("std"),
+            "seeds_done": groups.transform("count").astype(int),
+        }
+    )
 
 
 def load_losses(folder: Optional[str | os.PathLike] = None) -> dict[str, pd.DataFrame]:
@@ -336,20 +354,30 @@ def load_losses(folder: Optional[str | os.PathLike] = None) -> dict[str, pd.Data
 
 
 def find_best_model_params(frame: pd.DataFrame, *, metric: str = SELECTION_METRIC) -> dict:
-    """The seed's `find_best_model_params`: the successful run with the lowest validation MSE, as a dict."""
+    """The seed's `find_best_model_params`: the configuration with the lowest validation MSE, as a dict.
+
+    With several seeds per K x D the configuration is chosen on the mean over its
+    seeds, and its checkpoint is that of its seed with the lowest validation MSE.
+    The margin to the runner-up configuration is reported beside the seed-to-seed
+    spread, so a reader can tell whether the choice is more than noise.
+    """
     done = frame[(frame["status"] == "success") & frame[metric].notna()]
     if done.empty:
         raise TrainingError(
             "no grid configuration finished successfully, so there is no best one; "
             "see the errors in results/grid/summary.csv"
         )
-    row = done.loc[done[metric].idxmin()]
-    return {
+    means = done.groupby(["num_embeddings", "embedding_dim"])[metric].agg(["mean", "std", "count"]).sort_values("mean")
+    k, d = means.index[0]
+    runs = done[(done["num_embeddings"] == k) & (done["embedding_dim"] == d)]
+    row = runs.loc[runs[metric].idxmin()]
+    best = {
         key: _python(row[key])
         for key in (
             "name",
             "num_embeddings",
             "embedding_dim",
+            "seed",
             "checkpoint",
             "val_mse",
             "val_psnr",
@@ -360,6 +388,36 @@ def find_best_model_params(frame: pd.DataFrame, *, metric: str = SELECTION_METRI
             "train_subset",
         )
     }
+    best.update(
+        {
+            f"{metric}_mean": _python(means["mean"].iloc[0]),
+            f"{metric}_std": _python(means["std"].iloc[0]),
+            "seeds": int(means["count"].iloc[0]),
+            # The typical seed-to-seed standard deviation over the configurations with several seeds.
+            f"{metric}_seed_std": _python(means["std"].mean()) if (means["count"] > 1).any() else None,
+        }
+    )
+    if len(means) > 1:
+        runner_k, runner_d = means.index[1]
+        best["runner_up"] = paths.vqvae_run_name(int(runner_k), int(runner_d))
+        best[f"{metric}_margin"] = _python(means["mean"].iloc[1] - means["mean"].iloc[0])
+    return best
+
+
+def describe_choice(best: dict, metric: str = SELECTION_METRIC) -> str:
+    """One sentence on the choice: the winner, its margin to the runner-up, and whether that exceeds seed noise."""
+    text = f"{best['name']} has the lowest "
+    text += f"mean validation MSE over {best['seeds']} seeds" if best.get("seeds", 1) > 1 else "validation MSE"
+    text += f" ({best.get(f'{metric}_mean', best[metric]):.5f})"
+    margin = best.get(f"{metric}_margin")
+    if margin is None:
+        return text + "; it is the only configuration that succeeded."
+    text += f", {margin:.5f} below the runner-up {best['runner_up']}"
+    spread = best.get(f"{metric}_seed_std")
+    if spread is None:
+        return text + "; with one seed per configuration the seed-to-seed spread is not measured (run --seeds 0,1,2)."
+    verdict = "larger than" if margin > spread else "within"
+    return text + f"; that margin is {verdict} the typical seed-to-seed standard deviation ({spread:.5f})."
 
 
 def _python(value: Any) -> Any:

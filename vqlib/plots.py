@@ -284,16 +284,34 @@ def grid_heatmaps(
         ("val_usage", "codes used on validation", ".0%"),
     ),
 ):
-    """One K x D heatmap per metric of the grid table (rows: K, columns: D); failed runs stay blank."""
+    """One K x D heatmap per metric of the grid table (rows: K, columns: D); failed runs stay blank.
+
+    With several seeds per configuration each cell shows the mean over its
+    successful seeds and, below it, their standard deviation.
+    """
+    import pandas as pd
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    ok = frame["status"] == "success" if "status" in frame else pd.Series(True, index=frame.index)
+    seeds = int(frame[ok].groupby(["num_embeddings", "embedding_dim"]).size().max()) if ok.any() else 1
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8 + 0.4 * (seeds > 1)), squeeze=False)
     for ax, (column, label, fmt) in zip(axes[0], metrics, strict=True):
-        table = frame.pivot_table(
-            index="num_embeddings", columns="embedding_dim", values=column, aggfunc="first", dropna=False
+        # Failed runs become NaN: they stay blank and do not enter a mean.
+        values = frame.assign(value=frame[column].where(ok).astype(float))
+        table = values.pivot_table(
+            index="num_embeddings", columns="embedding_dim", values="value", aggfunc=["mean", "std"], dropna=False
         )
+        mean, std = table["mean"], table["std"].reindex_like(table["mean"])
         cmap = "viridis_r" if column.endswith("mse") else "viridis"
-        sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 9})
+        if seeds > 1:
+            annot = [
+                ["" if np.isnan(m) else f"{m:{fmt}}\n± {sd:{fmt}}" for m, sd in zip(mrow, srow, strict=True)]
+                for mrow, srow in zip(mean.to_numpy(), std.to_numpy(), strict=True)
+            ]
+            sns.heatmap(mean, annot=np.array(annot), fmt="", cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 8})
+            label = f"{label}\nmean ± std over {seeds} seeds"
+        else:
+            sns.heatmap(mean, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 9})
         ax.set(xlabel="code dimension D", ylabel="codebook size K", title=label)
     fig.tight_layout()
     return fig
