@@ -16,6 +16,9 @@ Prints a table and writes results/bench/bench.json (atomically):
 5. Inference: encoding the test set to code indices, and classifier predictions.
 6. One classifier-head epoch on the code-index cache against running the frozen
    encoder every epoch.
+7. Grid placement: one epoch of `train_vqvae` (K50_D32) in one process with all
+   cores' threads, against one process per core with one thread each, all at
+   once; and which one `vqlib.executors.choose_placement` picks.
 
 Timings are medians over repeats; the load average before and after each
 section is recorded, because other processes on a 2-core machine change every
@@ -68,6 +71,7 @@ class Profile:
     encode_images: Optional[int] = None  # test images encoded; None: all 10,000
     classifier_labels_per_class: Optional[int] = None  # None: all 5,500 per class
     classifier_batch_size: int = 128
+    placement_images: int = 12_000  # training images of each placement process (one epoch)
 
 
 SMOKE = Profile(
@@ -84,6 +88,7 @@ SMOKE = Profile(
     encode_images=200,
     classifier_labels_per_class=10,
     classifier_batch_size=50,
+    placement_images=200,
 )
 
 
@@ -314,6 +319,69 @@ def real_loop(model_config: VQVAEConfig, train_config: TrainConfig, data: Fashio
         "images_per_s": row["images_per_s"],
         "load_before": load_before,
         "load_after": load_average(),
+    }
+
+
+# One epoch of train_vqvae in a fresh process, torch threads set by OMP_NUM_THREADS as the grid's
+# executors set them; prints the epoch's seconds (data loading and start-up left out).
+PLACEMENT_SCRIPT = """
+import json, sys, tempfile
+from vqlib.config import TrainConfig, VQVAEConfig
+from vqlib.data import load_fashion_mnist
+from vqlib.train import train_vqvae
+images, seed = int(sys.argv[1]), int(sys.argv[2])
+with tempfile.TemporaryDirectory() as tmp:
+    run = train_vqvae(VQVAEConfig(num_embeddings=50, embedding_dim=32),
+                      TrainConfig(epochs=1, train_subset=images, seed=seed, checkpoint_dir=tmp, results_dir=tmp),
+                      load_fashion_mnist(allow_download=False), progress=False)
+print(json.dumps({"seconds": run.history[0]["epoch_seconds"], "threads": run.history[0]["threads"]}))
+"""
+
+
+def placement(*, profile: Profile) -> dict:
+    """Images/s of the grid's two ways to use the cores: one process with every thread, or one per core."""
+    import json
+    import subprocess
+
+    from vqlib.executors import choose_placement, cpu_cores
+
+    cores = cpu_cores()
+
+    def together(processes: int, threads: int) -> dict:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TQDM_DISABLE="1")
+        load_before = load_average()
+        running = [
+            subprocess.Popen(
+                [sys.executable, "-c", PLACEMENT_SCRIPT, str(profile.placement_images), str(i)],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i in range(processes)
+        ]
+        outs = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in running]
+        assert all(o["threads"] == threads for o in outs), outs
+        # The epochs ran side by side: the slowest one sets the time all the images took.
+        seconds = max(o["seconds"] for o in outs)
+        return {
+            "processes": processes,
+            "threads": threads,
+            "images": processes * profile.placement_images,
+            "seconds": seconds,
+            "images_per_s": processes * profile.placement_images / seconds,
+            "load_before": load_before,
+            "load_after": load_average(),
+        }
+
+    rows = [together(1, cores), together(cores, 1)]
+    best = max(rows, key=lambda r: r["images_per_s"])
+    jobs, threads = choose_placement(cores, device="cpu")
+    return {
+        "cores": cores,
+        "rows": rows,
+        "speedup_one_per_core": rows[1]["images_per_s"] / rows[0]["images_per_s"],
+        "fastest": {"processes": best["processes"], "threads": best["threads"]},
+        "chosen": {"processes": jobs, "threads": threads},
     }
 
 
@@ -549,6 +617,7 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
         "4. nearest code",
         "5. inference",
         "6. classifier head",
+        "7. grid placement",
     ]
     bar = progress_bar(
         total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections"
@@ -677,6 +746,8 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     result["infer_cls_images_per_s"] = result["inference"].get("infer_cls_images_per_s_channels_last")
     section()
     result["classifier_epoch"] = classifier_epochs(base_model, data, profile=profile, device=device)
+    section()
+    result["placement"] = placement(profile=profile) if device.type == "cpu" else {"error": "CPU only"}
     bar.update(1)
     bar.close()
     result["environment"]["load_end"] = load_average()
@@ -767,6 +838,27 @@ def print_table(result: dict, out=sys.stdout) -> None:
             f"(+ {c['cache_encode_seconds']:.2f} s encoding once), frozen encoder every epoch "
             f"{c['encoder_every_epoch_epoch_seconds']:.2f} s: {c['speedup']:.1f}x"
         )
+    print_placement(result, p)
+
+
+def print_placement(result: dict, p) -> None:
+    pl = result["placement"]
+    p("\n7. grid placement: one epoch of train_vqvae, K50_D32, all processes at once")
+    if "error" in pl:
+        p(f"   {pl['error']}")
+        return
+    p(f"   {'processes x threads':<22}{'images':>8}{'seconds':>9}{'images/s':>10}{'load':>11}")
+    for r in pl["rows"]:
+        p(
+            f"   {str(r['processes']) + ' x ' + str(r['threads']):<22}{r['images']:>8}{r['seconds']:>9.1f}"
+            f"{r['images_per_s']:>10.0f}{_fmt(r['load_before']):>6}->{_fmt(r['load_after'])}"
+        )
+    chosen, fastest = pl["chosen"], pl["fastest"]
+    verdict = "the fastest" if chosen == fastest else f"NOT the fastest ({fastest['processes']} x {fastest['threads']})"
+    p(
+        f"   one per core: {pl['speedup_one_per_core']:.2f}x the throughput; the grid's choice on this CPU, "
+        f"{chosen['processes']} x {chosen['threads']}, is {verdict}"
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -271,8 +271,17 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         "2d. the default step's convolutions",
         "4. nearest code",
         "6. classifier head",
+        "7. grid placement",
     ):
         assert heading in proc.stdout
+    # Both placements really ran with their threads, on the same number of images per process.
+    placement = result["placement"]
+    one, per_core = placement["rows"]
+    assert (one["processes"], per_core["threads"]) == (1, 1) and one["threads"] == placement["cores"]
+    assert per_core["images"] == placement["cores"] * one["images"] and all(
+        r["images_per_s"] > 0 for r in (one, per_core)
+    )
+    assert placement["chosen"] == {"processes": placement["cores"], "threads": 1}
 
 
 def test_code_histogram_equals_bincount():
