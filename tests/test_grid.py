@@ -371,3 +371,38 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "pip install -e '.[ray]'" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- the published study
+
+
+def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tmp_path_factory):
+    """publish copies the finished run (not the failed one); pretrained:NAME loads it; restore makes a fresh grid reuse it."""
+    from vqlib.checkpoints import load_vqvae
+    from vqlib.errors import CheckpointError
+    from vqlib.publish import publish_runs, restore_runs
+
+    root = grid_run["root"]
+    grid_run["mp"].setenv("VQLIB_ROOT", str(root))
+    grid, checkpoints = root / "results" / "grid", root / "checkpoints" / "grid"
+    assert publish_runs(grid, checkpoints) == ["K8_D4"]
+    assert publish_runs(grid, checkpoints) == []  # already up to date
+    published = read_json(root / "results" / "published" / "grid" / "K8_D4" / vqtrain.METRICS_FILE)
+    assert published["checkpoint"] == "pretrained:K8_D4"
+    assert not (root / "checkpoints" / "pretrained" / "K8_D4" / "last.pt").exists()
+    model, ckpt = load_vqvae("pretrained:K8_D4")
+    assert (model.config.num_embeddings, model.config.embedding_dim) == (8, 4)
+    with pytest.raises(CheckpointError, match="pretrained:K8_D4"):
+        load_vqvae("pretrained:K9_D9")
+
+    # A fresh clone: only the published folders travel (they are tracked in git).
+    fresh = tiny_root(tmp_path_factory, grid_run["mp"])
+    shutil.copytree(root / "checkpoints" / "pretrained", fresh / "checkpoints" / "pretrained")
+    shutil.copytree(root / "results" / "published", fresh / "results" / "published")
+    assert restore_runs(fresh / "results" / "grid", fresh / "checkpoints" / "grid") == ["K8_D4"]
+    frame = vqgrid.run_grid(
+        GridConfig(num_embeddings_values="8", embedding_dim_values="4"), TINY_MODEL, TINY_TRAIN, progress=False
+    )
+    assert bool(frame.set_index("name").loc["K8_D4", "reused"]) is True
+    assert frame.loc[0, "val_mse"] == pytest.approx(published["val_mse"])
+    grid_run["mp"].setenv("VQLIB_ROOT", str(root))

@@ -45,6 +45,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def agent_ports(first: int) -> list[str]:
+    """Fixed ports for a node's agents. With ports left to Ray, a raylet waits at most 15 s for its
+    agents to report theirs and dies when the machine is busy (ray-project/ray#65983); the
+    namespace is private, so fixed ports cannot collide with anything outside it."""
+    names = ("--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port",
+             "--runtime-env-agent-port")  # fmt: skip
+    return [arg for i, name in enumerate(names) for arg in (name, str(first + i))]
+
+
 class Cluster:
     """A namespace holder process, and a Ray head plus one node inside its network namespace."""
 
@@ -68,8 +77,8 @@ class Cluster:
             time.sleep(0.1)
         common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
         self._ns([str(BIN / "ray"), "start", "--head", "--port", str(self.port), "--temp-dir", str(self.temp),
-                  "--include-dashboard=false", *common])  # fmt: skip
-        self._ns([str(BIN / "ray"), "start", "--address", self.address, *common])
+                  "--include-dashboard=false", *common, *agent_ports(self.port + 1)])  # fmt: skip
+        self._ns([str(BIN / "ray"), "start", "--address", self.address, *common, *agent_ports(self.port + 11)])
 
     @property
     def address(self) -> str:

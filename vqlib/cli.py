@@ -532,6 +532,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid-dir", default=None, help="the grid's run folders (default: results/grid)")
+    p.add_argument("--checkpoint-root", default=None, help="the grid's checkpoints (default: checkpoints/grid)")
+    p.add_argument(
+        "--restore",
+        action="store_true",
+        help="the other way: copy the published runs into the grid's folders, where it has no finished run",
+    )
+
+
+@command(
+    "publish",
+    "copy every finished grid run into the tracked published study (checkpoints/pretrained/, results/published/)",
+    _configure_publish,
+)
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .grid import checkpoint_root, grid_dir
+    from .publish import publish_runs, restore_runs
+
+    folder = Path(args.grid_dir) if args.grid_dir else grid_dir()
+    checkpoints = Path(args.checkpoint_root) if args.checkpoint_root else checkpoint_root()
+    if args.restore:
+        names = restore_runs(folder, checkpoints)
+        print(f"restored {len(names)} run(s) into {folder}: {', '.join(names) or 'none needed'}")
+    else:
+        names = publish_runs(folder, checkpoints)
+        print(f"published {len(names)} new or updated run(s): {', '.join(names) or 'all up to date'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 

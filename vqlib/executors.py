@@ -355,18 +355,25 @@ class RayExecutor:
         env = {"TQDM_DISABLE": "1"}
         if self.worker_root:
             env["VQLIB_ROOT"] = str(self.worker_root)
-        try:
-            ray.init(
-                address=self.address,
-                runtime_env={"env_vars": env},
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="ERROR",
-                configure_logging=True,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VqlibError(f"could not reach Ray at {self.address or 'a new local instance'}: {first}") from None
+        for attempt in (1, 2):
+            try:
+                ray.init(
+                    address=self.address,
+                    runtime_env={"env_vars": env},
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="ERROR",
+                    configure_logging=True,
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception for a node that did not start
+                ray.shutdown()
+                # A busy machine can make a new local node miss Ray's fixed 15 s wait for its
+                # agents (ray-project/ray#65983): one more try usually starts.
+                if attempt == 2 or self.address:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+                    raise VqlibError(f"could not start or reach {where}: {first}") from None
         return True
 
     def run(self, specs: list[dict], report: Report) -> None:

@@ -1,0 +1,111 @@
+"""The published study: grid runs copied into tracked folders, and back.
+
+A finished grid run is published as soon as it ends, so that a long study that
+spans several machines or sessions loses at most the run in progress:
+
+- ``checkpoints/pretrained/NAME/``: best.pt, config.json, history.json
+  (``pretrained:NAME`` loads it anywhere a checkpoint is taken);
+- ``results/published/grid/NAME/``: metrics.json (its checkpoint named
+  ``pretrained:NAME``), run.json and the executed notebook.
+
+`restore_runs` copies published runs back into a grid's folders, so that
+``vqlib run --profile full`` on a fresh clone reuses them instead of training
+them again. Only what is small is published: never last.pt (optimiser state).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from . import paths
+from .checkpoints import PRETRAINED_PREFIX
+from .errors import OutputError
+from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_json
+from .notebooks import TRAIN_NOTEBOOK
+from .train import METRICS_FILE
+
+RUN_FILE = "run.json"  # the grid's record of a run (grid.RUN_FILE; the grid sits above this module)
+CHECKPOINT_FILES = ("best.pt", "config.json", "history.json")
+RESULT_FILES = (METRICS_FILE, RUN_FILE, TRAIN_NOTEBOOK)
+
+
+def published_grid_dir() -> Path:
+    return paths.published_dir() / "grid"
+
+
+def _copy(source: Path, target: Path) -> None:
+    ensure_dir(target.parent)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def finished_runs(grid_folder: str | os.PathLike) -> list[str]:
+    """Names of the runs in `grid_folder` whose metrics record success."""
+    root = Path(grid_folder)
+    return sorted(
+        p.name
+        for p in root.glob("K*_D*")
+        if paths.parse_vqvae_run_name(p.name) and read_json_or_empty(p / METRICS_FILE).get("status") == "success"
+    )
+
+
+def publish_runs(
+    grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike, names: Optional[list[str]] = None
+) -> list[str]:
+    """Copy finished runs (all, or `names`) of a grid into the published folders; return the names copied.
+
+    A run is copied when its published files are missing or older than the run's
+    metrics; the checkpoint is written before the metrics that name it.
+    """
+    grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
+    done = finished_runs(grid_folder)
+    wanted = done if names is None else names
+    missing = sorted(set(wanted) - set(done))
+    if missing:
+        raise OutputError(f"cannot publish {', '.join(missing)}: no successful run of that name in {grid_folder}")
+    copied = []
+    for name in wanted:
+        source_metrics = grid_folder / name / METRICS_FILE
+        target_metrics = published_grid_dir() / name / METRICS_FILE
+        if target_metrics.is_file() and target_metrics.stat().st_mtime >= source_metrics.stat().st_mtime:
+            continue
+        for file in CHECKPOINT_FILES:
+            if not (checkpoint_root / name / file).is_file():
+                raise OutputError(f"cannot publish {name}: {checkpoint_root / name / file} is missing")
+        for file in CHECKPOINT_FILES:
+            _copy(checkpoint_root / name / file, paths.pretrained_dir() / name / file)
+        for file in (RUN_FILE, TRAIN_NOTEBOOK):
+            if (grid_folder / name / file).is_file():
+                _copy(grid_folder / name / file, published_grid_dir() / name / file)
+        metrics = read_json(source_metrics)
+        metrics["checkpoint"] = PRETRAINED_PREFIX + name
+        write_json(target_metrics, metrics)
+        copied.append(name)
+    return copied
+
+
+def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> list[str]:
+    """Copy the published runs into a grid's folders where the grid has no finished run of that name.
+
+    The restored metrics name the restored best.pt by its path, as the grid
+    writes them; the grid then reuses the run when its settings match.
+    """
+    grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
+    have = set(finished_runs(grid_folder))
+    restored = []
+    for name in finished_runs(published_grid_dir()):
+        if name in have:
+            continue
+        for file in CHECKPOINT_FILES:
+            _copy(paths.pretrained_dir() / name / file, checkpoint_root / name / file)
+        for file in (RUN_FILE, TRAIN_NOTEBOOK):
+            if (published_grid_dir() / name / file).is_file():
+                _copy(published_grid_dir() / name / file, grid_folder / name / file)
+        metrics = read_json(published_grid_dir() / name / METRICS_FILE)
+        metrics["checkpoint"] = str((checkpoint_root / name / "best.pt").resolve())
+        write_json(grid_folder / name / METRICS_FILE, metrics)
+        restored.append(name)
+    return restored
