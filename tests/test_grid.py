@@ -380,11 +380,16 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     """publish copies the finished run (not the failed one); pretrained:NAME loads it; restore makes a fresh grid reuse it."""
     from vqlib.checkpoints import load_vqvae
     from vqlib.errors import CheckpointError
-    from vqlib.publish import publish_runs, restore_runs
+    from vqlib.publish import publish_runs, restore_runs, snapshot_unfinished
+    from vqlib.train import train_vqvae
 
     root = grid_run["root"]
     grid_run["mp"].setenv("VQLIB_ROOT", str(root))
     grid, checkpoints = root / "results" / "grid", root / "checkpoints" / "grid"
+    # A run still training: one epoch done, no metrics yet.
+    unfinished = dataclasses.replace(TINY_MODEL, num_embeddings=8, embedding_dim=2)
+    train_vqvae(unfinished, dataclasses.replace(TINY_TRAIN, checkpoint_dir=str(checkpoints / "K8_D2")), progress=False)
+    assert snapshot_unfinished(grid, checkpoints) == {"K8_D2": 1}
     assert publish_runs(grid, checkpoints) == ["K8_D4"]
     assert publish_runs(grid, checkpoints) == []  # already up to date
     published = read_json(root / "results" / "published" / "grid" / "K8_D4" / vqtrain.METRICS_FILE)
@@ -399,7 +404,11 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     fresh = tiny_root(tmp_path_factory, grid_run["mp"])
     shutil.copytree(root / "checkpoints" / "pretrained", fresh / "checkpoints" / "pretrained")
     shutil.copytree(root / "results" / "published", fresh / "results" / "published")
-    assert restore_runs(fresh / "results" / "grid", fresh / "checkpoints" / "grid") == ["K8_D4"]
+    shutil.copytree(root / "checkpoints" / "inprogress", fresh / "checkpoints" / "inprogress")
+    assert restore_runs(fresh / "results" / "grid", fresh / "checkpoints" / "grid") == ["K8_D4", "K8_D2"]
+    # The unfinished run continues from its snapshot instead of starting again.
+    resume, note = vqgrid.resume_decision("K8_D2", vqgrid.grid_parameters(8, 2, TINY_MODEL, TINY_TRAIN))
+    assert resume and "epoch 1 of 1 done" in note
     frame = vqgrid.run_grid(
         GridConfig(num_embeddings_values="8", embedding_dim_values="4"), TINY_MODEL, TINY_TRAIN, progress=False
     )

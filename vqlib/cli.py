@@ -544,12 +544,13 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
 
 @command(
     "publish",
-    "copy every finished grid run into the tracked published study (checkpoints/pretrained/, results/published/)",
+    "copy every finished grid run into the tracked published study (checkpoints/pretrained/, results/published/) "
+    "and snapshot unfinished ones (checkpoints/inprogress/)",
     _configure_publish,
 )
 def cmd_publish(args: argparse.Namespace) -> int:
     from .grid import checkpoint_root, grid_dir
-    from .publish import publish_runs, restore_runs
+    from .publish import publish_runs, restore_runs, snapshot_unfinished
 
     folder = Path(args.grid_dir) if args.grid_dir else grid_dir()
     checkpoints = Path(args.checkpoint_root) if args.checkpoint_root else checkpoint_root()
@@ -559,6 +560,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         names = publish_runs(folder, checkpoints)
         print(f"published {len(names)} new or updated run(s): {', '.join(names) or 'all up to date'}")
+        for name, epochs in snapshot_unfinished(folder, checkpoints).items():
+            print(f"snapshot of {name}, still training: {epochs} epochs done (checkpoints/inprogress/{name})")
     return 0
 
 

@@ -8,9 +8,13 @@ spans several machines or sessions loses at most the run in progress:
 - ``results/published/grid/NAME/``: metrics.json (its checkpoint named
   ``pretrained:NAME``), run.json and the executed notebook.
 
-`restore_runs` copies published runs back into a grid's folders, so that
-``vqlib run --profile full`` on a fresh clone reuses them instead of training
-them again. Only what is small is published: never last.pt (optimiser state).
+A run still training is snapshotted too (`snapshot_unfinished`): its last.pt,
+best.pt and history in ``checkpoints/inprogress/NAME/``, replaced at every
+publish and removed once the run is published as finished. `restore_runs`
+copies both back into a grid's folders, so that ``vqlib run --profile full``
+on a fresh clone reuses the finished runs and continues the unfinished ones
+from their last snapshotted epoch. A finished run publishes no last.pt
+(optimiser state): only what is small and useful stays.
 """
 
 from __future__ import annotations
@@ -29,11 +33,17 @@ from .train import METRICS_FILE
 
 RUN_FILE = "run.json"  # the grid's record of a run (grid.RUN_FILE; the grid sits above this module)
 CHECKPOINT_FILES = ("best.pt", "config.json", "history.json")
+SNAPSHOT_FILES = ("last.pt", *CHECKPOINT_FILES)
 RESULT_FILES = (METRICS_FILE, RUN_FILE, TRAIN_NOTEBOOK)
 
 
 def published_grid_dir() -> Path:
     return paths.published_dir() / "grid"
+
+
+def inprogress_dir() -> Path:
+    """Snapshots of runs still training (tracked, so a fresh clone can continue them)."""
+    return paths.checkpoints_dir() / "inprogress"
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -83,15 +93,36 @@ def publish_runs(
         metrics = read_json(source_metrics)
         metrics["checkpoint"] = PRETRAINED_PREFIX + name
         write_json(target_metrics, metrics)
+        shutil.rmtree(inprogress_dir() / name, ignore_errors=True)
         copied.append(name)
     return copied
 
 
+def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> dict[str, int]:
+    """Snapshot every unfinished run with a last.pt into checkpoints/inprogress/; return {name: epochs done}."""
+    from .checkpoints import load_checkpoint
+
+    done = set(finished_runs(grid_folder))
+    taken = {}
+    for folder in sorted(Path(checkpoint_root).glob("K*_D*")):
+        name = folder.name
+        if name in done or not paths.parse_vqvae_run_name(name) or not (folder / "last.pt").is_file():
+            continue
+        # last.pt first: copied before best.pt, the snapshot never holds a last.pt newer than its best.pt.
+        for file in SNAPSHOT_FILES:
+            if (folder / file).is_file():
+                _copy(folder / file, inprogress_dir() / name / file)
+        taken[name] = load_checkpoint(inprogress_dir() / name / "last.pt")["epoch"]
+    return taken
+
+
 def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> list[str]:
-    """Copy the published runs into a grid's folders where the grid has no finished run of that name.
+    """Copy the published runs into a grid's folders where the grid has no finished run of that name,
+    and the snapshots of unfinished runs where the grid has no last.pt of its own.
 
     The restored metrics name the restored best.pt by its path, as the grid
-    writes them; the grid then reuses the run when its settings match.
+    writes them; the grid then reuses a finished run when its settings match,
+    and continues an unfinished one from its last.pt.
     """
     grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
     have = set(finished_runs(grid_folder))
@@ -107,5 +138,13 @@ def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathL
         metrics = read_json(published_grid_dir() / name / METRICS_FILE)
         metrics["checkpoint"] = str((checkpoint_root / name / "best.pt").resolve())
         write_json(grid_folder / name / METRICS_FILE, metrics)
+        restored.append(name)
+    for snapshot in sorted(inprogress_dir().glob("K*_D*")):
+        name = snapshot.name
+        if name in have or name in restored or (checkpoint_root / name / "last.pt").is_file():
+            continue  # a local last.pt is at least as new as the snapshot it was taken from
+        for file in SNAPSHOT_FILES:
+            if (snapshot / file).is_file():
+                _copy(snapshot / file, checkpoint_root / name / file)
         restored.append(name)
     return restored
