@@ -216,15 +216,15 @@ def run_grid(
         bar_format="{desc}: {n}/{total} configs done [{elapsed} elapsed, {remaining} left] {postfix}",
     )
 
-    folders = {spec["name"]: Path(spec["folder"]) for spec in specs}
+    by_name = {spec["name"]: spec for spec in specs}
     for spec in specs:
         # A stale success from other parameters must not survive a failed rerun.
         (ensure_dir(spec["folder"]) / METRICS_FILE).unlink(missing_ok=True)
 
     def report(record: dict) -> None:
-        folder = folders[record["name"]]
-        parameters = next(spec["parameters"] for spec in specs if spec["name"] == record["name"])
-        if record["status"] == "success" and not is_complete(folder, parameters):
+        spec = by_name[record["name"]]
+        folder = Path(spec["folder"])
+        if record["status"] == "success" and not is_complete(folder, spec["parameters"]):
             record.update(
                 status="failed", error=f"{TRAIN_NOTEBOOK} ended without recording success in {folder / METRICS_FILE}"
             )
