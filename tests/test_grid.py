@@ -415,3 +415,18 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     assert bool(frame.set_index("name").loc["K8_D4", "reused"]) is True
     assert frame.loc[0, "val_mse"] == pytest.approx(published["val_mse"])
     grid_run["mp"].setenv("VQLIB_ROOT", str(root))
+
+
+def test_soak_table_finds_a_leak_and_a_slowdown():
+    """A history whose memory grows 5 MB per epoch and whose speed halves is reported as such; a flat one is not."""
+    flat = [{"epoch": e, "rss_mb": 800.0 + (e % 2), "peak_rss_mb": 900.0, "images_per_s": 600.0, "code": "abc"}
+            for e in range(1, 11)]  # fmt: skip
+    leaking = [{**row, "rss_mb": 800.0 + 5 * row["epoch"], "images_per_s": 600.0 if row["epoch"] < 6 else 300.0}
+               for row in flat]  # fmt: skip
+    frame = pd.DataFrame({"name": ["flat", "leaking"], "history": [flat, leaking]})
+    table = vqgrid.soak_table(frame).set_index("name")
+    assert abs(table.loc["flat", "rss_growth_mb_per_epoch"]) < 0.2
+    assert table.loc["leaking", "rss_growth_mb_per_epoch"] == pytest.approx(5.0)
+    assert table.loc["flat", "speed_last_over_first"] == pytest.approx(1.0)
+    assert table.loc["leaking", "speed_last_over_first"] == pytest.approx(0.5)
+    assert table.loc["flat", "code"] == "abc"

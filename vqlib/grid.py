@@ -345,6 +345,44 @@ def with_seed_statistics(frame: pd.DataFrame, metric: str = SELECTION_METRIC) ->
     )
 
 
+def soak_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run: resident memory and speed across its epochs, from the history (the long study is the soak test).
+
+    `rss_growth_mb_per_epoch` is the least-squares slope of the resident memory
+    over the epochs after the first (the first holds the one-off allocations);
+    `speed_last_over_first` compares the mean images/s of the last and the first
+    fifth of the epochs. A leak shows as a steady positive slope; a slowdown of
+    the code (not of a busy machine) as a ratio well below 1 with the machine's
+    load (`load_first`, `load_last`: the 1-minute load average) unchanged.
+    """
+    rows = []
+    for row in frame.itertuples():
+        history = pd.DataFrame(row.history)
+        if history.empty or "rss_mb" not in history:
+            continue
+        rss = history["rss_mb"].to_numpy(dtype=float)[1:]
+        slope = float(np.polyfit(np.arange(len(rss)), rss, 1)[0]) if len(rss) >= 3 else math.nan
+        fifth = max(1, len(history) // 5)
+        speed = history["images_per_s"].to_numpy(dtype=float)
+        rows.append(
+            {
+                "name": row.name,
+                "epochs": len(history),
+                "rss_first_mb": float(history["rss_mb"].iloc[0]),
+                "rss_last_mb": float(history["rss_mb"].iloc[-1]),
+                "peak_rss_mb": float(history["peak_rss_mb"].max()),
+                "rss_growth_mb_per_epoch": slope,
+                "images_per_s_first": float(speed[:fifth].mean()),
+                "images_per_s_last": float(speed[-fifth:].mean()),
+                "speed_last_over_first": float(speed[-fifth:].mean() / speed[:fifth].mean()),
+                "load_first": float(history["load_avg"].iloc[:fifth].mean()) if "load_avg" in history else math.nan,
+                "load_last": float(history["load_avg"].iloc[-fifth:].mean()) if "load_avg" in history else math.nan,
+                "code": " ".join(dict.fromkeys(history["code"])) if "code" in history else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def load_losses(folder: Optional[str | os.PathLike] = None) -> dict[str, pd.DataFrame]:
     """The seed's `load_losses`: per-epoch history of every successful grid run, by run name."""
     frame = collect_grid(folder)

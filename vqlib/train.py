@@ -316,6 +316,8 @@ def train_vqvae(
             "images_per_s": n / seconds,
         }
         row["rss_mb"], row["peak_rss_mb"] = memory_mb()
+        # The machine's 1-minute load: a slow epoch on a busy machine is not a slow program.
+        row["load_avg"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
         row["threads"] = torch.get_num_threads()
         row["code"] = paths.code_version()
         history.append(row)
