@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 KERNEL := vqlib
 PROFILE ?= quick
 
-.PHONY: run test lint format data bench lab clean-results help
+.PHONY: run test lint format data bench ray-vs-local lab clean-results help
 
 help:
 	@echo "make run    - the whole study (quick profile) -> results/reports/index.html"
@@ -54,6 +54,11 @@ test: lint data
 
 bench: data
 	$(BIN)/python benchmarks/bench.py
+
+# The quick grid with the local pool and as Ray tasks, same placement (needs root: a private
+# network namespace for Ray).
+ray-vs-local: data
+	bash benchmarks/ray_vs_local.sh
 
 lab: data
 	$(BIN)/jupyter lab --notebook-dir=notebooks
