@@ -390,9 +390,14 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     unfinished = dataclasses.replace(TINY_MODEL, num_embeddings=8, embedding_dim=2)
     train_vqvae(unfinished, dataclasses.replace(TINY_TRAIN, checkpoint_dir=str(checkpoints / "K8_D2")), progress=False)
     assert snapshot_unfinished(grid, checkpoints) == {"K8_D2": 1}
+    vqgrid.write_best(vqgrid.collect_grid(grid), grid, test_metrics=False)
     assert publish_runs(grid, checkpoints) == ["K8_D4"]
     assert publish_runs(grid, checkpoints) == []  # already up to date
     published = read_json(root / "results" / "published" / "grid" / "K8_D4" / vqtrain.METRICS_FILE)
+    # The grid's choice and table travel with it, naming the published checkpoint.
+    assert read_json(root / "results" / "published" / "grid" / "best.json")["checkpoint"] == "pretrained:K8_D4"
+    summary = pd.read_csv(root / "results" / "published" / "grid" / "summary.csv").set_index("name")
+    assert summary.loc["K8_D4", "checkpoint"] == "pretrained:K8_D4" and "notebook" not in summary
     assert published["checkpoint"] == "pretrained:K8_D4"
     assert not (root / "checkpoints" / "pretrained" / "K8_D4" / "last.pt").exists()
     model, ckpt = load_vqvae("pretrained:K8_D4")

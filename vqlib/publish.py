@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Optional
 
 from . import paths
-from .checkpoints import PRETRAINED_PREFIX
+from .checkpoints import BEST_FILE, PRETRAINED_PREFIX
 from .errors import OutputError
-from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_json
+from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_csv, write_json
+from .grid import RUN_FILE, SUMMARY_FILE
 from .notebooks import TRAIN_NOTEBOOK
 from .train import METRICS_FILE
 
-RUN_FILE = "run.json"  # the grid's record of a run (grid.RUN_FILE; the grid sits above this module)
 CHECKPOINT_FILES = ("best.pt", "config.json", "history.json")
 SNAPSHOT_FILES = ("last.pt", *CHECKPOINT_FILES)
 RESULT_FILES = (METRICS_FILE, RUN_FILE, TRAIN_NOTEBOOK)
@@ -95,7 +95,23 @@ def publish_runs(
         write_json(target_metrics, metrics)
         shutil.rmtree(inprogress_dir() / name, ignore_errors=True)
         copied.append(name)
+    _publish_choice(grid_folder)
     return copied
+
+
+def _publish_choice(grid_folder: Path) -> None:
+    """The grid's summary.csv and best.json, with every checkpoint named as published (pretrained:NAME)."""
+    import pandas as pd
+
+    published = set(finished_runs(published_grid_dir()))
+    best = read_json_or_empty(grid_folder / BEST_FILE)
+    if best.get("name") in published:
+        write_json(published_grid_dir() / BEST_FILE, {**best, "checkpoint": PRETRAINED_PREFIX + best["name"]})
+    if (grid_folder / SUMMARY_FILE).is_file():
+        summary = pd.read_csv(grid_folder / SUMMARY_FILE)
+        summary["checkpoint"] = [PRETRAINED_PREFIX + name if name in published else "" for name in summary["name"]]
+        summary = summary.drop(columns=["notebook"], errors="ignore")  # a path on the machine that ran it
+        write_csv(published_grid_dir() / SUMMARY_FILE, summary)
 
 
 def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> dict[str, int]:
