@@ -73,7 +73,8 @@ def test_parameters_cell_equals_the_config_fields(notebook, classes, extra):
     assert len(tagged) == 1
     # Literals only, one per line, each with a comment.
     for line in tagged[0].source.splitlines():
-        assert re.fullmatch(r"\w+ = (None|True|False|-?[\d.e+-]+|'[^']*')  # .+", line), line
+        # A string literal in either quote (ruff format writes double quotes).
+        assert re.fullmatch(r"""\w+ = (None|True|False|-?[\d.e+-]+|'[^']*'|"[^"]*")  # .+""", line), line
     assert nb.metadata["kernelspec"]["name"] == vqnotebooks.KERNEL_NAME
 
 
