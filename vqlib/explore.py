@@ -339,24 +339,29 @@ class Explorer:
         return self.classifier
 
     @one_thread
-    def _probabilities(self, maps: torch.Tensor) -> torch.Tensor:
+    def _log_probabilities(self, maps: torch.Tensor) -> torch.Tensor:
         classifier = self._need_classifier()
-        return torch.softmax(classifier.classify_codes(maps.to(self.device)), dim=1).cpu()
+        return torch.log_softmax(classifier.classify_codes(maps.to(self.device)), dim=1).cpu()
 
     def probabilities(self, codes: Optional[torch.Tensor] = None) -> np.ndarray:
         """Class probabilities (10,) of a code map (default: the map as edited), from the classifier's head alone."""
-        return self._probabilities((self.codes if codes is None else codes)[None])[0].numpy()
+        return self._log_probabilities((self.codes if codes is None else codes)[None])[0].exp().numpy()
 
     def occlusion_map(self) -> tuple[np.ndarray, int]:
-        """(12, 12) drop of the predicted class's probability when each cell alone becomes the blank code,
-        and that class. Positive: the decision leans on the cell; 0 for cells already blank."""
+        """(12, 12) fall of the predicted class's log-probability when each cell alone becomes the blank code,
+        and that class. Positive: the decision leans on the cell; 0 for cells already blank.
+
+        Log-probabilities, not probabilities: a confident classifier's probability moves by a
+        fraction of a percent whatever cell is hidden, while its log-probability still shows
+        which cells carry the evidence.
+        """
         maps = self.codes.repeat(LATENT_SIZE * LATENT_SIZE, 1, 1)
         cells = torch.arange(LATENT_SIZE * LATENT_SIZE)
         maps.view(len(cells), -1)[cells, cells] = self.blank_code
         # One batch: the current map first, then the 144 occluded ones.
-        probs = self._probabilities(torch.cat([self.codes[None], maps]))
-        predicted = int(probs[0].argmax())
-        return (probs[0, predicted] - probs[1:, predicted]).view(LATENT_SIZE, LATENT_SIZE).numpy(), predicted
+        log_probs = self._log_probabilities(torch.cat([self.codes[None], maps]))
+        predicted = int(log_probs[0].argmax())
+        return (log_probs[0, predicted] - log_probs[1:, predicted]).view(LATENT_SIZE, LATENT_SIZE).numpy(), predicted
 
 
 def open_explorer(config: ExplorerConfig, data: Optional[FashionMNIST] = None) -> Explorer:

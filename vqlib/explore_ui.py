@@ -29,8 +29,8 @@ from .plots import (
 )
 
 PANELS = ("pick", "edit", "codebook", "interpolation", "classifier")
-SCALE = 8  # screen pixels per image pixel
-CELL = 22  # screen pixels per code-map cell
+SCALE = 6  # screen pixels per image pixel
+CELL = 20  # screen pixels per code-map cell
 
 
 def _widgets():
@@ -88,7 +88,12 @@ class ExplorerUI:
         return message
 
     def _figure(self, title: str, image):
-        return self.w.VBox([self.w.HTML(f"<b>{html.escape(title)}</b>"), image])
+        # flex-start: a column stretches its children to its widest, and an image stretched to a
+        # long title is shown enlarged and blurred.
+        return self.w.VBox(
+            [self.w.HTML(f"<b>{html.escape(title)}</b>"), image],
+            layout=self.w.Layout(align_items="flex-start", margin="0 18px 0 0"),
+        )
 
     def _guard(self, message, fn: Callable[..., None]) -> Callable[..., None]:
         """A callback that runs `fn` and shows a VqlibError's sentence in `message`."""
@@ -141,7 +146,6 @@ class ExplorerUI:
                     self._figure("reconstruction", self.reconstruction_image),
                     self._figure("its 12 x 12 code", self.original_map),
                 ],
-                layout=w.Layout(gap="16px"),
             ),
             self.pick_info,
             self.pick_message,
@@ -173,7 +177,6 @@ class ExplorerUI:
                     self._figure("decoded", self.edited_image),
                     self._figure("changed pixels (blue: reach of the selection)", self.change_image),
                 ],
-                layout=w.Layout(gap="16px"),
             ),
             self.edit_info,
             self.edit_message,
@@ -196,7 +199,6 @@ class ExplorerUI:
                     w.VBox([w.HTML("<b>which classes use it</b>"), self.usage]),
                     self._figure("decoded with it pasted into the selection", self.preview_image),
                 ],
-                layout=w.Layout(gap="24px"),
             ),
             self._figure("image patches where it is used", self.patches_image),
             self.codebook_message,
@@ -224,7 +226,6 @@ class ExplorerUI:
                     self._figure("continuous", self.continuous_image),
                     self._figure("B", self.image_b),
                 ],
-                layout=w.Layout(gap="16px"),
             ),
             self.interpolation_info,
             self.interpolation_message,
@@ -242,6 +243,7 @@ class ExplorerUI:
         self.probabilities = w.HTML()
         self.probabilities.add_class("vqlib-probabilities")
         self.occlusion_image = self._image("occlusion")
+        self.occlusion_decoded = self._image("occlusion-decoded")
         self.classifier_info = w.HTML()
         self.panels["classifier"].children = [
             w.HBox([self.classifier_path, self.load_classifier]),
@@ -249,8 +251,8 @@ class ExplorerUI:
                 [
                     w.VBox([w.HTML("<b>class probabilities: edited (bar) and original</b>"), self.probabilities]),
                     self._figure("occlusion map", self.occlusion_image),
+                    self._figure("decoded", self.occlusion_decoded),
                 ],
-                layout=w.Layout(gap="24px"),
             ),
             self.classifier_info,
             self.classifier_message,
@@ -397,6 +399,7 @@ class ExplorerUI:
         if ex.classifier is None:
             self.probabilities.value = "<i>no classifier loaded</i>"
             self.occlusion_image.value = png_bytes(heatmap_rgb(np.zeros((12, 12)), cell=CELL))
+            self.occlusion_decoded.value = png_bytes(gray_rgb(ex.image, SCALE))
             self.classifier_info.value = (
                 "Load a classifier trained on this VQ-VAE (vqlib train-cls) to see its response to the edits."
             )
@@ -411,11 +414,12 @@ class ExplorerUI:
         )
         occlusion, predicted = ex.occlusion_map()
         self.occlusion_image.value = png_bytes(heatmap_rgb(occlusion, cell=CELL))
+        self.occlusion_decoded.value = png_bytes(gray_rgb(ex.image, SCALE))
         self.classifier_info.value = (
             f"predicted <b>{CLASS_NAMES[predicted]}</b> ({edited[predicted]:.1%}; true class "
-            f"{CLASS_NAMES[ex.label]}). Occlusion map: how much that probability falls (red) or rises (blue) when "
-            f"one cell becomes code {ex.blank_code}, the code of an empty image; the largest change is "
-            f"{np.abs(occlusion).max():.1%}."
+            f"{CLASS_NAMES[ex.label]}). Occlusion map: how much the log-probability of {CLASS_NAMES[predicted]} "
+            f"falls (red) or rises (blue) when one cell alone becomes code {ex.blank_code}, the code of an empty "
+            f"image; the largest change is {np.abs(occlusion).max():.2f} nats."
         )
 
 
