@@ -16,6 +16,10 @@ Prints a table and writes results/bench/bench.json (atomically):
 5. Inference: encoding the test set to code indices, and classifier predictions.
 6. One classifier-head epoch on the code-index cache against running the frozen
    encoder every epoch.
+7. The explorer (notebook 05) on the default-size model: one edit (one decode of
+   one image), one update of the classifier's probabilities, one occlusion map,
+   and one edit as the widgets make it (decode, paste preview, PNG drawing,
+   probabilities, occlusion map); the issue's budget is 100 ms per edit.
 
 Timings are medians over repeats; the load average before and after each
 section is recorded, because other processes on a 2-core machine change every
@@ -42,6 +46,7 @@ from vqlib.checkpoints import save_checkpoint
 from vqlib.config import GridConfig, TrainConfig, VQVAEConfig
 from vqlib.data import FashionMNIST, load_fashion_mnist, to_float
 from vqlib.device import resolve_device, seed_everything
+from vqlib.errors import VqlibError
 from vqlib.files import write_json
 from vqlib.models import VQVAE
 from vqlib.models.quantizer import code_histogram, perplexity_and_usage
@@ -68,6 +73,8 @@ class Profile:
     encode_images: Optional[int] = None  # test images encoded; None: all 10,000
     classifier_labels_per_class: Optional[int] = None  # None: all 5,500 per class
     classifier_batch_size: int = 128
+    explorer_repeats: int = 50  # timed updates of each explorer measurement
+    explorer_images: Optional[int] = 2000  # codebook sample of the explorer; None: the whole test split
 
 
 SMOKE = Profile(
@@ -84,6 +91,8 @@ SMOKE = Profile(
     encode_images=200,
     classifier_labels_per_class=10,
     classifier_batch_size=50,
+    explorer_repeats=5,
+    explorer_images=100,
 )
 
 
@@ -508,6 +517,60 @@ def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile:
     return result
 
 
+# ----------------------------------------------------------------------------- 7. explorer
+
+
+def explorer_latency(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile) -> dict:
+    """Median and worst ms of the explorer's updates (`vqlib.explore.Explorer`, and its widgets when ipywidgets is
+    installed), on the CPU, with untrained weights of the given size: the time does not depend on their values."""
+    from vqlib.classify import build_classifier
+    from vqlib.config import ClassifierConfig
+    from vqlib.explore import Explorer
+
+    seed_everything(0)
+    model = VQVAE(model_config).eval()
+    classifier = build_classifier(ClassifierConfig(), model).eval()
+    explorer = Explorer(
+        model,
+        data.test_images,
+        data.test_labels,
+        classifier=classifier,
+        codebook_images=profile.explorer_images,
+    )
+    codes = iter(range(10**9))
+    next_code = lambda: next(codes) % model_config.num_embeddings  # a new code each time: every edit decodes
+
+    def timed(fn: Callable[[], Any]) -> dict:
+        seconds, times = median_seconds(fn, repeats=profile.explorer_repeats, device=torch.device("cpu"))
+        return {"median_ms": 1e3 * seconds, "max_ms": 1e3 * max(times)}
+
+    load_before = load_average()
+    result: dict[str, Any] = {
+        "K": model_config.num_embeddings,
+        "D": model_config.embedding_dim,
+        "hidden": model_config.hidden_channels,
+        "repeats": profile.explorer_repeats,
+        "edit": timed(lambda: explorer.edit(next_code(), (5, 6), (5, 6))),
+        "probabilities": timed(explorer.probabilities),
+        "occlusion_map": timed(explorer.occlusion_map),
+    }
+    try:
+        from vqlib.explore_ui import ExplorerUI
+
+        ui = ExplorerUI(explorer)
+    except (ImportError, VqlibError) as exc:
+        result["widget_edit"] = {"error": f"n/a: the widgets cannot be built ({exc})"}
+    else:
+
+        def widget_edit() -> None:
+            ui.code.value = next_code()
+            ui.apply.click()
+
+        result["widget_edit"] = timed(widget_edit)
+    result.update(load_before=load_before, load_after=load_average())
+    return result
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -549,6 +612,7 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
         "4. nearest code",
         "5. inference",
         "6. classifier head",
+        "7. explorer",
     ]
     bar = progress_bar(
         total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections"
@@ -677,6 +741,10 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     result["infer_cls_images_per_s"] = result["inference"].get("infer_cls_images_per_s_channels_last")
     section()
     result["classifier_epoch"] = classifier_epochs(base_model, data, profile=profile, device=device)
+    section()
+    result["explorer"] = explorer_latency(base_model, data, profile=profile)
+    result["explorer_edit_ms"] = result["explorer"]["edit"]["median_ms"]
+    result["explorer_widget_edit_ms"] = result["explorer"]["widget_edit"].get("median_ms")
     bar.update(1)
     bar.close()
     result["environment"]["load_end"] = load_average()
@@ -767,6 +835,20 @@ def print_table(result: dict, out=sys.stdout) -> None:
             f"(+ {c['cache_encode_seconds']:.2f} s encoding once), frozen encoder every epoch "
             f"{c['encoder_every_epoch_epoch_seconds']:.2f} s: {c['speedup']:.1f}x"
         )
+    e = result["explorer"]
+    p(
+        f"\n7. explorer, K={e['K']} D={e['D']} hidden {e['hidden']}, one thread, median (worst) of {e['repeats']} "
+        f"updates; budget 100 ms per edit (load {_fmt(e['load_before'])} -> {_fmt(e['load_after'])})"
+    )
+    for name, label in (
+        ("edit", "one edit: decode of one image"),
+        ("probabilities", "classifier probabilities"),
+        ("occlusion_map", "occlusion map (145 maps, head only)"),
+        ("widget_edit", "one edit in the widgets, all panels"),
+    ):
+        row = e[name]
+        text = row["error"] if "error" in row else f"{row['median_ms']:8.2f} ms ({row['max_ms']:.2f})"
+        p(f"   {label:<38}{text}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
