@@ -245,12 +245,15 @@ def test_the_occlusion_map_has_one_value_per_cell(explorer):
     blank = (explorer.codes == explorer.blank_code).numpy()
     assert np.all(values[blank] == 0)  # hiding a cell that is already blank changes nothing
     assert np.abs(values[~blank]).max() > 0
-    # One cell checked by hand: blank it, classify, compare log-probabilities.
+    # One cell checked by hand: blank it, classify, compare log-odds.
     row, col = map(int, np.argwhere(~blank)[0])
     occluded = explorer.codes.clone()
     occluded[row, col] = explorer.blank_code
-    expected = np.log(explorer.probabilities()[predicted]) - np.log(explorer.probabilities(occluded)[predicted])
-    assert values[row, col] == pytest.approx(expected, abs=1e-4)
+    log_odds = lambda p: np.log(p[predicted]) - np.log(1 - p[predicted])  # noqa: E731
+    expected = log_odds(explorer.probabilities().astype(float)) - log_odds(
+        explorer.probabilities(occluded).astype(float)
+    )
+    assert values[row, col] == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -348,12 +348,12 @@ class Explorer:
         return self._log_probabilities((self.codes if codes is None else codes)[None])[0].exp().numpy()
 
     def occlusion_map(self) -> tuple[np.ndarray, int]:
-        """(12, 12) fall of the predicted class's log-probability when each cell alone becomes the blank code,
+        """(12, 12) fall of the predicted class's log-odds when each cell alone becomes the blank code,
         and that class. Positive: the decision leans on the cell; 0 for cells already blank.
 
-        Log-probabilities, not probabilities: a confident classifier's probability moves by a
-        fraction of a percent whatever cell is hidden, while its log-probability still shows
-        which cells carry the evidence.
+        Log-odds log(p / (1 - p)), not probabilities: at p = 0.995 a cell that halves the
+        evidence for the class moves p by a fraction of a percent (and log p by 0.005),
+        while the log-odds fall by a visible amount, as they would at p = 0.6.
         """
         maps = self.codes.repeat(LATENT_SIZE * LATENT_SIZE, 1, 1)
         cells = torch.arange(LATENT_SIZE * LATENT_SIZE)
@@ -361,7 +361,9 @@ class Explorer:
         # One batch: the current map first, then the 144 occluded ones.
         log_probs = self._log_probabilities(torch.cat([self.codes[None], maps]))
         predicted = int(log_probs[0].argmax())
-        return (log_probs[0, predicted] - log_probs[1:, predicted]).view(LATENT_SIZE, LATENT_SIZE).numpy(), predicted
+        others = torch.cat([log_probs[:, :predicted], log_probs[:, predicted + 1 :]], dim=1)
+        log_odds = log_probs[:, predicted] - torch.logsumexp(others, dim=1)  # log p - log(1 - p), without 1 - p
+        return (log_odds[0] - log_odds[1:]).view(LATENT_SIZE, LATENT_SIZE).numpy(), predicted
 
 
 def open_explorer(config: ExplorerConfig, data: Optional[FashionMNIST] = None) -> Explorer:

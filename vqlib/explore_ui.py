@@ -417,9 +417,9 @@ class ExplorerUI:
         self.occlusion_decoded.value = png_bytes(gray_rgb(ex.image, SCALE))
         self.classifier_info.value = (
             f"predicted <b>{CLASS_NAMES[predicted]}</b> ({edited[predicted]:.1%}; true class "
-            f"{CLASS_NAMES[ex.label]}). Occlusion map: how much the log-probability of {CLASS_NAMES[predicted]} "
-            f"falls (red) or rises (blue) when one cell alone becomes code {ex.blank_code}, the code of an empty "
-            f"image; the largest change is {np.abs(occlusion).max():.2f} nats."
+            f"{CLASS_NAMES[ex.label]}). Occlusion map: how much the log-odds of {CLASS_NAMES[predicted]} fall (red) "
+            f"or rise (blue) when one cell alone becomes code {ex.blank_code}, the code of an empty image; the "
+            f"largest change is {np.abs(occlusion).max():.2f}."
         )
 
 
