@@ -301,9 +301,12 @@ class ExplorerUI:
         self._after_edit(self.explorer.edit(self.book_code.value, rows, cols))
 
     def _after_edit(self, _image=None) -> None:
+        # Each widget's new value goes to the browser as soon as it is set: the decoded image and
+        # the probabilities first, the paste preview and the occlusion map (the slowest) after.
         self._show_edit()
+        self._show_probabilities()
         self._show_preview()
-        self._show_classifier()
+        self._show_occlusion()
 
     def _on_selection(self) -> None:
         self._show_edit()
@@ -395,14 +398,13 @@ class ExplorerUI:
         )
 
     def _show_classifier(self) -> None:
+        self._show_probabilities()
+        self._show_occlusion()
+
+    def _show_probabilities(self) -> None:
         ex = self.explorer
         if ex.classifier is None:
             self.probabilities.value = "<i>no classifier loaded</i>"
-            self.occlusion_image.value = png_bytes(heatmap_rgb(np.zeros((12, 12)), cell=CELL))
-            self.occlusion_decoded.value = png_bytes(gray_rgb(ex.image, SCALE))
-            self.classifier_info.value = (
-                "Load a classifier trained on this VQ-VAE (vqlib train-cls) to see its response to the edits."
-            )
             return
         edited = ex.probabilities()
         original = ex.probabilities(ex.original_codes)
@@ -412,11 +414,21 @@ class ExplorerUI:
                 for name, p, q in zip(CLASS_NAMES, edited, original, strict=True)
             ]
         )
+
+    def _show_occlusion(self) -> None:
+        ex = self.explorer
+        self.occlusion_decoded.value = png_bytes(gray_rgb(ex.image, SCALE))
+        if ex.classifier is None:
+            self.occlusion_image.value = png_bytes(heatmap_rgb(np.zeros((12, 12)), cell=CELL))
+            self.classifier_info.value = (
+                "Load a classifier trained on this VQ-VAE (vqlib train-cls) to see its response to the edits."
+            )
+            return
         occlusion, predicted = ex.occlusion_map()
         self.occlusion_image.value = png_bytes(heatmap_rgb(occlusion, cell=CELL))
-        self.occlusion_decoded.value = png_bytes(gray_rgb(ex.image, SCALE))
+        p = ex.probabilities()[predicted]
         self.classifier_info.value = (
-            f"predicted <b>{CLASS_NAMES[predicted]}</b> ({edited[predicted]:.1%}; true class "
+            f"predicted <b>{CLASS_NAMES[predicted]}</b> ({p:.1%}; true class "
             f"{CLASS_NAMES[ex.label]}). Occlusion map: how much the log-odds of {CLASS_NAMES[predicted]} fall (red) "
             f"or rise (blue) when one cell alone becomes code {ex.blank_code}, the code of an empty image; the "
             f"largest change is {np.abs(occlusion).max():.2f}."
