@@ -9,14 +9,15 @@ STAMP := $(VENV)/.installed
 KERNEL := vqlib
 PROFILE ?= quick
 
-.PHONY: run test lint format data bench ray-vs-local lab clean-results help
+.PHONY: run test lint format data bench ray-vs-local lab explore-check clean-results help
 
 help:
 	@echo "make run    - the whole study (quick profile) -> results/reports/index.html"
 	@echo "make test   - lint (ruff) and the test suite on the real data"
 	@echo "make format - ruff's fixes and formatting, in place"
 	@echo "make bench  - speed benchmarks -> results/bench/bench.json"
-	@echo "make lab    - JupyterLab with the project's kernel"
+	@echo "make lab    - JupyterLab on the explorer (notebooks/05_explore.ipynb), on 127.0.0.1"
+	@echo "make explore-check - the explorer in JupyterLab in headless Chromium -> docs/figures/explorer.png"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,8 +61,22 @@ bench: data
 ray-vs-local: data
 	bash benchmarks/ray_vs_local.sh
 
+# JupyterLab refuses to run as root unless told (--allow-root), and CI and the project's
+# machines run as root; it listens on this machine only.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_PORT ?= 8888
+
 lab: data
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) $(LAB_ROOT) --ServerApp.root_dir=notebooks \
+	  --LabApp.default_url=/lab/tree/05_explore.ipynb
+
+# The explorer in a real browser (Debian's chromium, driven by Playwright): runs notebook 05 in
+# JupyterLab, moves a slider, presses an edit button, checks the images change, and saves
+# docs/figures/explorer.png. VQVAE= and CLASSIFIER= choose the checkpoints (default: the grid's
+# best, else the published one; a tiny one is trained when there is none).
+explore-check: data
+	$(BIN)/python tests/explore_browser.py $(if $(VQVAE),--vqvae-checkpoint $(VQVAE)) \
+	  $(if $(CLASSIFIER),--classifier-checkpoint $(CLASSIFIER))
 
 clean-results:
 	rm -rf results/grid results/reports results/classifier results/analysis results/bench checkpoints/vqvae checkpoints/classifier

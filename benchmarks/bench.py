@@ -19,6 +19,10 @@ Prints a table and writes results/bench/bench.json (atomically):
 7. Grid placement: one epoch of `train_vqvae` (K50_D32) in one process with all
    cores' threads, against one process per core with one thread each, all at
    once; and which one `vqlib.executors.choose_placement` picks.
+8. The explorer (notebook 05) on the default-size model: one edit (one decode of
+   one image), one update of the classifier's probabilities, one occlusion map,
+   and one edit as the widgets make it (decode, paste preview, PNG drawing,
+   probabilities, occlusion map); the issue's budget is 100 ms per edit.
 
 Timings are medians over repeats; the load average before and after each
 section is recorded, because other processes on a 2-core machine change every
@@ -45,6 +49,7 @@ from vqlib.checkpoints import save_checkpoint
 from vqlib.config import GridConfig, TrainConfig, VQVAEConfig
 from vqlib.data import FashionMNIST, load_fashion_mnist, to_float
 from vqlib.device import resolve_device, seed_everything
+from vqlib.errors import VqlibError
 from vqlib.files import write_json
 from vqlib.models import VQVAE
 from vqlib.models.quantizer import code_histogram, perplexity_and_usage
@@ -72,6 +77,8 @@ class Profile:
     classifier_labels_per_class: Optional[int] = None  # None: all 5,500 per class
     classifier_batch_size: int = 128
     placement_images: int = 12_000  # training images of each placement process (one epoch)
+    explorer_repeats: int = 50  # timed updates of each explorer measurement
+    explorer_images: Optional[int] = 2000  # codebook sample of the explorer; None: the whole test split
 
 
 SMOKE = Profile(
@@ -89,6 +96,8 @@ SMOKE = Profile(
     classifier_labels_per_class=10,
     classifier_batch_size=50,
     placement_images=200,
+    explorer_repeats=5,
+    explorer_images=100,
 )
 
 
@@ -576,6 +585,74 @@ def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile:
     return result
 
 
+# ----------------------------------------------------------------------------- 7. explorer
+
+
+def explorer_latency(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile) -> dict:
+    """Median and worst ms of the explorer's updates (`vqlib.explore.Explorer`, and its widgets when ipywidgets is
+    installed), on the CPU, with untrained weights of the given size: the time does not depend on their values."""
+    from vqlib.classify import build_classifier
+    from vqlib.config import ClassifierConfig
+    from vqlib.explore import Explorer
+
+    seed_everything(0)
+    model = VQVAE(model_config).eval()
+    classifier = build_classifier(ClassifierConfig(), model).eval()
+    explorer = Explorer(
+        model,
+        data.test_images,
+        data.test_labels,
+        classifier=classifier,
+        codebook_images=profile.explorer_images,
+    )
+    # The occlusion map runs the head on one map per cell that is not blank, and an untrained
+    # encoder gives blank codes almost everywhere: time the worst case, no cell blank.
+    generator = torch.Generator().manual_seed(0)
+    worst = torch.randint(model_config.num_embeddings - 1, (12, 12), generator=generator)
+    explorer.codes = explorer.original_codes = worst + (worst >= explorer.blank_code).long()
+    codes = iter(range(10**9))
+    next_code = lambda: next(codes) % model_config.num_embeddings  # a new code each time: every edit decodes
+
+    def timed(fn: Callable[[], Any]) -> dict:
+        seconds, times = median_seconds(fn, repeats=profile.explorer_repeats, device=torch.device("cpu"))
+        return {"median_ms": 1e3 * seconds, "max_ms": 1e3 * max(times)}
+
+    load_before = load_average()
+    result: dict[str, Any] = {
+        "K": model_config.num_embeddings,
+        "D": model_config.embedding_dim,
+        "hidden": model_config.hidden_channels,
+        "repeats": profile.explorer_repeats,
+        "edit": timed(lambda: explorer.edit(next_code(), (5, 6), (5, 6))),
+        "probabilities": timed(explorer.probabilities),
+        "occlusion_map": timed(explorer.occlusion_map),
+    }
+    try:
+        from vqlib.explore_ui import ExplorerUI
+
+        ui = ExplorerUI(explorer)
+    except (ImportError, VqlibError) as exc:
+        result["widget_edit"] = result["widget_edit_image"] = {"error": f"n/a: the widgets cannot be built ({exc})"}
+    else:
+        shown: list[float] = []
+        ui.edited_image.observe(lambda _change: shown.append(time.perf_counter()), names="value")
+        until_image: list[float] = []
+
+        def widget_edit() -> None:
+            ui.code.value = next_code()
+            started = time.perf_counter()
+            ui.apply.click()
+            until_image.append(shown[-1] - started)
+
+        result["widget_edit"] = timed(widget_edit)
+        # The callback sends each widget's value as it sets it: the decoded image reaches the
+        # browser before the slower panels (paste preview, occlusion map) are drawn.
+        times = until_image[-profile.explorer_repeats :]
+        result["widget_edit_image"] = {"median_ms": 1e3 * statistics.median(times), "max_ms": 1e3 * max(times)}
+    result.update(load_before=load_before, load_after=load_average())
+    return result
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -618,6 +695,7 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
         "5. inference",
         "6. classifier head",
         "7. grid placement",
+        "8. explorer",
     ]
     bar = progress_bar(
         total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections"
@@ -748,6 +826,10 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     result["classifier_epoch"] = classifier_epochs(base_model, data, profile=profile, device=device)
     section()
     result["placement"] = placement(profile=profile) if device.type == "cpu" else {"error": "CPU only"}
+    result["explorer"] = explorer_latency(base_model, data, profile=profile)
+    result["explorer_edit_ms"] = result["explorer"]["edit"]["median_ms"]
+    result["explorer_widget_edit_ms"] = result["explorer"]["widget_edit"].get("median_ms")
+    result["explorer_widget_image_ms"] = result["explorer"]["widget_edit_image"].get("median_ms")
     bar.update(1)
     bar.close()
     result["environment"]["load_end"] = load_average()
@@ -839,6 +921,7 @@ def print_table(result: dict, out=sys.stdout) -> None:
             f"{c['encoder_every_epoch_epoch_seconds']:.2f} s: {c['speedup']:.1f}x"
         )
     print_placement(result, p)
+    print_explorer(result["explorer"], out)
 
 
 def print_placement(result: dict, p) -> None:
@@ -861,6 +944,24 @@ def print_placement(result: dict, p) -> None:
     )
 
 
+def print_explorer(e: dict, out=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(
+        f"\n8. explorer, K={e['K']} D={e['D']} hidden {e['hidden']}, one thread, median (worst) of {e['repeats']} "
+        f"updates; budget 100 ms per edit (load {_fmt(e['load_before'])} -> {_fmt(e['load_after'])})"
+    )
+    for name, label in (
+        ("edit", "one edit: decode of one image"),
+        ("probabilities", "classifier probabilities"),
+        ("occlusion_map", "occlusion map (head only, 145 maps)"),
+        ("widget_edit_image", "one edit in the widgets, until the image"),
+        ("widget_edit", "one edit in the widgets, all panels"),
+    ):
+        row = e[name]
+        text = row["error"] if "error" in row else f"{row['median_ms']:8.2f} ms ({row['max_ms']:.2f})"
+        p(f"   {label:<44}{text}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="every section on tiny sizes (seconds), for the tests")
@@ -869,10 +970,43 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads of PyTorch (default: its own choice, one per core)"
     )
+    parser.add_argument(
+        "--only-explorer",
+        action="store_true",
+        help="section 8 alone (seconds), into explorer.json beside bench.json unless --out is given",
+    )
+    parser.add_argument(
+        "--only-placement",
+        action="store_true",
+        help="section 7 alone (a few minutes), into placement.json beside bench.json unless --out is given",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_benchmark(SMOKE if args.smoke else Profile(), compile_variant=args.compile)
+    profile = SMOKE if args.smoke else Profile()
+    if args.only_explorer:
+        # The whole run takes tens of minutes on a shared 2-core machine; the explorer's
+        # latency is one section that needs no training measurement before it.
+        result = {
+            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "smoke": args.smoke},
+            "explorer": explorer_latency(VQVAEConfig(), load_fashion_mnist(allow_download=False), profile=profile),
+        }
+        out = Path(args.out) if args.out else paths.results_dir() / "bench" / "explorer.json"
+        write_json(out, result)
+        print_explorer(result["explorer"])
+        print(f"\nwrote {out}")
+        return 0
+    if args.only_placement:
+        result = {
+            "environment": {"torch": torch.__version__, "smoke": args.smoke},
+            "placement": placement(profile=profile),
+        }
+        out = Path(args.out) if args.out else paths.results_dir() / "bench" / "placement.json"
+        write_json(out, result)
+        print_placement(result, print)
+        print(f"\nwrote {out}")
+        return 0
+    result = run_benchmark(profile, compile_variant=args.compile)
     out = Path(args.out) if args.out else paths.results_dir() / "bench" / "bench.json"
     write_json(out, result)
     print_table(result)

@@ -247,6 +247,8 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         "encode_images_per_s",
         "infer_cls_images_per_s",
         "train_loop_images_per_s",
+        "explorer_edit_ms",
+        "explorer_widget_edit_ms",
     ):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert result["environment"]["smoke"] is True
@@ -256,6 +258,8 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     assert all(row["vqlib_agrees"] == 1.0 and row["cdist_agrees"] == 1.0 for row in result["nearest"])
     assert set(result["overhead"]["parts_ms"]) >= {"batch slicing", "quantizer bookkeeping"}
     assert result["classifier_epoch"]["cached_epoch_seconds"] > 0
+    explorer = result["explorer"]
+    assert all(explorer[k]["median_ms"] <= explorer[k]["max_ms"] for k in ("edit", "probabilities", "occlusion_map"))
     # The peak is the best matmul of both passes, and every MFU is taken against it.
     assert result["matmul_gflops"] == max(*result["matmul"].values(), *result["matmul_end"].values())
     default = result["train"][0]
@@ -272,6 +276,7 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         "4. nearest code",
         "6. classifier head",
         "7. grid placement",
+        "8. explorer",
     ):
         assert heading in proc.stdout
     # Both placements really ran with their threads, on the same number of images per process.

@@ -460,3 +460,42 @@ class AnalysisConfig:
         _check(self.patch_classes <= 10, f"patch_classes must be at most 10 (the classes), not {self.patch_classes}")
         _check(self.tsne_perplexity > 0, f"tsne_perplexity must be positive, not {self.tsne_perplexity}")
         _check_choice("device", self.device, DEVICES)
+
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ExplorerConfig:
+    """Notebook 05: the interactive explorer of one VQ-VAE's code, optionally with a classifier."""
+
+    vqvae_checkpoint: Optional[str] = _opt(
+        None, "VQ-VAE checkpoint (or pretrained:NAME); None: the grid's best, else the published best"
+    )
+    classifier_checkpoint: Optional[str] = _opt(
+        None, "classifier checkpoint trained on that VQ-VAE; None: no classifier panel"
+    )
+    split: str = _opt("test", "the split whose images are explored: 'train', 'val' or 'test'", choices=SPLITS)
+    image_index: int = _opt(0, "the image shown first, an index into the split")
+    codebook_images: Optional[int] = _opt(
+        2000, "images (classes balanced) behind the codebook panel; None: the whole split"
+    )
+    interpolation_steps: int = _opt(11, "points along the interpolation slider, both images included")
+    seed: int = _opt(0, "seed of the codebook sample and of the patches shown")
+    device: str = _opt("cpu", "'cpu', 'cuda' or 'auto'; one image at a time runs well on the CPU", choices=DEVICES)
+
+    def __post_init__(self) -> None:
+        _check_choice("split", self.split, SPLITS)
+        _check(
+            isinstance(self.image_index, int) and not isinstance(self.image_index, bool) and self.image_index >= 0,
+            f"image_index must be an integer of 0 or more, not {self.image_index!r}",
+        )
+        _check(
+            self.codebook_images is None or (isinstance(self.codebook_images, int) and self.codebook_images >= 10),
+            f"codebook_images must be an integer of at least 10 or None, not {self.codebook_images!r}",
+        )
+        _check(
+            isinstance(self.interpolation_steps, int) and self.interpolation_steps >= 2,
+            f"interpolation_steps must be an integer of at least 2, not {self.interpolation_steps!r}",
+        )
+        _check_choice("device", self.device, DEVICES)
