@@ -159,7 +159,8 @@ def cmd_infer_vqvae(args: argparse.Namespace) -> int:
         args.checkpoint, output, num_images=args.num_images, data=_load_data(args), device=args.device
     )
     print(
-        f"test MSE {metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity {metrics['perplexity']:.2f}, "
+        f"test MSE {metrics['mse']:.5f}, PSNR of the mean MSE {metrics['psnr']:.2f} dB "
+        f"(mean per-image PSNR {metrics['psnr_mean_per_image']:.2f} dB), perplexity {metrics['perplexity']:.2f}, "
         f"codes used {metrics['codebook_usage']:.0%}"
     )
     print(f"reconstructions: {output}")
