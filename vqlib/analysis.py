@@ -644,6 +644,7 @@ def codebook_usage_claim(
         return normalized_mutual_information(counts), int(special.sum()), spec, counts[:, special].sum() / counts.sum()
 
     nmi, special, spec, special_share = measure(labels)
+    top = float(np.nanmax(spec)) if np.isfinite(spec).any() else 0.0
     shuffled = [measure(rng.permutation(labels)) for _ in range(shuffles)]
     nmi_null = np.array([s[0] for s in shuffled])
     special_null = np.array([s[1] for s in shuffled])
@@ -654,7 +655,9 @@ def codebook_usage_claim(
         f"The normalised mutual information between a latent cell's code and its image's class is {nmi:.3f} "
         f"(labels shuffled {shuffles} times: at most {nmi_null.max():.4f}); {special} of {num_embeddings} codes "
         f"have P(class | code) above {bar:g} (shuffled: at most {int(special_null.max())}), and they cover "
-        f"{special_share:.0%} of all cells. Distinct usage patterns {'hold' if distinct else 'do not hold'}, "
+        f"{special_share:.0%} of all cells; the most class-specific code has P(class | code) = {top:.2f} "
+        f"(shuffled: {np.nanmax(shuffled[0][2]) if shuffles else float('nan'):.2f}; chance {1 / NUM_CLASSES:.2f}). "
+        f"Distinct usage patterns {'hold' if distinct else 'do not hold'}, "
         f"specialised codes {'exist' if specialised else 'do not stand out from chance'}: the seed's claim {verdict}."
     )
     numbers = {
@@ -665,6 +668,7 @@ def codebook_usage_claim(
         "specialised_codes_shuffled_mean": float(special_null.mean()),
         "specialised_codes_shuffled_max": int(special_null.max()),
         "specialised_share_of_cells": special_share,
+        "max_specificity": top,
         "bar": bar,
         "min_share": min_share,
         "shuffles": shuffles,
@@ -732,6 +736,7 @@ def interpolation_claim(
     *,
     max_step_ratio: float = 2.0,
     crossfade_tolerance: float = 0.1,
+    coherence_margin: float = 0.1,
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -743,9 +748,10 @@ def interpolation_claim(
     path no step is larger than `max_step_ratio` times the path's mean step.
     Coherent: the path is not a cross-fade (mean deviation above
     `crossfade_tolerance` of the end-to-end distance) and its interior frames
-    lie nearer to real images than the cross-fade's (the upper end of a
-    bootstrap interval over paths of the mean ratio nn_path / nn_crossfade is
-    below 1). Agrees when both hold, partly when one does.
+    lie clearly nearer to real images than the cross-fade's (the upper end of
+    a bootstrap interval over paths of the mean ratio nn_path / nn_crossfade
+    is below 1 - `coherence_margin`: a few per cent nearer is still a blend).
+    Agrees when both hold, partly when one does.
     """
     if len(paths) < 2:
         raise ConfigError(f"the interpolation claim needs at least 2 paths, not {len(paths)}")
@@ -757,7 +763,7 @@ def interpolation_claim(
     low, high = _interval(nn_ratio[rng.integers(0, len(paths), size=(n_boot, len(paths)))].mean(axis=1), confidence)
     smooth = bool((ratios <= max_step_ratio).all())
     is_crossfade = float(deviation.mean()) <= crossfade_tolerance
-    nearer = high < 1
+    nearer = high < 1 - coherence_margin
     coherent = (not is_crossfade) and nearer
     verdict = _verdict([smooth, coherent])
     sentence = (
@@ -768,8 +774,13 @@ def interpolation_claim(
         f"the two ends"
         + (" — the latent path is close to a cross-fade" if is_crossfade else "")
         + f", and {nn_ratio.mean():.2f}x as far from the nearest real image as the cross-fade's frames "
-        f"({confidence:.0%} interval {low:.2f} to {high:.2f}; below 1 means more image-like). "
-        f"Coherent intermediates {'hold' if coherent else 'are not shown'}: the seed's claim {verdict}."
+        f"({confidence:.0%} interval {low:.2f} to {high:.2f}; coherent needs below {1 - coherence_margin:.2f}). "
+        + (
+            "Coherent intermediates hold"
+            if coherent
+            else "The intermediate images are not shown to be more coherent than a blend of the two ends"
+        )
+        + f": the seed's claim {verdict}."
     )
     numbers = {
         "paths": len(paths),
@@ -780,6 +791,7 @@ def interpolation_claim(
         "nn_ratio_interval": [low, high],
         "max_step_ratio": max_step_ratio,
         "crossfade_tolerance": crossfade_tolerance,
+        "coherence_margin": coherence_margin,
         "confidence": confidence,
         "per_path": per_path,
     }
@@ -787,7 +799,8 @@ def interpolation_claim(
         f"smooth: in every quantized latent path the largest RMS step <= {max_step_ratio:g}x the mean step; "
         f"coherent: mean deviation from the pixel cross-fade of the decoded ends > {crossfade_tolerance:g} of the "
         "end-to-end distance, and interior frames nearer to real test images than the cross-fade's (upper end of "
-        f"the {confidence:.0%} bootstrap interval of the distance ratio < 1); agrees: both; partly: one"
+        f"the {confidence:.0%} bootstrap interval of the distance ratio < {1 - coherence_margin:g}); agrees: both; "
+        "partly: one"
     )
     return _claim("interpolation", numbers, definition, verdict, sentence)
 
@@ -852,21 +865,29 @@ def reconstruction_claim(
         return float(means[col[higher]] - means[col[lower]]), float(low), float(high)
 
     best_parts, worst_parts = {}, {}
+    # A class inside the band is compared with the class just outside it; one outside, with the band's edge
+    # (how far it is from getting in). Either way a positive margin means "on the seed's side" of the other.
     for c in best:
-        m = margin(c, outside_best)
+        inside = rank[c] <= band
+        other = outside_best if inside else inside_best
+        m = margin(c, other)
         best_parts[c] = {
             "rank": rank[c],
-            "margin_to_outside": m[0],
+            "compared_with": other,
+            "margin": m[0],
             "interval": m[1:],
-            "holds": rank[c] <= band and m[1] > 0,
+            "holds": inside and m[1] > 0,
         }
     for c in worst:
-        m = margin(outside_worst, c)
+        inside = rank[c] > n - band
+        other = outside_worst if inside else inside_worst
+        m = margin(other, c)
         worst_parts[c] = {
             "rank": rank[c],
-            "margin_to_outside": m[0],
+            "compared_with": other,
+            "margin": m[0],
             "interval": m[1:],
-            "holds": rank[c] > n - band and m[1] > 0,
+            "holds": inside and m[1] > 0,
         }
     variability_parts = {}
     for w in worst:
@@ -896,18 +917,23 @@ def reconstruction_claim(
     parts = [p["holds"] for p in (*best_parts.values(), *worst_parts.values(), *variability_parts.values())]
     verdict = _verdict(parts)
 
-    def listing(group: dict, outside: str) -> str:
-        return "; ".join(
-            f"{c} {p['rank']}{_ordinal(p['rank'])} ({p['margin_to_outside']:+.5f} to {outside}, interval "
-            f"{p['interval'][0]:+.5f} to {p['interval'][1]:+.5f}: {'counts' if p['holds'] else 'does not count'})"
-            for c, p in group.items()
-        )
+    def listing(group: dict, lower_is_better: bool) -> str:
+        def one(c: str, p: dict) -> str:
+            where = "inside" if p["rank"] in band_ranks[lower_is_better] else "outside"
+            return (
+                f"{c} {p['rank']}{_ordinal(p['rank'])}, {where} the band, {p['margin']:+.5f} against "
+                f"{p['compared_with']} ({rank[p['compared_with']]}{_ordinal(rank[p['compared_with']])}; interval "
+                f"{p['interval'][0]:+.5f} to {p['interval'][1]:+.5f}): {'counts' if p['holds'] else 'does not count'}"
+            )
 
+        return "; ".join(one(c, p) for c, p in group.items())
+
+    band_ranks = {True: range(1, band + 1), False: range(n - band + 1, n + 1)}
     held = [k for k, p in variability_parts.items() if p["holds"]]
     sentence = (
         f"Ranked by mean test reconstruction MSE (1st = lowest, of {n} classes; a class counts as best or worst "
         f"only inside the {band} best or worst and beyond the noise to the class just outside): "
-        f"{listing(best_parts, outside_best)}; {listing(worst_parts, outside_worst)}. "
+        f"{listing(best_parts, True)}; {listing(worst_parts, False)}. "
         f"Coefficient of variation (std / mean of per-image MSE): "
         + ", ".join(f"{c} {cvs[col[c]]:.2f}" for c in (*best, *worst))
         + f"; {' and '.join(worst)} vary {group_cv_ratio:.2f}x as much as {' and '.join(best)} on average, and "
@@ -935,3 +961,11 @@ def reconstruction_claim(
         "the interval of the CV difference lies above 0; agrees: all parts; partly: some; disagrees: none"
     )
     return _claim("reconstruction", numbers, definition, verdict, sentence)
+
+
+def claims_table(claims: Sequence[dict]) -> pd.DataFrame:
+    """One row per claim: its name, the seed's words, the verdict and the sentence (the notebook's overview)."""
+    return pd.DataFrame(
+        [{k: c[k] for k in ("name", "seed_words", "verdict", "sentence")} for c in claims],
+        columns=["name", "seed_words", "verdict", "sentence"],
+    )
