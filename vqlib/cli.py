@@ -399,8 +399,9 @@ def _configure_label_efficiency(p: argparse.ArgumentParser) -> None:
 
 @command(
     "label-efficiency",
-    "test accuracy against labels per class: frozen-VQ head, linear probe, pixel CNN, "
-    "pixel logistic regression; writes label_efficiency.csv and .png",
+    "test accuracy against labels per class: frozen-VQ head, linear probes on the quantized and the continuous "
+    "latents, pixel CNN, pixel logistic regression, all selected on the same labels (--selection); "
+    "writes label_efficiency.csv and .png",
     _configure_label_efficiency,
 )
 def cmd_label_efficiency(args: argparse.Namespace) -> int:

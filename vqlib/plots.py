@@ -199,14 +199,20 @@ def confusion_matrix_figure(
 LABEL_EFFICIENCY_NAMES = {
     "vq_head": "frozen VQ code + conv head",
     "vq_linear": "frozen VQ code + logistic regression",
+    "z_linear": "encoder output before quantization + logistic regression",
     "pixel_cnn": "CNN from scratch on pixels",
     "pixel_linear": "logistic regression on pixels",
 }
 
 
-def label_efficiency_figure(frame, *, title: Optional[str] = None):
-    """Test accuracy against labels per class (log x axis): a line per method (mean over seeds), a band from min to max."""
+def label_efficiency_figure(frame, *, title: Optional[str] = None, references: Optional[dict] = None):
+    """Test accuracy against labels per class (log x axis): a line per method (mean over seeds), a band from min to max.
+
+    `references` (name -> accuracy, e.g. `classify.PUBLISHED_REFERENCES`) are drawn as dashed horizontal lines.
+    """
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, (name, accuracy) in enumerate((references or {}).items()):
+        ax.axhline(100 * accuracy, color="k", linestyle=(0, (4, 2 + 2 * i)), linewidth=1, label=name)
     for method, rows in frame.groupby("method", sort=False):
         stats = rows.groupby("labels_per_class")["test_acc"].agg(["mean", "min", "max"]).sort_index()
         x = stats.index.to_numpy()
