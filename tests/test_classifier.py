@@ -439,3 +439,22 @@ def test_continuous_features_are_the_encoder_output(data, vqvae_checkpoint):
         z = model.encoder(to_float(data.test_images[:7], "cpu"))
     assert features.shape == (7, 16 * 144)
     np.testing.assert_allclose(features, z.flatten(1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_label_efficiency_summary_counts_the_regressions_only():
+    from vqlib.label_efficiency import label_efficiency_summary
+
+    rows = [
+        {"method": "vq_head", "labels_per_class": 10, "seed": s, "test_acc": 0.6 + s / 100, "selection_images": 100}
+        | {"converged": None, "c_at_edge": None}
+        for s in range(2)
+    ] + [
+        {"method": "vq_linear", "labels_per_class": 10, "seed": s, "test_acc": 0.7, "selection_images": 100}
+        | {"converged": s == 0, "c_at_edge": True}
+        for s in range(2)
+    ]
+    table = label_efficiency_summary(pd.DataFrame(rows)).set_index("method")
+    assert table.loc["vq_head", "mean"] == pytest.approx(0.605) and table.loc["vq_head", "count"] == 2
+    assert np.isnan(table.loc["vq_head", "not_converged"]) and np.isnan(table.loc["vq_head", "c_at_edge"])
+    assert table.loc["vq_linear", "not_converged"] == 1 and table.loc["vq_linear", "c_at_edge"] == 2
+    assert table.loc["vq_linear", "selection_images"] == 100

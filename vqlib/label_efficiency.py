@@ -326,5 +326,8 @@ def label_efficiency_summary(frame):
         table["selection_images"] = groups["selection_images"].max()
     for column, flag, name in (("converged", False, "not_converged"), ("c_at_edge", True, "c_at_edge")):
         if column in frame:
-            table[name] = groups[column].agg(lambda s, flag=flag: int(s.eq(flag).sum()))
+            # Counted over the regressions only: the networks' rows hold no value (None / NaN).
+            table[name] = groups[column].agg(
+                lambda s, flag=flag: int(s.dropna().eq(flag).sum()) if s.notna().any() else None
+            )
     return table.reset_index()
