@@ -13,7 +13,7 @@ import torch
 
 from vqlib import checkpoints, classify, infer
 from vqlib.checkpoints import load_checkpoint, load_vqvae, save_checkpoint
-from vqlib.config import ClassifierConfig, LabelEfficiencyConfig, TrainConfig, VQVAEConfig
+from vqlib.config import ClassifierConfig, ClassifierStudyConfig, LabelEfficiencyConfig, TrainConfig, VQVAEConfig
 from vqlib.data import CLASS_NAMES, to_float
 from vqlib.errors import CheckpointError, ConfigError, DataError
 from vqlib.models import VQVAE, ClassificationHead, VQVAEClassifier
@@ -300,7 +300,11 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
 
     notebook = REPO / "notebooks" / "03_classifier.ipynb"
     declared = pm.inspect_notebook(str(notebook))
-    expected = {f.name for cls in (ClassifierConfig, LabelEfficiencyConfig) for f in dataclasses.fields(cls)}
+    expected = {
+        f.name
+        for cls in (ClassifierConfig, LabelEfficiencyConfig, ClassifierStudyConfig)
+        for f in dataclasses.fields(cls)
+    }
     assert set(declared) == expected
     raw = json.loads(notebook.read_text())
     assert all(
@@ -327,6 +331,7 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
             max_seeded_labels=5,
             linear_c="0.1",
             linear_max_iter=30,
+            compare_finetune=True,
         ),
     )
     metrics = json.loads((results / "metrics.json").read_text())
@@ -341,12 +346,22 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
         assert (results / name).stat().st_size > 0, name
     frame = pd.read_csv(results / "label_efficiency.csv")
     assert list(frame.columns[:5]) == ["method", "labels_per_class", "seed", "val_acc", "test_acc"]
-    # 5 per class: two seeds; 10 per class: one seed (above max_seeded_labels); four methods each.
-    assert len(frame) == 4 * 3 and set(frame["method"]) == {"vq_head", "vq_linear", "pixel_cnn", "pixel_linear"}
+    # 5 per class: two seeds; 10 per class: one seed (above max_seeded_labels); five methods each.
+    assert len(frame) == 5 * 3
+    assert set(frame["method"]) == {"vq_head", "vq_linear", "z_linear", "pixel_cnn", "pixel_linear"}
     # Six steps are too few for the CNN from scratch (it may stay at chance); the logistic regressions must learn.
     assert frame["test_acc"].between(0, 1).all()
-    assert (frame.loc[frame["method"].isin(["vq_linear", "pixel_linear"]), "test_acc"] > 0.3).all()
-    assert (tmp_path / "cls" / "best.pt").is_file()
+    assert (frame.loc[frame["method"].isin(["vq_linear", "z_linear", "pixel_linear"]), "test_acc"] > 0.3).all()
+    # The default protocol selects on as many validation labels as there are training labels.
+    assert (frame["selection"] == "matched").all()
+    assert (frame["selection_images"] == 10 * frame["labels_per_class"]).all()
+    assert (tmp_path / "cls" / "best.pt").is_file() and (tmp_path / "cls_finetune" / "best.pt").is_file()
+    comparison = pd.DataFrame(metrics["comparison"])
+    assert comparison["classifier"].tolist()[:2] == ["head on the frozen code", "fine-tuned encoder + head"]
+    assert (
+        comparison["test_accuracy"].iloc[-1] == pytest.approx(0.934)
+        and metrics["label_efficiency_selection"] == "matched"
+    )
 
 
 def test_label_efficiency_command(vqvae_checkpoint, tmp_path, capsys):
@@ -382,3 +397,64 @@ def test_label_efficiency_command(vqvae_checkpoint, tmp_path, capsys):
     frame = pd.read_csv(results / "label_efficiency.csv")
     assert sorted(frame["labels_per_class"].unique()) == [5, 10] and len(frame) == 4
     assert (results / "label_efficiency.png").stat().st_size > 5000
+
+
+def test_selection_subset_matches_the_training_budget(data):
+    from vqlib.label_efficiency import selection_subset
+
+    matched = selection_subset(data, 10, "matched", seed=0)
+    assert len(matched) == 100 and np.bincount(data.val_labels[matched].numpy(), minlength=10).tolist() == [10] * 10
+    assert torch.equal(matched, selection_subset(data, 10, "matched", seed=0))
+    assert not torch.equal(matched, selection_subset(data, 10, "matched", seed=1))
+    # Capped at the 500 per class the validation split holds; 'all' labels select on all of it.
+    assert len(selection_subset(data, 1000, "matched", seed=0)) == 5000
+    assert len(selection_subset(data, None, "matched", seed=0)) == 5000
+    assert len(selection_subset(data, 10, "full_val", seed=0)) == 5000
+    with pytest.raises(ConfigError, match="selection"):
+        LabelEfficiencyConfig(selection="test")
+
+
+def test_logistic_regression_records_convergence_and_the_grids_edge(data):
+    from vqlib.label_efficiency import logistic_regression
+
+    x = data.train_images[:300].reshape(300, -1).numpy().astype(np.float32) / 255
+    y = data.train_labels[:300].numpy()
+    vx = data.val_images[:200].reshape(200, -1).numpy().astype(np.float32) / 255
+    vy = data.val_labels[:200].numpy()
+    capped = logistic_regression(x, y, vx, vy, vx, vy, [0.01, 1.0], max_iter=3, seed=0)
+    assert not capped["converged"] and capped["fits_not_converged"] == 2 and capped["iterations"] == 3
+    assert capped["c_at_edge"]  # two values: both are edges
+    free = logistic_regression(x, y, vx, vy, vx, vy, [0.0001, 0.01, 100.0], max_iter=2000, seed=0)
+    assert free["converged"] and free["iterations"] < 2000
+    assert free["c"] in (0.0001, 0.01, 100.0) and free["c_at_edge"] == (free["c"] != 0.01)
+    assert 0.5 < free["val_acc"] <= 1
+
+
+def test_continuous_features_are_the_encoder_output(data, vqvae_checkpoint):
+    from vqlib.label_efficiency import continuous_features
+
+    model, _ = load_vqvae(vqvae_checkpoint)
+    features = continuous_features(model, data.test_images[:7], batch_size=3)
+    with torch.no_grad():
+        z = model.encoder(to_float(data.test_images[:7], "cpu"))
+    assert features.shape == (7, 16 * 144)
+    np.testing.assert_allclose(features, z.flatten(1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_label_efficiency_summary_counts_the_regressions_only():
+    from vqlib.label_efficiency import label_efficiency_summary
+
+    rows = [
+        {"method": "vq_head", "labels_per_class": 10, "seed": s, "test_acc": 0.6 + s / 100, "selection_images": 100}
+        | {"converged": None, "c_at_edge": None}
+        for s in range(2)
+    ] + [
+        {"method": "vq_linear", "labels_per_class": 10, "seed": s, "test_acc": 0.7, "selection_images": 100}
+        | {"converged": s == 0, "c_at_edge": True}
+        for s in range(2)
+    ]
+    table = label_efficiency_summary(pd.DataFrame(rows)).set_index("method")
+    assert table.loc["vq_head", "mean"] == pytest.approx(0.605) and table.loc["vq_head", "count"] == 2
+    assert np.isnan(table.loc["vq_head", "not_converged"]) and np.isnan(table.loc["vq_head", "c_at_edge"])
+    assert table.loc["vq_linear", "not_converged"] == 1 and table.loc["vq_linear", "c_at_edge"] == 2
+    assert table.loc["vq_linear", "selection_images"] == 100

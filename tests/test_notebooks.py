@@ -43,6 +43,9 @@ TINY_PROFILE = {
         "patches_per_code": 4,
         "interpolation_pairs": 2,
         "interpolation_steps": 4,
+        "claim_pairs": 6,
+        "label_shuffles": 5,
+        "bootstrap_samples": 100,
         "device": "cpu",
     },
 }
@@ -156,21 +159,37 @@ def test_notebook_04_writes_figures_and_analysis(study):
         "code_patches.png",
         "reconstructions_per_class.png",
         "per_class_mse.png",
+        "per_class_claim.png",
+        "code_specificity.png",
         "interpolations.png",
+        "interpolation_claim.png",
         vqnotebooks.ANALYSIS_NOTEBOOK,
     ):
         assert (folder / name).stat().st_size > 5000, name
     summary = read_json(folder / "analysis.json")
     assert len(summary["per_class_mse"]) == 10 and summary["images"] == 300
     assert summary["receptive_field"]["size"] == 12  # one residual block: 4 + 2*2 + 2*2
-    assert summary["seed_claim"]["sentence"].startswith("Ranked by test reconstruction MSE")
+    names = ["tsne_clustering", "codebook_usage", "interpolation", "reconstruction"]
+    assert [c["name"] for c in summary["claims"]] == names
+    for claim in summary["claims"]:
+        assert claim["verdict"] in ("agrees", "partly", "disagrees") and claim["sentence"] and claim["seed_words"]
+        assert claim["numbers"] and claim["definition"]
+    tsne = summary["claims"][0]["numbers"]
+    assert tsne["images"] == 100 and set(tsne["knn_accuracy"]) == {"code_map", "code_space", "pixel_map", "pixel_space"}
+    assert summary["claims"][2]["numbers"]["paths"] == 6
     nb = nbformat.read(folder / vqnotebooks.ANALYSIS_NOTEBOOK, as_version=4)
-    markdown = [o for c in nb.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
-    assert any("Verdict" in o["data"]["text/markdown"] for o in markdown)
+    markdown = [
+        o["data"]["text/markdown"]
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if "text/markdown" in o.get("data", {})
+    ]
+    for heading in ("**Clustering (", "**Codebook usage (", "**Reconstruction (", "**Interpolation ("):
+        assert any(text.startswith(heading) for text in markdown), heading
 
 
 # Inline PNG figures each report must hold, at least.
-EXPECTED_IMAGES = {"02_grid_summary": 2, "04_latent_analysis": 6, "01_train_vqvae_K8_D4": 2}
+EXPECTED_IMAGES = {"02_grid_summary": 2, "04_latent_analysis": 9, "01_train_vqvae_K8_D4": 2}
 
 
 def test_html_reports_hold_their_figures_and_no_code(study):

@@ -84,3 +84,21 @@ def test_train_subset_larger_than_the_data_is_refused(data, tmp_path):
 
     with pytest.raises(ConfigError, match="train_subset is 60000, but the split has only 55000"):
         train_vqvae(VQVAEConfig(), TrainConfig(train_subset=60000, checkpoint_dir=str(tmp_path)), data, progress=False)
+
+
+def test_evaluate_vqvae_names_both_psnr_definitions(data):
+    """psnr is the PSNR of the split's mean MSE; psnr_mean_per_image averages each image's PSNR (never lower)."""
+    import math
+
+    import numpy as np
+
+    from vqlib.analysis import per_image_mse
+
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(num_embeddings=8, embedding_dim=4, hidden_channels=16, residual_channels=8)).eval()
+    images = data.test_images[:60]
+    metrics = evaluate_vqvae(model, images, batch_size=25)
+    errors = per_image_mse(model, images).astype(np.float64)
+    assert metrics["psnr"] == pytest.approx(10 * math.log10(1 / errors.mean()), rel=1e-5)
+    assert metrics["psnr_mean_per_image"] == pytest.approx(np.mean(10 * np.log10(1 / errors)), rel=1e-5)
+    assert metrics["psnr_mean_per_image"] >= metrics["psnr"]  # Jensen: the mean of -log is >= -log of the mean

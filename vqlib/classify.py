@@ -27,6 +27,7 @@ from torch import nn
 from . import paths
 from .checkpoints import load_checkpoint, load_vqvae, load_weights, resolve_vqvae_checkpoint, save_checkpoint
 from .config import (
+    LABELS_PER_CLASS_AVAILABLE,
     ClassifierConfig,
     VQVAEConfig,
     changed_fields,
@@ -46,6 +47,10 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .files import ensure_dir, save_figure, write_csv, write_json
 from .models import VQVAE, ClassificationHead, VQVAEClassifier
 from .progress import progress_bar
+
+# Published test accuracies on FashionMNIST to read our numbers beside (no target): the benchmark table of
+# the dataset's repository (Xiao et al. 2017, github.com/zalandoresearch/fashion-mnist), all 60,000 labels.
+PUBLISHED_REFERENCES = {"2 conv + pool + BN on pixels (Fashion-MNIST benchmark)": 0.934}
 
 # What may differ between a last.pt and the run that continues it: where it runs and writes.
 CLASSIFIER_RESUMABLE_CHANGES = {"device", "checkpoint_dir", "results_dir"}
@@ -613,6 +618,66 @@ def evaluate_classifier(
     plt.close(fig)
     metrics["files"] = files
     return metrics
+
+
+# ----------------------------------------------------------------------------- frozen against fine-tuned
+
+
+def compare_classifiers(
+    run: ClassifierRun,
+    evaluation: dict,
+    data: Optional[FashionMNIST] = None,
+    *,
+    with_finetune: bool = False,
+    references: Optional[dict] = None,
+    progress: bool = True,
+):
+    """The trained classifier, optionally its other variant, and the published references, in one table.
+
+    With `with_finetune`, the classifier of `run`'s settings is trained again
+    with the other `finetune` value (the fine-tuned encoder beside the frozen
+    one, or the reverse) into sibling folders (`<folder>_finetune` or
+    `<folder>_frozen` when the folders were given) and evaluated on the test
+    split. Returns rows: classifier, labels_per_class, val_accuracy,
+    test_accuracy, source; the references carry only a test accuracy.
+    """
+    import pandas as pd
+
+    def name(config: ClassifierConfig) -> str:
+        return "fine-tuned encoder + head" if config.finetune else "head on the frozen code"
+
+    def row(r: ClassifierRun, ev: dict) -> dict:
+        return {
+            "classifier": name(r.config),
+            "labels_per_class": r.config.labels_per_class or LABELS_PER_CLASS_AVAILABLE,
+            "val_accuracy": r.best_val_acc,
+            "test_accuracy": ev["accuracy"],
+            "source": f"this run ({r.checkpoint_dir.name})",
+        }
+
+    rows = [row(run, evaluation)]
+    if with_finetune:
+        other = not run.config.finetune
+        suffix = "_finetune" if other else "_frozen"
+        config = dataclasses.replace(
+            run.config,
+            finetune=other,
+            checkpoint_dir=run.config.checkpoint_dir and run.config.checkpoint_dir.rstrip("/") + suffix,
+            results_dir=run.config.results_dir and run.config.results_dir.rstrip("/") + suffix,
+        )
+        other_run = train_classifier(config, data, progress=progress)
+        rows.append(row(other_run, evaluate_classifier(other_run, data, split="test")))
+    for ref, accuracy in (PUBLISHED_REFERENCES if references is None else references).items():
+        rows.append(
+            {
+                "classifier": ref,
+                "labels_per_class": 6000,  # the benchmark trains on all 60,000 training images
+                "val_accuracy": math.nan,
+                "test_accuracy": accuracy,
+                "source": "published",
+            }
+        )
+    return pd.DataFrame(rows, columns=["classifier", "labels_per_class", "val_accuracy", "test_accuracy", "source"])
 
 
 # ----------------------------------------------------------------------------- record

@@ -159,7 +159,8 @@ def cmd_infer_vqvae(args: argparse.Namespace) -> int:
         args.checkpoint, output, num_images=args.num_images, data=_load_data(args), device=args.device
     )
     print(
-        f"test MSE {metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB, perplexity {metrics['perplexity']:.2f}, "
+        f"test MSE {metrics['mse']:.5f}, PSNR of the mean MSE {metrics['psnr']:.2f} dB "
+        f"(mean per-image PSNR {metrics['psnr_mean_per_image']:.2f} dB), perplexity {metrics['perplexity']:.2f}, "
         f"codes used {metrics['codebook_usage']:.0%}"
     )
     print(f"reconstructions: {output}")
@@ -398,8 +399,9 @@ def _configure_label_efficiency(p: argparse.ArgumentParser) -> None:
 
 @command(
     "label-efficiency",
-    "test accuracy against labels per class: frozen-VQ head, linear probe, pixel CNN, "
-    "pixel logistic regression; writes label_efficiency.csv and .png",
+    "test accuracy against labels per class: frozen-VQ head, linear probes on the quantized and the continuous "
+    "latents, pixel CNN, pixel logistic regression, all selected on the same labels (--selection); "
+    "writes label_efficiency.csv and .png",
     _configure_label_efficiency,
 )
 def cmd_label_efficiency(args: argparse.Namespace) -> int:

@@ -160,7 +160,9 @@ def changed_fields(saved: dict[str, Any], wanted: dict[str, Any], ignore: Any = 
 # The training split holds 6,000 images of each class minus the 500 of each class
 # carved out for validation (data.VALIDATION_SIZE / 10).
 LABELS_PER_CLASS_AVAILABLE = 5500
-CLASSIFIER_METHODS = ("vq_head", "vq_linear", "pixel_cnn", "pixel_linear")
+CLASSIFIER_METHODS = ("vq_head", "vq_linear", "z_linear", "pixel_cnn", "pixel_linear")
+# How label efficiency chooses epochs and C: on a validation subset of the labelled budget, or on all of it.
+SELECTIONS = ("matched", "full_val")
 
 
 def _check_labels_per_class(name: str, value: Optional[int]) -> None:
@@ -269,7 +271,7 @@ def parse_floats(name: str, text: str) -> list[float]:
 
 @dataclass
 class LabelEfficiencyConfig:
-    """What the discrete code is worth with few labels: four methods, several label counts and seeds.
+    """What the discrete code is worth with few labels: five methods, several label counts and seeds.
 
     The head's sizes and training budget come from a `ClassifierConfig`; the
     fields named like its fields (vqvae_checkpoint, seed, device, results_dir)
@@ -282,8 +284,15 @@ class LabelEfficiencyConfig:
     label_counts: str = _opt("10,100,1000,all", "labelled images per class to try, comma-separated ('all' = 5,500)")
     methods: str = _opt(
         ",".join(CLASSIFIER_METHODS),
-        "comma-separated: vq_head, vq_linear (logistic regression on the "
-        "quantized latents), pixel_cnn (encoder-shaped CNN + head from scratch), pixel_linear",
+        "comma-separated: vq_head, vq_linear (logistic regression on the quantized latents), z_linear (the same "
+        "on the encoder's continuous output before quantization), pixel_cnn (encoder-shaped CNN + head from "
+        "scratch), pixel_linear",
+    )
+    selection: str = _opt(
+        "matched",
+        "what chooses epochs and C: 'matched' (a stratified validation subset with as many labels per class as the "
+        "training subset, at most 500, the same for every method) or 'full_val' (all 5,000 validation labels)",
+        choices=SELECTIONS,
     )
     num_seeds: int = _opt(3, "seeds (label subsets and initialisations) per label count up to max_seeded_labels")
     max_seeded_labels: int = _opt(1000, "label counts above this (and 'all') run one seed only")
@@ -295,7 +304,9 @@ class LabelEfficiencyConfig:
     linear_c: str = _opt(
         "0.001,0.003,0.01,0.1,1", "inverse regularisation strengths C of the logistic regressions, chosen on validation"
     )
-    linear_max_iter: int = _opt(200, "L-BFGS iterations of each logistic regression")
+    linear_max_iter: int = _opt(
+        1000, "L-BFGS iteration cap of each logistic regression; a fit that reaches it is recorded as not converged"
+    )
     seed: int = _opt(0, "first seed; seed i of a label count uses seed + i")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
     results_dir: Optional[str] = _opt(
@@ -306,6 +317,7 @@ class LabelEfficiencyConfig:
         parse_label_counts(self.label_counts)
         parse_methods(self.methods)
         parse_floats("linear_c", self.linear_c)
+        _check_choice("selection", self.selection, SELECTIONS)
         for name in ("num_seeds", "max_seeded_labels", "cnn_epochs_all", "linear_max_iter"):
             value = getattr(self, name)
             _check(
@@ -313,6 +325,23 @@ class LabelEfficiencyConfig:
                 f"{name} must be a positive integer, not {value!r}",
             )
         _check_choice("device", self.device, DEVICES)
+
+
+@dataclass
+class ClassifierStudyConfig:
+    """Notebook 03's comparison: the other classifier variant beside the trained one, and the published references."""
+
+    compare_finetune: bool = _opt(
+        False,
+        "also train the classifier with the encoder fine-tuned (frozen, when finetune is on) and tabulate both "
+        "beside the published references",
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.compare_finetune, bool),
+            f"compare_finetune must be true or false, not {self.compare_finetune!r}",
+        )
 
 
 def parse_int_list(name: str, text: str) -> list[int]:
@@ -432,6 +461,13 @@ class AnalysisConfig:
     images_per_class: int = _opt(8, "images per class in the reconstruction figure")
     interpolation_pairs: int = _opt(4, "pairs of test images of different classes to interpolate between")
     interpolation_steps: int = _opt(9, "images along each interpolation, both ends included")
+    pca_dims: int = _opt(50, "principal components of the flattened code and of the pixels before t-SNE and k-NN")
+    knn_neighbours: int = _opt(10, "k of the k-NN accuracy that measures clustering (in the map and in the PCA space)")
+    claim_pairs: int = _opt(20, "interpolation pairs measured for the smoothness claim (the figure shows fewer)")
+    specificity_bar: float = _opt(0.5, "a code is class-specific when its largest P(class | code) exceeds this")
+    label_shuffles: int = _opt(50, "label shuffles of the baseline the codebook-usage numbers must beat")
+    rank_band: int = _opt(3, "a class is among the best (worst) when it ranks in this many best (worst) classes")
+    bootstrap_samples: int = _opt(1000, "bootstrap resamples behind every interval of the claims")
     seed: int = _opt(0, "seed of every random choice (t-SNE sample, examples, pairs)")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
     results_dir: Optional[str] = _opt(None, "folder of the figures and analysis.json; None means results/analysis")
@@ -449,6 +485,12 @@ class AnalysisConfig:
             "images_per_class",
             "interpolation_pairs",
             "interpolation_steps",
+            "pca_dims",
+            "knn_neighbours",
+            "claim_pairs",
+            "label_shuffles",
+            "rank_band",
+            "bootstrap_samples",
         ):
             value = getattr(self, name)
             _check(
@@ -459,6 +501,13 @@ class AnalysisConfig:
         _check(self.interpolation_steps >= 2, f"interpolation_steps must be at least 2, not {self.interpolation_steps}")
         _check(self.patch_classes <= 10, f"patch_classes must be at most 10 (the classes), not {self.patch_classes}")
         _check(self.tsne_perplexity > 0, f"tsne_perplexity must be positive, not {self.tsne_perplexity}")
+        _check(self.claim_pairs >= 2, f"claim_pairs must be at least 2, not {self.claim_pairs}")
+        _check(self.claim_pairs <= 45, f"claim_pairs must be at most 45 (the pairs of classes), not {self.claim_pairs}")
+        _check(self.rank_band <= 4, f"rank_band must be below half the 10 classes, not {self.rank_band}")
+        _check(
+            0 < self.specificity_bar < 1,
+            f"specificity_bar must lie strictly between 0 and 1, not {self.specificity_bar}",
+        )
         _check_choice("device", self.device, DEVICES)
 
 

@@ -495,7 +495,8 @@ def write_best(
         test = evaluate_vqvae(model, data.test_images, data.test_labels)
         best.update(
             test_mse=test["mse"],
-            test_psnr=test["psnr"],
+            test_psnr=test["psnr"],  # 10 log10(1 / mean MSE over the split)
+            test_psnr_mean_per_image=test["psnr_mean_per_image"],
             test_perplexity=test["perplexity"],
             test_usage=test["codebook_usage"],
             test_per_class_mse=test["per_class_mse"],

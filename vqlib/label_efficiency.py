@@ -1,8 +1,8 @@
 """What the discrete code is worth with few labels: the code against pixel baselines.
 
-Four methods at several label counts and seeds, all trained by the classifier
+Five methods at several label counts and seeds, all trained by the classifier
 stage's one loop (`classify.fit`) or a logistic regression, all seeing the same
-labelled subset for a (label count, seed).
+labelled subset and the same selection set for a (label count, seed).
 """
 
 from __future__ import annotations
@@ -21,20 +21,22 @@ from .checkpoints import load_vqvae, resolve_vqvae_checkpoint
 from .classify import Inputs, build_classifier, code_lookup, encode_codes, evaluate_logits, fit, label_subset
 from .config import (
     LABELS_PER_CLASS_AVAILABLE,
+    SELECTIONS,
     ClassifierConfig,
     LabelEfficiencyConfig,
     parse_floats,
     parse_label_counts,
     parse_methods,
 )
-from .data import FashionMNIST, load_fashion_mnist, to_float
+from .data import NUM_CLASSES, FashionMNIST, load_fashion_mnist, stratified_subset, to_float
 from .device import resolve_device, seed_everything
+from .errors import ConfigError
 from .files import ensure_dir, save_figure, write_csv
 from .models import ClassificationHead, PixelCNN
 from .progress import progress_bar
 
 
-def _logistic_regression(
+def logistic_regression(
     train_x: np.ndarray,
     train_y: np.ndarray,
     val_x: np.ndarray,
@@ -45,24 +47,90 @@ def _logistic_regression(
     max_iter: int,
     seed: int,
 ) -> dict:
-    """Standardised features, L-BFGS logistic regression; C chosen on validation accuracy."""
+    """Standardised features, L-BFGS logistic regression; C chosen on validation accuracy.
+
+    A tie in validation accuracy (frequent when the selection set is small) goes
+    to the lower validation log-loss. Convergence is recorded, not silenced: a
+    fit that stops at `max_iter` mixes C's effect with an early stop (issue #13,
+    point 6). Returns val_acc, test_acc, chosen, c, converged (the chosen fit),
+    fits_not_converged (over the grid), iterations (of the chosen fit) and
+    c_at_edge (the chosen C is the grid's smallest or largest, so the best C
+    may lie outside it).
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_x)
     train_x, val_x, test_x = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
-    best = None
+    cs = sorted(cs)
+    fits = []
     for c in cs:
-        with warnings.catch_warnings():
-            # A capped iteration count is the stated budget; the validation score judges the result.
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
             clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(train_x, train_y)
-        val_acc = float((clf.predict(val_x) == val_y).mean())
-        if best is None or val_acc > best[0]:
-            best = (val_acc, c, clf)
-    val_acc, c, clf = best
-    return {"val_acc": val_acc, "test_acc": float((clf.predict(test_x) == test_y).mean()), "chosen": f"C={c}"}
+        proba = clf.predict_proba(val_x)
+        fits.append(
+            {
+                "c": c,
+                "clf": clf,
+                "val_acc": float((clf.classes_[proba.argmax(1)] == val_y).mean()),
+                "val_loss": float(log_loss(val_y, proba, labels=clf.classes_)),
+                "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
+                "iterations": int(np.max(clf.n_iter_)),
+            }
+        )
+    best = max(fits, key=lambda f: (f["val_acc"], -f["val_loss"]))
+    return {
+        "val_acc": best["val_acc"],
+        "test_acc": float((best["clf"].predict(test_x) == test_y).mean()),
+        "chosen": f"C={best['c']:g}",
+        "c": best["c"],
+        "converged": best["converged"],
+        "fits_not_converged": sum(not f["converged"] for f in fits),
+        "iterations": best["iterations"],
+        "c_at_edge": best["c"] in (cs[0], cs[-1]),
+    }
+
+
+@torch.inference_mode()
+def continuous_features(model, images: torch.Tensor, *, batch_size: int = 1000) -> np.ndarray:
+    """(N, D * 144) float32: the encoder's output z_e before quantization, flattened.
+
+    The probe on these features against the probe on the quantized code
+    separates what quantization costs from what the reconstruction objective
+    costs (issue #13, point 5).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [
+        model.encoder(to_float(images[s : s + batch_size], device)).flatten(1).float().cpu()
+        for s in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def selection_subset(data: FashionMNIST, labels_per_class: Optional[int], selection: str, seed: int) -> torch.Tensor:
+    """Indices into the validation split that choose epochs and C.
+
+    "full_val": all 5,000 labelled validation images at every label count.
+    "matched": as many per class as the labelled training subset, capped at the
+    500 per class the validation split holds (seeded, stratified): the labels
+    a user with that budget would have (Oliver et al. 2018, "Realistic
+    evaluation of deep semi-supervised learning algorithms").
+    """
+    if selection == "full_val":
+        return torch.arange(len(data.val_labels))
+    if selection != "matched":
+        raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}")
+    available = int(torch.bincount(data.val_labels, minlength=NUM_CLASSES).min())
+    per_class = available if labels_per_class is None else min(labels_per_class, available)
+    if per_class >= available:
+        return torch.arange(len(data.val_labels))
+    return torch.from_numpy(stratified_subset(data.val_labels, per_class, seed))
 
 
 def label_efficiency(
@@ -72,16 +140,19 @@ def label_efficiency(
     classifier: Optional[ClassifierConfig] = None,
     progress: bool = True,
 ):
-    """Test accuracy against labels per class for the four methods; returns the tidy DataFrame.
+    """Test accuracy against labels per class for the five methods; returns the tidy DataFrame.
 
     Methods: vq_head (the head on the frozen code, from the index cache),
     vq_linear (logistic regression on the flattened quantized latents),
-    pixel_cnn (an encoder-shaped CNN and the same head, from scratch on pixels,
-    the same size as the fine-tuned classifier), pixel_linear (logistic
-    regression on pixels). Every method sees the same labelled subset for a
-    (label count, seed) and selects its epoch or C on the whole validation
-    split. Writes label_efficiency.csv and label_efficiency.png into the
-    results folder.
+    z_linear (logistic regression on the encoder's continuous output before
+    quantization), pixel_cnn (an encoder-shaped CNN and the same head, from
+    scratch on pixels, the same size as the fine-tuned classifier),
+    pixel_linear (logistic regression on pixels). Every method sees the same
+    labelled subset and the same selection set for a (label count, seed);
+    `config.selection` says which (`selection_subset`). Each row records the
+    selection set's size and, for the regressions, whether the chosen fit
+    converged and whether its C sits on an edge of the grid. Writes
+    label_efficiency.csv and label_efficiency.png into the results folder.
     """
     import pandas as pd
 
@@ -113,13 +184,18 @@ def label_efficiency(
             [frozen.quantizer.lookup(c[s : s + 2000].long()).flatten(1).cpu() for s in range(0, len(c), 2000)]
         ).numpy()
 
+    def latent_features(split: str, idx=None) -> np.ndarray:
+        images = data.split(split)[0]
+        return continuous_features(frozen, images if idx is None else images[idx])
+
     def pixels(split: str, idx=None) -> np.ndarray:
         images = data.split(split)[0]
         images = images if idx is None else images[idx]
         return images.reshape(len(images), -1).numpy().astype(np.float32) / 255.0
 
-    val_q, test_q = (quantized_features("val"), quantized_features("test")) if "vq_linear" in methods else (None, None)
-    val_p, test_p = (pixels("val"), pixels("test")) if "pixel_linear" in methods else (None, None)
+    # The validation and test features of each regression, computed once; the selection subset indexes them.
+    feature_of = {"vq_linear": quantized_features, "z_linear": latent_features, "pixel_linear": pixels}
+    fixed = {m: (feature_of[m]("val"), feature_of[m]("test")) for m in methods if m in feature_of}
     val_y, test_y = data.val_labels.numpy(), data.test_labels.numpy()
     lookup = code_lookup(frozen.quantizer)
     to_input = lambda x: to_float(x, device)  # noqa: E731
@@ -134,6 +210,8 @@ def label_efficiency(
     for n, seed in jobs:
         idx = label_subset(data, n, seed)
         didx = idx.to(device)
+        sel = selection_subset(data, n, config.selection, seed)
+        dsel = sel.to(device)
         per_class = LABELS_PER_CLASS_AVAILABLE if n is None else n
         for method in methods:
             bar.set_postfix(labels=per_class, seed=seed, method=method)
@@ -145,14 +223,14 @@ def label_efficiency(
                     model = head
                     train = Inputs(codes["train"][didx], labels["train"][didx], lookup)
                     val, test = (
-                        Inputs(codes["val"], labels["val"], lookup),
+                        Inputs(codes["val"][dsel], labels["val"][dsel], lookup),
                         Inputs(codes["test"], labels["test"], lookup),
                     )
                     epochs = classifier.epochs
                 else:
                     model = PixelCNN(vqvae.config, head).to(device)
                     train = Inputs(data.train_images[idx].to(device), labels["train"][didx], to_input)
-                    val = Inputs(data.val_images.to(device), labels["val"], to_input)
+                    val = Inputs(data.val_images[sel].to(device), labels["val"][dsel], to_input)
                     test = Inputs(data.test_images.to(device), labels["test"], to_input)
                     epochs = min(classifier.epochs, config.cnn_epochs_all) if n is None else classifier.epochs
                 params = [
@@ -179,25 +257,15 @@ def label_efficiency(
                     "test_acc": (test_logits.argmax(1) == test.labels).float().mean().item(),
                     "chosen": f"epoch {best_epoch} of {len(history)}",
                 }
-            elif method == "vq_linear":
-                result = _logistic_regression(
-                    quantized_features("train", idx),
-                    data.train_labels[idx].numpy(),
-                    val_q,
-                    val_y,
-                    test_q,
-                    test_y,
-                    cs,
-                    config.linear_max_iter,
-                    seed,
-                )
             else:
-                result = _logistic_regression(
-                    pixels("train", idx),
+                val_x, test_x = fixed[method]
+                sel_np = sel.numpy()
+                result = logistic_regression(
+                    feature_of[method]("train", idx),
                     data.train_labels[idx].numpy(),
-                    val_p,
-                    val_y,
-                    test_p,
+                    val_x[sel_np],
+                    val_y[sel_np],
+                    test_x,
                     test_y,
                     cs,
                     config.linear_max_iter,
@@ -212,14 +280,27 @@ def label_efficiency(
                     "test_acc": result["test_acc"],
                     "train_images": len(idx),
                     "selected": result["chosen"],
+                    "selection": config.selection,
+                    "selection_images": len(sel),
+                    # Regressions only (empty for the networks, which stop on validation accuracy).
+                    "converged": result.get("converged"),
+                    "fits_not_converged": result.get("fits_not_converged"),
+                    "iterations": result.get("iterations"),
+                    "c_at_edge": result.get("c_at_edge"),
                     "seconds": time.perf_counter() - started,
                 }
             )
             bar.update(1)
             if progress:
+                note = ""
+                if "converged" in result:
+                    note = (", converged" if result["converged"] else ", NOT converged") + (
+                        ", C on the grid's edge" if result["c_at_edge"] else ""
+                    )
                 bar.write(
-                    f"{method:>12} {per_class:>5}/class seed {seed}: val {result['val_acc']:.4f}, "
-                    f"test {result['test_acc']:.4f} ({result['chosen']}, {rows[-1]['seconds']:.1f} s)"
+                    f"{method:>12} {per_class:>5}/class seed {seed}: val {result['val_acc']:.4f} "
+                    f"({len(sel)} images), test {result['test_acc']:.4f} ({result['chosen']}{note}, "
+                    f"{rows[-1]['seconds']:.1f} s)"
                 )
     bar.close()
     frame = pd.DataFrame(rows)
@@ -233,5 +314,20 @@ def label_efficiency(
 
 
 def label_efficiency_summary(frame):
-    """Mean and standard deviation of test accuracy per method and label count (the table of the report)."""
-    return frame.groupby(["method", "labels_per_class"])["test_acc"].agg(["mean", "std", "count"]).reset_index()
+    """Mean and standard deviation of test accuracy per method and label count (the table of the report).
+
+    With the protocol's columns, also the selection set's size, and for the
+    regressions how many seeds' chosen fits did not converge and how many chose
+    a C on an edge of the grid.
+    """
+    groups = frame.groupby(["method", "labels_per_class"])
+    table = groups["test_acc"].agg(["mean", "std", "count"])
+    if "selection_images" in frame:
+        table["selection_images"] = groups["selection_images"].max()
+    for column, flag, name in (("converged", False, "not_converged"), ("c_at_edge", True, "c_at_edge")):
+        if column in frame:
+            # Counted over the regressions only: the networks' rows hold no value (None / NaN).
+            table[name] = groups[column].agg(
+                lambda s, flag=flag: int(s.dropna().eq(flag).sum()) if s.notna().any() else None
+            )
+    return table.reset_index()

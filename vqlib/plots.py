@@ -200,14 +200,20 @@ def confusion_matrix_figure(
 LABEL_EFFICIENCY_NAMES = {
     "vq_head": "frozen VQ code + conv head",
     "vq_linear": "frozen VQ code + logistic regression",
+    "z_linear": "encoder output before quantization + logistic regression",
     "pixel_cnn": "CNN from scratch on pixels",
     "pixel_linear": "logistic regression on pixels",
 }
 
 
-def label_efficiency_figure(frame, *, title: Optional[str] = None):
-    """Test accuracy against labels per class (log x axis): a line per method (mean over seeds), a band from min to max."""
+def label_efficiency_figure(frame, *, title: Optional[str] = None, references: Optional[dict] = None):
+    """Test accuracy against labels per class (log x axis): a line per method (mean over seeds), a band from min to max.
+
+    `references` (name -> accuracy, e.g. `classify.PUBLISHED_REFERENCES`) are drawn as dashed horizontal lines.
+    """
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, (name, accuracy) in enumerate((references or {}).items()):
+        ax.axhline(100 * accuracy, color="k", linestyle=(0, (4, 2 + 2 * i)), linewidth=1, label=name)
     for method, rows in frame.groupby("method", sort=False):
         stats = rows.groupby("labels_per_class")["test_acc"].agg(["mean", "min", "max"]).sort_index()
         x = stats.index.to_numpy()
@@ -586,3 +592,110 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     # compress_level 1: a few times faster than the default 6, and these images are small anyway.
     Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- the seed's claims (notebook 04)
+
+
+def tsne_comparison(
+    maps: dict, labels: np.ndarray, class_names: Sequence[str], *, accuracy: Optional[dict] = None, title=None
+):
+    """t-SNE maps side by side (name -> (N, 2) points, same images), each titled with its k-NN accuracy."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps) + 1.5, 5.6), squeeze=False)
+    colors = plt.cm.tab10(np.arange(len(class_names)))
+    labels = np.asarray(labels)
+    for ax, (name, points) in zip(axes[0], maps.items(), strict=True):
+        for c, cname in enumerate(class_names):
+            mask = labels == c
+            ax.scatter(points[mask, 0], points[mask, 1], s=5, alpha=0.7, color=colors[c], label=cname)
+        ax.set_xticks([]), ax.set_yticks([])
+        extra = f"\n10-NN accuracy in the map: {accuracy[name]:.2f}" if accuracy and name in accuracy else ""
+        ax.set_title(f"{name}{extra}", fontsize=10)
+    axes[0][-1].legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def specificity_histogram(claim: dict, *, title: Optional[str] = None):
+    """Each code's largest P(class | code), observed and with shuffled labels (`codebook_usage_claim`'s numbers)."""
+    numbers = claim["numbers"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(numbers["max_specificity_per_code"], bins=bins, alpha=0.7, label="true labels")
+    if len(numbers["max_specificity_per_code_shuffled"]):
+        ax.hist(numbers["max_specificity_per_code_shuffled"], bins=bins, alpha=0.6, label="labels shuffled once")
+    ax.axvline(numbers["bar"], color="k", linestyle="--", linewidth=1, label=f"bar {numbers['bar']:g}")
+    ax.set(
+        xlabel="largest P(class | code), equal class priors",
+        ylabel="codes",
+        title=title or f"How class-specific each code is (NMI code-class {numbers['nmi']:.3f})",
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_claim_figure(claim: dict, *, title: Optional[str] = None):
+    """Per path: each step relative to the path's mean step, and each interior frame's distance from a cross-fade."""
+    numbers = claim["numbers"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for path in numbers["per_path"]:
+        steps = np.asarray(path["steps"])
+        axes[0].plot(np.arange(1, len(steps) + 1), steps / max(steps.mean(), 1e-12), color="C0", alpha=0.4)
+        dev = np.asarray(path["crossfade_deviation"])
+        axes[1].plot(np.arange(1, len(dev) + 1), dev, color="C1", alpha=0.4)
+    axes[0].axhline(numbers["max_step_ratio"], color="k", linestyle="--", linewidth=1, label="smoothness bar")
+    axes[0].axhline(1.0, color="grey", linewidth=0.8)
+    axes[0].set(xlabel="step along the path", ylabel="RMS change / mean step", title="Change per step (1 = even)")
+    axes[0].legend(fontsize=8)
+    axes[1].axhline(
+        numbers["crossfade_tolerance"], color="k", linestyle="--", linewidth=1, label="cross-fade tolerance"
+    )
+    axes[1].set(
+        xlabel="interior frame",
+        ylabel="distance from cross-fade / end-to-end",
+        title="Distance from a pixel cross-fade of the ends (0 = cross-fade)",
+    )
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        epoch_axis(ax)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_claim_figure(claim: dict, *, title: Optional[str] = None):
+    """Per class, mean per-image MSE and its coefficient of variation with bootstrap intervals; named classes marked."""
+    numbers = claim["numbers"]
+    rows = numbers["per_class"]
+    names = [r["class"] for r in rows]
+    best, worst = set(numbers["best_named"]), set(numbers["worst_named"])
+    colors = ["C2" if n in best else "C3" if n in worst else "C7" for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, key, label in (
+        (axes[0], "mse_mean", "mean per-image MSE"),
+        (axes[1], "cv", "coefficient of variation (std / mean)"),
+    ):
+        values = np.array([r[key] for r in rows])
+        ci = np.array([r[f"{key}_interval" if key == "mse_mean" else "cv_interval"] for r in rows])
+        ax.bar(names, values, color=colors, yerr=[values - ci[:, 0], ci[:, 1] - values], capsize=3)
+        ax.set(ylabel=label)
+        ax.tick_params(axis="x", rotation=35)
+        ax.grid(axis="y", alpha=0.3)
+    band = numbers["band"]
+    axes[0].axvline(band - 0.5, color="k", linestyle="--", linewidth=1)
+    axes[0].axvline(len(rows) - band - 0.5, color="k", linestyle="--", linewidth=1)
+    axes[0].set_title(
+        f"Classes by reconstruction error (green: seed's best, red: seed's worst; dashes: the {band} best / worst)",
+        fontsize=9,
+    )
+    axes[1].set_title(f"Variability relative to the mean ({numbers['confidence']:.0%} bootstrap intervals)", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
