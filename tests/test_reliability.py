@@ -21,7 +21,8 @@ from vqlib.train import train_vqvae
 
 from .conftest import VQLIB
 
-TIMING = {"epoch_seconds", "images_per_s"}
+# What a history records about the machine, not about the training: speed, memory, load, the code version.
+TIMING = {"epoch_seconds", "images_per_s", "rss_mb", "peak_rss_mb", "load_avg"}
 TRAIN_ARGS = [
     "train-vqvae",
     "--num-embeddings",
