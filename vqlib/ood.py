@@ -219,7 +219,9 @@ def vqvae_fingerprint(vqvae) -> str:
     return digest.hexdigest()
 
 
-def fit_detector(vqvae, data: FashionMNIST, *, fit_images: int = FIT_IMAGES, seed: int = 0) -> dict:
+def fit_detector(
+    vqvae, data: FashionMNIST, *, fit_images: int = FIT_IMAGES, synthetic_per_set: Optional[int] = None, seed: int = 0
+) -> dict:
     """Fit the signals on `fit_images` training images, standardise and calibrate them on the validation split,
     and choose the combination on validation against synthetic sets. Returns the detector (a plain dict)."""
     train_images, train_labels = subset(
@@ -233,8 +235,9 @@ def fit_detector(vqvae, data: FashionMNIST, *, fit_images: int = FIT_IMAGES, see
     state["spread"] = torch.from_numpy(np.maximum((high - low) / 2, 1e-6))
     val_z = _standardise(val_raw, state)
     n = len(data.val_images)
+    m = min(synthetic_per_set or n, n)  # as many of each synthetic set as validation images, unless told
     synthetic_z = {
-        kind: _standardise(_raw_signals(state, vqvae, synthetic_images(kind, data.val_images, n, seed)), state)
+        kind: _standardise(_raw_signals(state, vqvae, synthetic_images(kind, data.val_images, m, seed)), state)
         for kind in SYNTHETIC_SETS
     }
     combination, table = choose_combination(val_z, synthetic_z)
