@@ -104,6 +104,10 @@ def test_detector_round_trips_weights_only_and_belongs_to_one_vqvae(fitted, tmp_
     other = VQVAE(vqvae.config)
     with pytest.raises(CheckpointError, match="another VQ-VAE"):
         ood.load_detector(path, other)
+    damaged = {**detector["state_dict"], "precision": torch.zeros(3, 3, dtype=torch.float64)}
+    ood.save_detector(tmp_path / "damaged.pt", {**detector, "state_dict": damaged})
+    with pytest.raises(CheckpointError, match="does not fit this VQ-VAE .precision"):
+        ood.load_detector(tmp_path / "damaged.pt", vqvae)
     save_checkpoint(tmp_path / "broken.pt", "ood", {"model_config": {}, "state_dict": {}})
     with pytest.raises(CheckpointError, match="not a complete OOD detector"):
         ood.load_detector(tmp_path / "broken.pt", vqvae)

@@ -26,8 +26,9 @@ The fitted detector is a plain dict of tensors (a vqlib checkpoint of kind
 ``ood``, loadable with ``torch.load(weights_only=True)``) cached under
 ``checkpoints/ood-detectors/``, named by a hash of the VQ-VAE's weights: it
 depends only on that VQ-VAE and the data, so every classifier trained on that
-VQ-VAE shares it. `detector_for` fits it the
-first time it is needed (about 20 s on a 2-core CPU) and reuses it afterwards.
+VQ-VAE shares it. `detector_for` fits it the first time it is needed (about
+35,000 images encoded and decoded: a minute or two on a 2-core CPU) and reuses
+it afterwards.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ PCA_DIMS = 50  # issue #15's Mahalanobis baseline: PCA to 50, shared covariance
 FIT_IMAGES = 10_000  # training images the signals are fitted on (stratified)
 THRESHOLD_PERCENTILE = 99.0  # flag above the validation 99th percentile: a 1% false-positive target
 SYNTHETIC_SETS = ("noise", "blank", "inverted")
+LATENT_POSITIONS = 12 * 12  # the encoder's 28 -> 12 latent grid
 
 
 # ----------------------------------------------------------------------------- images
@@ -84,7 +86,6 @@ def digits_images() -> torch.Tensor:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    out = np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     small = (load_digits().images * (255.0 / 16.0)).round().astype(np.uint8)
     pad = (IMAGE_SIZE - 20) // 2
     out = np.zeros((len(small), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
@@ -283,6 +284,23 @@ def load_detector(path: str | os.PathLike, vqvae) -> dict:
     }
     if not needed <= set(state) or not all(isinstance(state[k], torch.Tensor) for k in needed):
         raise CheckpointError(f"{path} is not a complete OOD detector (it lacks {sorted(needed - set(state))})")
+    # A damaged or foreign cache file must fail here, in one sentence, not in the middle of scoring.
+    p, f = tuple(state["pca_components"].shape) if state["pca_components"].ndim == 2 else (0, 0)
+    shapes = {
+        "pca_mean": (f,),
+        "class_means": (NUM_CLASSES, p),
+        "precision": (p, p),
+        "code_log2_probs": (LATENT_POSITIONS, vqvae.quantizer.num_embeddings),
+        "centre": (len(SIGNALS),),
+        "spread": (len(SIGNALS),),
+    }
+    wrong = [k for k, shape in shapes.items() if tuple(state[k].shape) != shape]
+    if p < 1 or f != vqvae.config.embedding_dim * LATENT_POSITIONS or state["val_scores"].ndim != 1:
+        wrong.append("pca_components or val_scores")
+    if wrong or not len(state["val_scores"]):
+        raise CheckpointError(
+            f"{path} does not fit this VQ-VAE ({', '.join(wrong) or 'no validation scores'}); delete it"
+        )
     if config.get("combination") not in CANDIDATES or not isinstance(config.get("threshold_percentile"), float):
         raise CheckpointError(f"{path} names no known combination of signals; delete it and it is fitted again")
     if config.get("vqvae_fingerprint") != vqvae_fingerprint(vqvae):
