@@ -284,7 +284,7 @@ def test_result_file_readers(tmp_path_factory, blob):
     except CheckpointError as exc:
         one_line(exc)
     frame = grid.collect_grid(root)  # a broken record is a run not done, never an exception
-    assert len(frame) == 1 and frame["val_mse"].dtype == float
+    assert len(frame) == 1 and frame["val_mse"].dtype.kind in "iuf"  # numbers, never strings or lists
     parameters = grid.grid_parameters(25, 16)
     assert grid.is_complete(run, parameters) is False
 

@@ -330,15 +330,15 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
     return with_seed_statistics(pd.DataFrame(rows, columns=columns))
 
 
-def _number(value: Any) -> float:
-    """A recorded number as a float; anything else (a string, a list, true) read from a hand-edited or
-    damaged record is NaN, so that one broken file cannot break the whole table (tests/test_fuzz.py)."""
+def _number(value: Any) -> float | int:
+    """A recorded number as it is (an int stays an int, as the columns had it); anything else (a string, a list,
+    true) read from a hand-edited or damaged record is NaN, so that one broken file cannot break the whole
+    table (tests/test_fuzz.py)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
-    try:
-        return float(value)
-    except OverflowError:  # an integer of hundreds of digits
+    if isinstance(value, int) and abs(value) >= 2**63:  # beyond int64: pandas would make the column object
         return math.nan
+    return value
 
 
 def _dict(value: Any) -> dict:
