@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 KERNEL := vqlib
 PROFILE ?= quick
 
-.PHONY: run test lint format data bench ray-vs-local lab explore-check clean-results help
+.PHONY: run test fuzz lint format data bench ray-vs-local lab explore-check clean-results help
 
 help:
 	@echo "make run    - the whole study (quick profile) -> results/reports/index.html"
 	@echo "make test   - lint (ruff) and the test suite on the real data"
+	@echo "make fuzz   - the parser properties of tests/test_fuzz.py with 50 times the examples"
 	@echo "make format - ruff's fixes and formatting, in place"
 	@echo "make bench  - speed benchmarks -> results/bench/bench.json"
 	@echo "make lab    - JupyterLab on the explorer (notebooks/05_explore.ipynb), on 127.0.0.1"
@@ -52,6 +53,10 @@ format: $(STAMP)
 
 test: lint data
 	$(BIN)/python -m pytest -q
+
+# The same Hypothesis properties as make test, deeper: VQLIB_FUZZ_SCALE multiplies every example count.
+fuzz: $(STAMP)
+	VQLIB_FUZZ_SCALE=$${VQLIB_FUZZ_SCALE:-50} $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 bench: data
 	$(BIN)/python benchmarks/bench.py

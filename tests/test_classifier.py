@@ -179,7 +179,8 @@ def test_metrics_agree_with_scikit_learn_on_a_hand_made_case():
 # ----------------------------------------------------------------------------- inference
 
 
-def test_infer_on_png_written_here(data, trained, tmp_path):
+def test_infer_on_png_written_here(data, trained, tmp_path, project, cli_env):
+    """(`project` and `cli_env` share tmp_path as VQLIB_ROOT: the OOD detector infer-cls fits is cached there.)"""
     from PIL import Image
 
     # A dark-on-light photo of a test image, 5x larger: auto inversion must bring back the FashionMNIST look.
@@ -214,9 +215,11 @@ def test_infer_on_png_written_here(data, trained, tmp_path):
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env=cli_env,
     )
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "pred.json").read_text())
+    assert {"ood_score", "ood_flag"} <= set(written[0]) and "look like FashionMNIST" in result.stdout
     assert written[0]["predicted"] in result.stdout and set(CLASS_NAMES) <= set(written[0])
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from . import paths
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .files import atomic_path, read_json
 
 FORMAT_VERSION = 1
@@ -107,37 +107,108 @@ def load_checkpoint(
         raise CheckpointError(f"no checkpoint at {path}; train one first or check the path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
         # weights_only refuses any global it does not know: this is where a pickle
         # that would run code ends, before anything of it runs. torch's own message
         # suggests weights_only=False, which is exactly what must not be done here.
+        # Random bytes end here too ("invalid load key"): only a refused global is code.
+        if "global" not in str(exc).lower():
+            raise CheckpointError(f"{path} is not a readable checkpoint (its pickle is corrupt)") from None
         raise CheckpointError(
             f"{path} is not a vqlib checkpoint: it holds Python objects that a safe (weights-only) load refuses to run"
         ) from None
     except Exception as exc:  # noqa: BLE001
         # On bytes that are not a checkpoint, the legacy unpickler fails with whatever
         # its parse hits first (KeyError, IndexError, EOFError, ...): all mean the same.
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_short(exc, 200)})") from None
     if not isinstance(ckpt, dict) or not REQUIRED_KEYS <= set(ckpt):
         raise CheckpointError(f"{path} is not a vqlib checkpoint (it lacks the keys {sorted(REQUIRED_KEYS)})")
-    if ckpt["format_version"] != FORMAT_VERSION:
+    if not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"{path} is not a vqlib checkpoint (its model_config or state_dict is not a dict)")
+    # Exact types before comparing: a tensor compared with == is a tensor, not a bool (tests/test_fuzz.py).
+    if type(ckpt["format_version"]) is not int or ckpt["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format {ckpt['format_version']}, this vqlib reads format {FORMAT_VERSION}"
+            f"{path} has checkpoint format {_short(ckpt['format_version'])}, this vqlib reads format {FORMAT_VERSION}"
         )
+    if not isinstance(ckpt["kind"], str):
+        raise CheckpointError(f"{path} is not a vqlib checkpoint (its kind is {_short(ckpt['kind'])}, not a name)")
     if kind is not None and ckpt["kind"] != kind:
-        raise CheckpointError(f"{path} is a {ckpt['kind']} checkpoint, but a {kind} checkpoint is needed here")
+        raise CheckpointError(f"{path} is a {_short(ckpt['kind'])} checkpoint, but a {kind} checkpoint is needed here")
     for key, value in (expect or {}).items():
         found = ckpt["model_config"].get(key)
-        if found != value:
-            raise CheckpointError(f"{path} was trained with {key}={found}, but {key}={value} is needed here")
+        if type(found) is not type(value) or found != value:
+            raise CheckpointError(f"{path} was trained with {key}={_short(found)}, but {key}={value} is needed here")
     return ckpt
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value for a one-sentence message: one line, at most `limit` characters, never empty."""
+    text = value if isinstance(value, str) else (str(value) if isinstance(value, BaseException) else repr(value))
+    text = " ".join(text.split()) or type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def config_from_checkpoint(cls: type, values: Any, path: str | os.PathLike, what: str = "model"):
+    """A config dataclass from a checkpoint's dict; wrong names, types or values are a CheckpointError naming the file."""
+    from .config import from_dict
+
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} is not a vqlib checkpoint (its {what} config is not a dict)")
+    # Configs are saved as plain values (dataclasses.asdict): a tensor or a list in one is not a vqlib config.
+    odd = [
+        k for k, v in values.items() if not isinstance(k, str) or not isinstance(v, (type(None), bool, int, float, str))
+    ]
+    if odd:
+        raise CheckpointError(f"{path} holds an impossible {what} config ({_short(odd[0])} is not a plain value)")
+    try:
+        return from_dict(cls, values)
+    except (ConfigError, TypeError) as exc:
+        # TypeError: a value of the wrong type compared in __post_init__ (a string for beta, say).
+        raise CheckpointError(f"{path} holds an impossible {what} config ({str(exc).splitlines()[0][:200]})") from None
+
+
+def build_checked(build: Callable[[], torch.nn.Module], ckpt: dict[str, Any], path: str | os.PathLike, what: str):
+    """`build()` once on the meta device (no memory), compared with the checkpoint's tensors, then for real.
+
+    A config is a claim like an IDX header: num_embeddings=65536 with embedding_dim=10^7 would
+    allocate terabytes. The state_dict's tensors were read from the file, so their sizes are
+    confirmed; the model is built only when its shapes and dtypes are those tensors'.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes whose product overflows, even without memory
+        raise CheckpointError(f"{path} holds an impossible {what} config ({str(exc).splitlines()[0][:200]})") from None
+    expected, found = skeleton.state_dict(), ckpt["state_dict"]
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the {what} its config describes (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    weights = {name for name, _ in skeleton.named_parameters()}
+    for name, want in expected.items():
+        have = found[name]
+        if not isinstance(have, torch.Tensor) or have.shape != want.shape:
+            shape = tuple(have.shape) if isinstance(have, torch.Tensor) else type(have).__name__
+            raise CheckpointError(
+                f"{path} does not match the {what} its config describes ({name} is {shape}, expected {tuple(want.shape)})"
+            )
+        if have.dtype.is_floating_point != want.dtype.is_floating_point or have.dtype.is_complex:
+            raise CheckpointError(f"{path} holds {name} as {have.dtype}, but the {what} needs {want.dtype}")
+        # Weights and the codebook must be finite; some buffers are NaN by design (the quantizer's
+        # usage_count before its first measurement).
+        if (name in weights or name.endswith("codebook")) and not bool(torch.isfinite(have).all()):
+            raise CheckpointError(f"{path} holds NaN or infinite values in {name}; the {what} is corrupt")
+    model = build()
+    load_weights(model, ckpt, path, what)
+    return model
 
 
 def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.PathLike, what: str) -> None:
     """Load a checkpoint's state_dict into `model`; a mismatch is a CheckpointError, not a traceback."""
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError) as exc:  # TypeError: a state_dict that is not a mapping of tensors
         raise CheckpointError(
             f"{path} does not match the {what} its config describes ({str(exc).splitlines()[0][:200]})"
         ) from None
@@ -145,10 +216,10 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | os.Pa
 
 def load_vqvae(path: str | os.PathLike, *, device: torch.device | str = "cpu", expect: Optional[dict[str, Any]] = None):
     """A VQ-VAE in eval mode, rebuilt from its checkpoint alone; returns (model, checkpoint)."""
-    from .config import VQVAEConfig, from_dict
+    from .config import VQVAEConfig
     from .models import VQVAE
 
     ckpt = load_checkpoint(path, kind="vqvae", expect=expect)
-    model = VQVAE(from_dict(VQVAEConfig, ckpt["model_config"]))
-    load_weights(model, ckpt, path, "VQ-VAE")
+    config = config_from_checkpoint(VQVAEConfig, ckpt["model_config"], path, "VQ-VAE")
+    model = build_checked(lambda: VQVAE(config), ckpt, path, "VQ-VAE")
     return model.to(device).eval(), ckpt

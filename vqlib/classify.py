@@ -25,13 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import paths
-from .checkpoints import load_checkpoint, load_vqvae, load_weights, resolve_vqvae_checkpoint, save_checkpoint
+from .checkpoints import (
+    build_checked,
+    config_from_checkpoint,
+    load_checkpoint,
+    load_vqvae,
+    resolve_vqvae_checkpoint,
+    save_checkpoint,
+)
 from .config import (
     LABELS_PER_CLASS_AVAILABLE,
     ClassifierConfig,
     VQVAEConfig,
     changed_fields,
-    from_dict,
 )
 from .data import (
     CLASS_NAMES,
@@ -461,8 +467,8 @@ def load_classifier(
         raise CheckpointError(
             f"{path} is a classifier checkpoint without the VQ-VAE configuration it was trained on; retrain it"
         )
-    config = from_dict(ClassifierConfig, ckpt["model_config"])
-    vqvae_config = from_dict(VQVAEConfig, ckpt["vqvae_config"])
+    config = config_from_checkpoint(ClassifierConfig, ckpt["model_config"], path, "classifier")
+    vqvae_config = config_from_checkpoint(VQVAEConfig, ckpt["vqvae_config"], path, "VQ-VAE")
     if vqvae_checkpoint is not None:
         paired = load_checkpoint(vqvae_checkpoint, kind="vqvae")
         if paired["model_config"] != ckpt["vqvae_config"]:
@@ -473,15 +479,14 @@ def load_classifier(
             )
             raise CheckpointError(
                 f"the classifier {path} was trained on a VQ-VAE with {diff}, so it cannot be paired "
-                f"with {vqvae_checkpoint}; pass the VQ-VAE it was trained on ({ckpt['vqvae_checkpoint']})"
+                f"with {vqvae_checkpoint}; pass the VQ-VAE it was trained on ({ckpt.get('vqvae_checkpoint')})"
             )
         if not config.finetune and not _same_code(ckpt["state_dict"], paired["state_dict"]):
             raise CheckpointError(
                 f"the classifier {path} was trained on the code of another VQ-VAE run than {vqvae_checkpoint} "
-                f"(same configuration, other weights); pass {ckpt['vqvae_checkpoint']}"
+                f"(same configuration, other weights); pass {ckpt.get('vqvae_checkpoint')}"
             )
-    model = build_classifier(config, VQVAE(vqvae_config))
-    load_weights(model, ckpt, path, "classifier")
+    model = build_checked(lambda: build_classifier(config, VQVAE(vqvae_config)), ckpt, path, "classifier")
     return model.to(device).eval(), ckpt
 
 

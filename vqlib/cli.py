@@ -354,6 +354,12 @@ def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
         "(default: decide from each image's border)",
     )
     p.add_argument("--output", default=None, help="also write the predictions to this .csv or .json file")
+    p.add_argument(
+        "--vqvae-checkpoint",
+        default=None,
+        help="the VQ-VAE the classifier was trained on, for the out-of-distribution score "
+        "(default: the path the classifier recorded)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -364,14 +370,67 @@ def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
 )
 def cmd_infer_cls(args: argparse.Namespace) -> int:
     from .device import resolve_device
-    from .infer import infer_images
+    from .infer import infer_images, unreliable_sentence
 
     frame = infer_images(
-        args.checkpoint, args.inputs, output=args.output, invert=args.invert, device=str(resolve_device(args.device))
+        args.checkpoint,
+        args.inputs,
+        output=args.output,
+        invert=args.invert,
+        device=str(resolve_device(args.device)),
+        vqvae_checkpoint=args.vqvae_checkpoint,
     )
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(unreliable_sentence(frame))
     if args.output:
         print(f"predictions: {args.output}")
+    return 0
+
+
+def _configure_ood_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--vqvae-checkpoint",
+        default=None,
+        help="the VQ-VAE whose detector is measured (default: the grid's best, else the published one)",
+    )
+    p.add_argument("--refit", action="store_true", help="fit the detector again even when it is cached")
+    p.add_argument(
+        "--results-dir", default=None, help="where ood_eval.csv and ood_selection.csv go (default: results/ood)"
+    )
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _data_option(p)
+
+
+@command(
+    "ood-eval",
+    "AUROC of the out-of-distribution detector and of its single signals on digits, noise, blank and inverted "
+    "images against the FashionMNIST test set, and its false-positive rate; writes results/ood/ood_eval.csv",
+    _configure_ood_eval,
+)
+def cmd_ood_eval(args: argparse.Namespace) -> int:
+    from . import ood, paths
+    from .checkpoints import resolve_vqvae_checkpoint
+    from .device import resolve_device
+    from .files import write_csv
+
+    checkpoint = resolve_vqvae_checkpoint(args.vqvae_checkpoint)
+    data = _load_data(args)
+    vqvae, detector = ood.detector_for(checkpoint, data, device=resolve_device(args.device), refit=args.refit)
+    table = ood.evaluate_detector(detector, vqvae, data)
+    folder = Path(args.results_dir) if args.results_dir else paths.results_dir() / "ood"
+    write_csv(folder / "ood_eval.csv", table)
+    if "selection" in detector:
+        import pandas as pd
+
+        write_csv(folder / "ood_selection.csv", pd.DataFrame(detector["selection"]))
+    config = detector["model_config"]
+    print(f"VQ-VAE {checkpoint}; detector {ood.detector_path(vqvae)}: max of {config['combination']}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    print(
+        f"flagged = share above the validation {config['threshold_percentile']:g}th percentile "
+        "(on the FashionMNIST test set: the false-positive rate)"
+    )
+    print(f"table: {folder / 'ood_eval.csv'}")
     return 0
 
 
@@ -570,8 +629,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _one_line(text: str) -> str:
+    """A message on one line: a file name or option value may itself hold a newline."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one sentence like every other vqlib error (still exit code 2).
+
+    argparse prints the whole usage block before the error; for a command with
+    forty options that buries the one line that matters. `--help` shows the usage.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vqlib",
         description="vqlib: a VQ-VAE that learns a discrete code for FashionMNIST, and a classifier that reads it.",
     )
@@ -592,7 +667,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except VqlibError as exc:
         if args.debug:
             raise
-        print(f"vqlib {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vqlib {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vqlib {args.command}: interrupted", file=sys.stderr)

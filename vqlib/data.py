@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import struct
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -59,38 +61,100 @@ HOW_TO_PROVIDE = (
 # ----------------------------------------------------------------------------- IDX files
 
 
+# IDX type codes (third byte of the magic): only unsigned bytes are FashionMNIST's.
+IDX_TYPES = {
+    0x08: "unsigned bytes",
+    0x09: "signed bytes",
+    0x0B: "int16",
+    0x0C: "int32",
+    0x0D: "float32",
+    0x0E: "float64",
+}
+# The largest content read: 4 GiB, 85 times FashionMNIST's training images. A header may
+# promise anything; this bounds what a reader of it can be made to hold.
+MAX_IDX_BYTES = 4 << 30
+_CHUNK = 1 << 20
+
+
+def _idx_header(path: Path, head: bytes) -> tuple[int, int, tuple[int, ...]]:
+    """(magic, header length, shape) from the first bytes of an IDX file, checked before any data is read."""
+    if len(head) < 8:
+        raise DataError(f"{path} is too short to be an IDX file ({len(head)} bytes)")
+    magic, count = struct.unpack(">II", head[:8])
+    if magic not in (0x00000801, 0x00000803):
+        kind = IDX_TYPES.get((magic >> 8) & 0xFF) if magic >> 16 == 0 else None
+        if kind and kind != "unsigned bytes":
+            raise DataError(
+                f"{path} is an IDX file of {kind}; vqlib reads IDX files of unsigned bytes (images or labels)"
+            )
+        raise DataError(f"{path} is not an IDX file of images or labels (magic number 0x{magic:08x})")
+    if magic == 0x00000803:
+        if len(head) < 16:
+            raise DataError(f"{path} is too short to be an IDX file of images ({len(head)} bytes)")
+        rows, cols = struct.unpack(">II", head[8:16])
+        if count and (rows == 0 or cols == 0):
+            raise DataError(
+                f"{path} promises {count} images of {rows} x {cols} pixels; an image needs at least one pixel"
+            )
+        return magic, 16, (count, rows, cols)
+    return magic, 8, (count,)
+
+
+def _read_bounded(f, limit: int) -> bytes:
+    """At most `limit` bytes of a (decompressing) stream, read in chunks: memory follows what the
+    file really holds, never what its header claims."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = f.read(min(_CHUNK, limit - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
 def read_idx(
     path: str | os.PathLike, *, expected_magic: Optional[int] = None, expected_md5: Optional[str] = None
 ) -> np.ndarray:
-    """Read one IDX file (gzip-compressed or not) into a uint8 array, checking header, length and checksum."""
+    """Read one IDX file (gzip-compressed or not) into a uint8 array, checking header, length and checksum.
+
+    The header's counts are checked against the real length before the data is
+    held: for a raw file against its size on disk, for gzip against what
+    decompresses, read with a bound of one byte more than the header promises
+    (so a 30 kB file claiming 10^9 images costs 30 kB, and a gzip bomb stops at
+    the promised length).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
             compressed = f.read(2) == b"\x1f\x8b"  # the gzip magic
         with (gzip.open if compressed else open)(path, "rb") as f:
-            raw = f.read()
+            head = _read_bounded(f, 16)
+            magic, header, shape = _idx_header(path, head)
+            expected_len = header + math.prod(shape)
+            if expected_len > MAX_IDX_BYTES:
+                raise DataError(
+                    f"{path} promises {expected_len:,} bytes of data (shape {' x '.join(map(str, shape))}), more than "
+                    f"the {MAX_IDX_BYTES >> 30} GiB vqlib reads; the header is corrupt or the file is not for vqlib"
+                )
+            if not compressed and os.fstat(f.fileno()).st_size != expected_len:
+                size = os.fstat(f.fileno()).st_size
+                raise DataError(
+                    f"{path} holds {size} bytes, but its header promises {expected_len}; "
+                    "the file is truncated or corrupt: provide it again"
+                )
+            raw = head + _read_bounded(f, expected_len + 1 - len(head))
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
-    except (OSError, EOFError) as exc:  # gzip raises these for truncated or non-gzip files
+    except (OSError, EOFError, zlib.error) as exc:  # gzip raises these for truncated or corrupt streams
         raise DataError(f"{path} is not a readable gzip file ({exc}); delete it and provide the data again") from None
-    if len(raw) < 8:
-        raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes)")
-    magic, count = struct.unpack(">II", raw[:8])
-    if magic not in (0x00000801, 0x00000803):
-        raise DataError(f"{path} is not an IDX file (magic number 0x{magic:08x})")
     if expected_magic is not None and magic != expected_magic:
         kind = "images" if expected_magic == 0x00000803 else "labels"
         raise DataError(f"{path} has magic 0x{magic:08x}, but a file of {kind} has 0x{expected_magic:08x}")
-    if magic == 0x00000803:
-        rows, cols = struct.unpack(">II", raw[8:16])
-        header, shape = 16, (count, rows, cols)
-    else:
-        header, shape = 8, (count,)
-    expected_len = header + int(np.prod(shape))
     if len(raw) != expected_len:
+        held = f"more than {expected_len}" if len(raw) > expected_len else str(len(raw))
         raise DataError(
-            f"{path} holds {len(raw)} bytes after decompression, but its header promises "
-            f"{expected_len}; the file is truncated or corrupt: provide it again"
+            f"{path} holds {held} bytes{' after decompression' if compressed else ''}, but its header "
+            f"promises {expected_len}; the file is truncated or corrupt: provide it again"
         )
     if expected_md5 is not None and hashlib.md5(raw).hexdigest() != expected_md5:
         raise DataError(

@@ -29,3 +29,11 @@ class OutputError(VqlibError):
 
 class TrainingError(VqlibError):
     """Training could not go on (for example, the loss became NaN or infinite)."""
+
+
+class ResultFileError(VqlibError, ValueError):
+    """One of the project's own files (a JSON record, a CSV table) is missing, unreadable or corrupt.
+
+    A ValueError too, so that callers that treat a broken record as "not done
+    yet" (``except (OSError, ValueError)``) keep doing so.
+    """

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import OutputError
+from .errors import OutputError, ResultFileError
 
 
 def utc_timestamp() -> str:
@@ -112,8 +112,30 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
+# A record the project writes is a few hundred kB at most (metrics.json with its history);
+# a file far beyond that is not one of them, and reading it whole would cost its size in memory.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON value in `path`; a missing, unreadable, oversized or corrupt file is a `ResultFileError` naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise ResultFileError(f"cannot read {path} ({exc.strerror or exc})") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise ResultFileError(
+            f"{path} is larger than {MAX_JSON_BYTES >> 20} MB, which no vqlib record is; check the file"
+        )
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON and bad UTF-8; a few thousand nested brackets exhaust
+        # the parser's recursion (found by tests/test_fuzz.py) before it sees the error.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
+        raise ResultFileError(f"{path} is not valid JSON ({reason}); delete it or write it again") from None
 
 
 def read_json_or_empty(path: str | os.PathLike) -> dict:

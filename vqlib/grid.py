@@ -273,7 +273,8 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
         status = "success" if ok else (record.get("status") or "missing")
         if status == "success" and not ok:
             status = "missing"  # the grid said success but the metrics are gone
-        train_config = metrics.get("train_config", {})
+        train_config = _dict(metrics.get("train_config"))
+        code = metrics.get("code")
         rows.append(
             {
                 "name": name,
@@ -281,23 +282,25 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
                 "embedding_dim": d,
                 "seed": seed,
                 "status": status,
-                "error": "" if ok else record.get("error", "no metrics.json yet"),
-                "val_mse": metrics.get("val_mse", math.nan),
-                "val_psnr": metrics.get("val_psnr", math.nan),
-                "val_perplexity": metrics.get("val_perplexity", math.nan),
-                "val_usage": metrics.get("val_usage", math.nan),
-                "best_epoch": metrics.get("best_epoch", math.nan),
-                "epochs": train_config.get("epochs", math.nan),
+                "error": "" if ok else str(record.get("error", "no metrics.json yet")),
+                "val_mse": _number(metrics.get("val_mse")),
+                "val_psnr": _number(metrics.get("val_psnr")),
+                "val_perplexity": _number(metrics.get("val_perplexity")),
+                "val_usage": _number(metrics.get("val_usage")),
+                "best_epoch": _number(metrics.get("best_epoch")),
+                "epochs": _number(train_config.get("epochs")),
                 "train_subset": train_config.get("train_subset"),
-                "train_seconds": metrics.get("train_seconds", math.nan),
-                "run_seconds": record.get("seconds", math.nan),
-                "images_per_s": metrics.get("images_per_s", math.nan),
-                "peak_rss_mb": metrics.get("peak_rss_mb", math.nan),
+                "train_seconds": _number(metrics.get("train_seconds")),
+                "run_seconds": _number(record.get("seconds")),
+                "images_per_s": _number(metrics.get("images_per_s")),
+                "peak_rss_mb": _number(metrics.get("peak_rss_mb")),
                 "threads": record.get("threads"),
-                "code": " ".join(metrics.get("code", [])),
-                "checkpoint": metrics.get("checkpoint", ""),
-                "notebook": record.get("notebook", str(run_dir / TRAIN_NOTEBOOK)),
-                "history": metrics.get("history", []),
+                "code": " ".join(map(str, code)) if isinstance(code, list) else "",
+                "checkpoint": str(metrics.get("checkpoint", "")),
+                "notebook": str(record.get("notebook", run_dir / TRAIN_NOTEBOOK)),
+                "history": [row for row in metrics.get("history", []) if isinstance(row, dict)]
+                if isinstance(metrics.get("history"), list)
+                else [],
             }
         )
     columns = [
@@ -325,6 +328,21 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
         "history",
     ]
     return with_seed_statistics(pd.DataFrame(rows, columns=columns))
+
+
+def _number(value: Any) -> float | int:
+    """A recorded number as it is (an int stays an int, as the columns had it); anything else (a string, a list,
+    true) read from a hand-edited or damaged record is NaN, so that one broken file cannot break the whole
+    table (tests/test_fuzz.py)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    if isinstance(value, int) and abs(value) >= 2**63:  # beyond int64: pandas would make the column object
+        return math.nan
+    return value
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def with_seed_statistics(frame: pd.DataFrame, metric: str = SELECTION_METRIC) -> pd.DataFrame:

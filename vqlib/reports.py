@@ -125,7 +125,12 @@ def write_reports(
 
 
 def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    # best.json and metrics.json may be edited by hand or damaged: a value that is not a number shows as missing.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and math.isnan(value))
+    ):
         return "–"
     return format(value, spec)
 
@@ -142,14 +147,14 @@ def _index_html(
     headline = [
         (
             "Best configuration (lowest validation MSE)",
-            f"K={best['num_embeddings']}, D={best['embedding_dim']}" if best else "–",
+            f"K={best.get('num_embeddings', '?')}, D={best.get('embedding_dim', '?')}" if best else "–",
         ),
         ("Its validation MSE", _fmt(best.get("val_mse"), ".5f")),
         ("Its test MSE", _fmt(best.get("test_mse"), ".5f")),
         (
             "Its test perplexity",
             _fmt(best.get("test_perplexity"), ".1f")
-            + (f" of {best['num_embeddings']} codes" if best.get("test_perplexity") is not None else ""),
+            + (f" of {best.get('num_embeddings', '?')} codes" if best.get("test_perplexity") is not None else ""),
         ),
         ("Its test codebook usage", _fmt(best.get("test_usage"), ".0%")),
         (
