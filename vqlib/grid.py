@@ -428,7 +428,7 @@ def find_best_model_params(frame: pd.DataFrame, *, metric: str = SELECTION_METRI
     runs = done[(done["num_embeddings"] == k) & (done["embedding_dim"] == d)]
     row = runs.loc[runs[metric].idxmin()]
     best = {
-        key: _python(row[key])
+        key: _python(row.get(key))  # a hand-made table may lack a column (seed, train_subset): None
         for key in (
             "name",
             "num_embeddings",
