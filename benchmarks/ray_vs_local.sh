@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 BIN="$PWD/.venv/bin"
 OUT="${OUT:-$(mktemp -d /tmp/vqlib-ray-vs-local.XXXX)}"
 CPUS="$(nproc)"
+mkdir -p "$OUT"
 
 time_grid() {  # $1: name, rest: extra options; the grid's own folders under $OUT/$1
   local name=$1; shift
