@@ -34,3 +34,34 @@ def cli_env(tmp_path):
 
 
 VQLIB = [sys.executable, "-m", "vqlib"]
+
+
+def train_tiny_vqvae(data, folder: Path, *, train_subset: int = 500) -> Path:
+    """A real VQ-VAE (K=32, D=16, small trunk) trained for one epoch on `train_subset` images; its best.pt."""
+    from vqlib.config import TrainConfig, VQVAEConfig
+    from vqlib.train import train_vqvae
+
+    folder = folder / "K32_D16"
+    run = train_vqvae(
+        VQVAEConfig(
+            num_embeddings=32, embedding_dim=16, hidden_channels=32, residual_channels=16, num_residual_blocks=1
+        ),
+        TrainConfig(
+            epochs=1,
+            batch_size=64,
+            train_subset=train_subset,
+            device="cpu",
+            checkpoint_dir=str(folder),
+            results_dir=str(folder / "results"),
+        ),
+        data,
+        progress=False,
+    )
+    return run.best_checkpoint
+
+
+@pytest.fixture(scope="session")
+def vqvae_checkpoint(data, tmp_path_factory):
+    """A real VQ-VAE trained for one epoch on 500 images: a real code, in seconds; shared by the test modules
+    that only read it (the classifier's and the explorer's)."""
+    return train_tiny_vqvae(data, tmp_path_factory.mktemp("vqvae"))

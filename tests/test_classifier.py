@@ -13,37 +13,14 @@ import torch
 
 from vqlib import checkpoints, classify, infer
 from vqlib.checkpoints import load_checkpoint, load_vqvae, save_checkpoint
-from vqlib.config import ClassifierConfig, ClassifierStudyConfig, LabelEfficiencyConfig, TrainConfig, VQVAEConfig
+from vqlib.config import ClassifierConfig, ClassifierStudyConfig, LabelEfficiencyConfig, VQVAEConfig
 from vqlib.data import CLASS_NAMES, to_float
 from vqlib.errors import CheckpointError, ConfigError, DataError
 from vqlib.models import VQVAE, ClassificationHead, VQVAEClassifier
-from vqlib.train import train_vqvae
 
 from .conftest import REPO, VQLIB
 
 GRID_DIMS = (16, 32, 64)
-
-
-@pytest.fixture(scope="module")
-def vqvae_checkpoint(data, tmp_path_factory):
-    """A real VQ-VAE trained for one epoch on 500 images: a real code, in seconds."""
-    folder = tmp_path_factory.mktemp("vqvae") / "K32_D16"
-    run = train_vqvae(
-        VQVAEConfig(
-            num_embeddings=32, embedding_dim=16, hidden_channels=32, residual_channels=16, num_residual_blocks=1
-        ),
-        TrainConfig(
-            epochs=1,
-            batch_size=64,
-            train_subset=500,
-            device="cpu",
-            checkpoint_dir=str(folder),
-            results_dir=str(folder / "results"),
-        ),
-        data,
-        progress=False,
-    )
-    return run.best_checkpoint
 
 
 def small_config(vqvae_checkpoint, tmp_path, **kw) -> ClassifierConfig:

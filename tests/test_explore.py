@@ -24,35 +24,12 @@ from vqlib.data import CLASS_NAMES
 from vqlib.errors import CheckpointError, ConfigError
 from vqlib.explore import CHANGE_THRESHOLD, Explorer, open_explorer
 from vqlib.models import VQVAE
-from vqlib.train import train_vqvae
 
 from . import explore_browser
 from .conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "05_explore.ipynb"
 SMALL = dict(codebook_images=300, interpolation_steps=5)
-
-
-@pytest.fixture(scope="module")
-def vqvae_checkpoint(data, tmp_path_factory):
-    """A real VQ-VAE trained for one epoch on 500 images: a real code, in seconds."""
-    folder = tmp_path_factory.mktemp("explore") / "K32_D16"
-    run = train_vqvae(
-        VQVAEConfig(
-            num_embeddings=32, embedding_dim=16, hidden_channels=32, residual_channels=16, num_residual_blocks=1
-        ),
-        TrainConfig(
-            epochs=1,
-            batch_size=64,
-            train_subset=500,
-            device="cpu",
-            checkpoint_dir=str(folder),
-            results_dir=str(folder / "results"),
-        ),
-        data,
-        progress=False,
-    )
-    return run.best_checkpoint
 
 
 @pytest.fixture(scope="module")

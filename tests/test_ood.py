@@ -12,34 +12,17 @@ import torch
 
 from vqlib import classify, ood
 from vqlib.checkpoints import load_vqvae, save_checkpoint
-from vqlib.config import ClassifierConfig, TrainConfig, VQVAEConfig
+from vqlib.config import ClassifierConfig
 from vqlib.errors import CheckpointError
 from vqlib.models import VQVAE
-from vqlib.train import train_vqvae
 
-from .conftest import VQLIB
+from .conftest import VQLIB, train_tiny_vqvae
 
 
 @pytest.fixture(scope="module")
 def vqvae_checkpoint(data, tmp_path_factory):
     """A real VQ-VAE trained for one epoch on 1,000 images."""
-    folder = tmp_path_factory.mktemp("ood") / "K32_D16"
-    run = train_vqvae(
-        VQVAEConfig(
-            num_embeddings=32, embedding_dim=16, hidden_channels=32, residual_channels=16, num_residual_blocks=1
-        ),
-        TrainConfig(
-            epochs=1,
-            batch_size=64,
-            train_subset=1000,
-            device="cpu",
-            checkpoint_dir=str(folder),
-            results_dir=str(folder / "results"),
-        ),
-        data,
-        progress=False,
-    )
-    return run.best_checkpoint
+    return train_tiny_vqvae(data, tmp_path_factory.mktemp("ood"), train_subset=1000)
 
 
 @pytest.fixture(scope="module")
