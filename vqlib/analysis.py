@@ -864,31 +864,26 @@ def reconstruction_claim(
         low, high = _interval(d, confidence)
         return float(means[col[higher]] - means[col[lower]]), float(low), float(high)
 
+    def part(c: str, inside: bool, other: str, m: tuple[float, float, float]) -> dict:
+        return {
+            "rank": rank[c],
+            "compared_with": other,
+            "margin": m[0],
+            "interval": m[1:],
+            "holds": inside and m[1] > 0,
+        }
+
     best_parts, worst_parts = {}, {}
     # A class inside the band is compared with the class just outside it; one outside, with the band's edge
     # (how far it is from getting in). Either way a positive margin means "on the seed's side" of the other.
     for c in best:
         inside = rank[c] <= band
         other = outside_best if inside else inside_best
-        m = margin(c, other)
-        best_parts[c] = {
-            "rank": rank[c],
-            "compared_with": other,
-            "margin": m[0],
-            "interval": m[1:],
-            "holds": inside and m[1] > 0,
-        }
+        best_parts[c] = part(c, inside, other, margin(c, other))
     for c in worst:
         inside = rank[c] > n - band
         other = outside_worst if inside else inside_worst
-        m = margin(other, c)
-        worst_parts[c] = {
-            "rank": rank[c],
-            "compared_with": other,
-            "margin": m[0],
-            "interval": m[1:],
-            "holds": inside and m[1] > 0,
-        }
+        worst_parts[c] = part(c, inside, other, margin(other, c))
     variability_parts = {}
     for w in worst:
         for b in best:

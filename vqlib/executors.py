@@ -390,6 +390,8 @@ class RayExecutor:
         channel = ray.remote(num_cpus=0)(ArtifactChannel).remote()
         task = ray.remote(ray_point)
         by_name = {spec["name"]: spec for spec in specs}
+        # Every point runs the same notebook: read it once, send its text with each task.
+        texts = {path: Path(path).read_text(encoding="utf-8") for path in {spec["notebook"] for spec in specs}}
         refs = {}
         for spec in specs:
             folder = Path(spec["parameters"]["checkpoint_dir"])
@@ -399,14 +401,13 @@ class RayExecutor:
                         spec["name"], {f: (folder / f).read_bytes() for f in CHECKPOINT_FILES if (folder / f).is_file()}
                     )
                 )
-            notebook_text = Path(spec["notebook"]).read_text(encoding="utf-8")
             ref = task.options(
                 num_cpus=self.cpus,
                 num_gpus=self.gpus,
                 max_retries=self.max_retries,
                 retry_exceptions=[KernelDiedError],
                 name=f"vqlib {spec['name']}",
-            ).remote(spec, notebook_text, channel)
+            ).remote(spec, texts[spec["notebook"]], channel)
             refs[ref] = spec["name"]
 
         def drain() -> None:
