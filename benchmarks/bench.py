@@ -23,6 +23,9 @@ Prints a table and writes results/bench/bench.json (atomically):
    one image), one update of the classifier's probabilities, one occlusion map,
    and one edit as the widgets make it (decode, paste preview, PNG drawing,
    probabilities, occlusion map); the issue's budget is 100 ms per edit.
+9. The label-efficiency regressions (`vqlib.label_efficiency.logistic_regression`,
+   three values of C) on the encoder's continuous output at D = 64, after torch has
+   run in the same process, with every core's BLAS threads and with one.
 
 Timings are medians over repeats; the load average before and after each
 section is recorded, because other processes on a 2-core machine change every
@@ -79,6 +82,9 @@ class Profile:
     placement_images: int = 12_000  # training images of each placement process (one epoch)
     explorer_repeats: int = 50  # timed updates of each explorer measurement
     explorer_images: Optional[int] = 2000  # codebook sample of the explorer; None: the whole test split
+    regression_images: int = 1000  # labelled images of the timed logistic regressions (100 per class)
+    regression_dim: int = 64  # D of the encoder whose continuous output they read (12 x 12 x D features)
+    regression_max_iter: int = 100  # L-BFGS iterations at most (the quick profile's linear_max_iter)
 
 
 SMOKE = Profile(
@@ -98,6 +104,9 @@ SMOKE = Profile(
     placement_images=200,
     explorer_repeats=5,
     explorer_images=100,
+    regression_images=50,
+    regression_dim=16,
+    regression_max_iter=10,
 )
 
 
@@ -588,6 +597,47 @@ def classifier_epochs(model_config: VQVAEConfig, data: FashionMNIST, *, profile:
 # ----------------------------------------------------------------------------- 7. explorer
 
 
+def regression_threads(data: FashionMNIST, *, profile: Profile) -> dict:
+    """Seconds of one label-efficiency regression (three values of C, 100 iterations at most) with the
+    machine's BLAS threads and with one, in a process where torch has run, as in notebook 03."""
+    from threadpoolctl import threadpool_limits
+
+    from vqlib.executors import cpu_cores
+    from vqlib.label_efficiency import _logistic_regression, continuous_features
+
+    seed_everything(0)
+    model = VQVAE(
+        VQVAEConfig(embedding_dim=profile.regression_dim)
+    ).eval()  # untrained: the time depends on the sizes, not the values
+    n = profile.regression_images
+    train_x, val_x = (continuous_features(model, images[:n]) for images in (data.train_images, data.val_images))
+    train_y, val_y = data.train_labels[:n].numpy(), data.val_labels[:n].numpy()
+    rows = []
+    for threads in (cpu_cores(), 1):
+        load_before = load_average()
+        started = time.perf_counter()
+        with threadpool_limits(limits=threads, user_api="blas"):
+            fit = _logistic_regression(
+                train_x, train_y, val_x, val_y, val_x, val_y, [0.003, 0.01, 0.1], profile.regression_max_iter, 0
+            )
+        rows.append(
+            {
+                "blas_threads": threads,
+                "seconds": time.perf_counter() - started,
+                "val_acc": fit["val_acc"],
+                "load_before": load_before,
+                "load_after": load_average(),
+            }
+        )
+    return {
+        "images": n,
+        "features": train_x.shape[1],
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+        "speedup_one_thread": rows[0]["seconds"] / rows[1]["seconds"],
+    }
+
+
 def explorer_latency(model_config: VQVAEConfig, data: FashionMNIST, *, profile: Profile) -> dict:
     """Median and worst ms of the explorer's updates (`vqlib.explore.Explorer`, and its widgets when ipywidgets is
     installed), on the CPU, with untrained weights of the given size: the time does not depend on their values."""
@@ -696,6 +746,7 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
         "6. classifier head",
         "7. grid placement",
         "8. explorer",
+        "9. regression threads",
     ]
     bar = progress_bar(
         total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections"
@@ -830,6 +881,8 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     result["explorer_edit_ms"] = result["explorer"]["edit"]["median_ms"]
     result["explorer_widget_edit_ms"] = result["explorer"]["widget_edit"].get("median_ms")
     result["explorer_widget_image_ms"] = result["explorer"]["widget_edit_image"].get("median_ms")
+    section()
+    result["regression"] = regression_threads(data, profile=profile)
     bar.update(1)
     bar.close()
     result["environment"]["load_end"] = load_average()
@@ -922,6 +975,7 @@ def print_table(result: dict, out=sys.stdout) -> None:
         )
     print_placement(result, p)
     print_explorer(result["explorer"], out)
+    print_regression(result["regression"], p)
 
 
 def print_placement(result: dict, p) -> None:
@@ -942,6 +996,19 @@ def print_placement(result: dict, p) -> None:
         f"   one per core: {pl['speedup_one_per_core']:.2f}x the throughput; the grid's choice on this CPU, "
         f"{chosen['processes']} x {chosen['threads']}, is {verdict}"
     )
+
+
+def print_regression(r: dict, p) -> None:
+    p(
+        f"\n9. label-efficiency regression: {r['images']} images x {r['features']} features, 3 values of C, "
+        f"torch with {r['torch_threads']} threads in the same process"
+    )
+    for row in r["rows"]:
+        p(
+            f"   {row['blas_threads']} BLAS thread(s){row['seconds']:>9.1f} s   "
+            f"(load {_fmt(row['load_before'])} -> {_fmt(row['load_after'])})"
+        )
+    p(f"   one BLAS thread: {r['speedup_one_thread']:.1f}x faster (vqlib uses one)")
 
 
 def print_explorer(e: dict, out=sys.stdout) -> None:
@@ -980,6 +1047,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_true",
         help="section 7 alone (a few minutes), into placement.json beside bench.json unless --out is given",
     )
+    parser.add_argument(
+        "--only-regression",
+        action="store_true",
+        help="section 9 alone (a minute), into regression.json beside bench.json unless --out is given",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1004,6 +1076,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         out = Path(args.out) if args.out else paths.results_dir() / "bench" / "placement.json"
         write_json(out, result)
         print_placement(result, print)
+        print(f"\nwrote {out}")
+        return 0
+    if args.only_regression:
+        torch.ones(512, 512) @ torch.ones(512, 512)  # torch's threads started, as in notebook 03
+        result = {
+            "environment": {"torch": torch.__version__, "smoke": args.smoke},
+            "regression": regression_threads(load_fashion_mnist(allow_download=False), profile=profile),
+        }
+        out = Path(args.out) if args.out else paths.results_dir() / "bench" / "regression.json"
+        write_json(out, result)
+        print_regression(result["regression"], print)
         print(f"\nwrote {out}")
         return 0
     result = run_benchmark(profile, compile_variant=args.compile)

@@ -277,6 +277,7 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         "6. classifier head",
         "7. grid placement",
         "8. explorer",
+        "9. label-efficiency regression",
     ):
         assert heading in proc.stdout
     # Both placements really ran with their threads, on the same number of images per process.
@@ -287,6 +288,11 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         r["images_per_s"] > 0 for r in (one, per_core)
     )
     assert placement["chosen"] == {"processes": placement["cores"], "threads": 1}
+    # The regression ran on a real code's width (12 x 12 x 16 in smoke mode), with every core's BLAS threads, then one.
+    regression = result["regression"]
+    assert regression["features"] == 12 * 12 * 16 and regression["images"] == 50
+    assert [r["blas_threads"] for r in regression["rows"]] == [placement["cores"], 1]
+    assert all(r["seconds"] > 0 and 0 <= r["val_acc"] <= 1 for r in regression["rows"])
 
 
 def test_code_histogram_equals_bincount():
