@@ -263,9 +263,13 @@ def test_an_interrupted_grid_point_continues_from_its_last_pt(tmp_path_factory, 
     killed = load_checkpoint(last)
     assert killed["epoch"] < 3
 
+    # The rerun with its progress bar on, which counts only the epochs still to train.
+    env.pop("TQDM_DISABLE")
     rerun = subprocess.run(VQLIB + GRID_ARGS, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"K8_D4 continues from its last.pt (epoch {killed['epoch']} of 3 done)" in rerun.stdout
+    left = 3 - killed["epoch"]
+    assert f"grid: 1/1 configs done, {left}/{left} epochs" in rerun.stderr
     final = load_checkpoint(last)
     assert final["epoch"] == 3
     # The epochs done before the kill are kept as they were, timings included: not trained again.
@@ -279,14 +283,18 @@ def test_a_last_pt_of_other_settings_is_trained_afresh_and_said(tmp_path, monkey
 
     monkeypatch.setenv("VQLIB_ROOT", str(tmp_path))
     quick = vqgrid.grid_parameters(8, 4, TINY_MODEL, TINY_TRAIN, TINY_GRID)
-    assert vqgrid.resume_decision("K8_D4", quick) == (False, "")  # nothing to continue
+    assert vqgrid.resume_decision("K8_D4", quick) == (False, "", 0)  # nothing to continue
     model_config, train_config = vqtrain.configs_from_parameters(quick)
     train_vqvae(model_config, train_config, data, progress=False)
     longer = vqgrid.grid_parameters(8, 4, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=3), TINY_GRID)
-    assert vqgrid.resume_decision("K8_D4", longer) == (True, "K8_D4 continues from its last.pt (epoch 1 of 3 done)")
+    assert vqgrid.resume_decision("K8_D4", longer) == (
+        True,
+        "K8_D4 continues from its last.pt (epoch 1 of 3 done)",
+        1,
+    )
     other = vqgrid.grid_parameters(8, 4, TINY_MODEL, dataclasses.replace(TINY_TRAIN, train_subset=600), TINY_GRID)
-    resume, note = vqgrid.resume_decision("K8_D4", other)
-    assert not resume and note.startswith("K8_D4 starts afresh and replaces its checkpoints:")
+    resume, note, done = vqgrid.resume_decision("K8_D4", other)
+    assert not resume and done == 0 and note.startswith("K8_D4 starts afresh and replaces its checkpoints:")
     assert "other settings ({'train_subset': 300})" in note
 
 
@@ -412,7 +420,7 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     shutil.copytree(root / "checkpoints" / "inprogress", fresh / "checkpoints" / "inprogress")
     assert restore_runs(fresh / "results" / "grid", fresh / "checkpoints" / "grid") == ["K8_D4", "K8_D2"]
     # The unfinished run continues from its snapshot instead of starting again.
-    resume, note = vqgrid.resume_decision("K8_D2", vqgrid.grid_parameters(8, 2, TINY_MODEL, TINY_TRAIN))
+    resume, note, _ = vqgrid.resume_decision("K8_D2", vqgrid.grid_parameters(8, 2, TINY_MODEL, TINY_TRAIN))
     assert resume and "epoch 1 of 1 done" in note
     frame = vqgrid.run_grid(
         GridConfig(num_embeddings_values="8", embedding_dim_values="4"), TINY_MODEL, TINY_TRAIN, progress=False

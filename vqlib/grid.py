@@ -107,8 +107,8 @@ def is_complete(folder: str | os.PathLike, parameters: dict[str, Any]) -> bool:
     return (Path(parameters["checkpoint_dir"]) / "best.pt").is_file()
 
 
-def resume_decision(name: str, parameters: dict[str, Any]) -> tuple[bool, str]:
-    """Whether an unfinished grid point continues from its last.pt, and a line saying what happens.
+def resume_decision(name: str, parameters: dict[str, Any]) -> tuple[bool, str, int]:
+    """Whether an unfinished grid point continues from its last.pt, a line saying what happens, and its epochs done.
 
     An interrupted point continues where its last.pt left off. A last.pt of other
     settings (another profile, say) cannot be continued: the grid owns that folder
@@ -118,16 +118,16 @@ def resume_decision(name: str, parameters: dict[str, Any]) -> tuple[bool, str]:
 
     last = Path(parameters["checkpoint_dir"]) / "last.pt"
     if not last.is_file():
-        return False, ""
+        return False, "", 0
     try:
         model_config, train_config = configs_from_parameters(parameters)
     except ConfigError:
-        return False, ""  # an impossible point fails in its own notebook, where the error is recorded
+        return False, "", 0  # an impossible point fails in its own notebook, where the error is recorded
     try:
         epoch = read_last(last, model_config, train_config)["epoch"]
     except CheckpointError as exc:
-        return False, f"{name} starts afresh and replaces its checkpoints: {exc}"
-    return True, f"{name} continues from its last.pt (epoch {epoch} of {train_config.epochs} done)"
+        return False, f"{name} starts afresh and replaces its checkpoints: {exc}", 0
+    return True, f"{name} continues from its last.pt (epoch {epoch} of {train_config.epochs} done)", epoch
 
 
 # ----------------------------------------------------------------------------- running it
@@ -180,11 +180,14 @@ def run_grid(
         if is_complete(root / name, parameters):
             reused[name] = True
             continue
-        resume, note = resume_decision(name, parameters)
+        resume, note, epochs_done = resume_decision(name, parameters)
         if note:
             notes.append(note)
         specs.append(
             {
+                # Epochs still to train: what the progress bar counts, so that a point
+                # resumed near its end does not make the rest of the grid look short.
+                "epochs_left": max(int(parameters["epochs"]) - epochs_done, 0),
                 "name": name,
                 "folder": str(root / name),
                 "notebook": str(notebook),
@@ -208,13 +211,15 @@ def run_grid(
     if progress:
         for note in notes:
             print(f"grid: {note}")
+    # The bar counts epochs (advanced when a point ends), the description configurations.
     bar = progress_bar(
-        total=len(specs),
-        desc="grid",
-        unit="config",
+        total=sum(spec["epochs_left"] for spec in specs),
+        desc=f"grid: 0/{len(specs)} configs done",
+        unit="epoch",
         enabled=progress and bool(specs),
-        bar_format="{desc}: {n}/{total} configs done [{elapsed} elapsed, {remaining} left] {postfix}",
+        bar_format="{desc}, {n}/{total} epochs [{elapsed} elapsed, {remaining} left] {postfix}",
     )
+    ended = []
 
     by_name = {spec["name"]: spec for spec in specs}
     for spec in specs:
@@ -229,7 +234,9 @@ def run_grid(
                 status="failed", error=f"{TRAIN_NOTEBOOK} ended without recording success in {folder / METRICS_FILE}"
             )
         write_json(folder / RUN_FILE, record)
-        bar.update(1)
+        ended.append(record["name"])
+        bar.set_description_str(f"grid: {len(ended)}/{len(specs)} configs done", refresh=False)
+        bar.update(spec["epochs_left"])
         if record["status"] == "success":
             metrics = read_json(folder / METRICS_FILE)
             bar.write(
