@@ -224,7 +224,8 @@ def test_interpolation_numbers_of_a_crossfade_and_of_a_jump():
     assert numbers["nn_path"] == pytest.approx(numbers["nn_crossfade"])
     jump = np.stack([a, a, a, b, b])  # every frame a real image, all the change in one step
     numbers = analysis.interpolation_path_numbers(jump, reference)
-    assert numbers["step_ratio"] == pytest.approx(4.0) and numbers["nn_path"] == pytest.approx(0.0)
+    # nn_path: RMS distances computed through a matrix product, exact only to about 1e-8.
+    assert numbers["step_ratio"] == pytest.approx(4.0) and numbers["nn_path"] == pytest.approx(0.0, abs=1e-6)
     fades = analysis.interpolation_claim([fade, fade, fade], reference)
     assert fades["verdict"] == "partly" and "close to a cross-fade" in fades["sentence"]
     jumps = analysis.interpolation_claim([jump, jump, jump], reference)
