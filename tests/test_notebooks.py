@@ -1,9 +1,10 @@
 """The notebooks: clean in git, parameters equal to the configs, and the whole study run tiny through papermill.
 
-One module-scoped study (a single tiny grid point, then notebooks 02 and 04 on
-a few hundred test images) feeds the checks of the files each notebook writes
-and of the HTML reports. Notebook 03 is left out here: tests/test_classifier.py
-executes it, and test_grid checks the study's settings for it.
+One module-scoped study (a single tiny grid point, then notebooks 02, 03 and 04
+on a few hundred images) feeds the checks of the files each notebook writes, of
+the HTML reports, of the published study (`vqlib publish`) and of the README's
+figures drawn from it (`vqlib figures`). Notebook 03 runs here with a few labels
+and the cheapest label-efficiency settings; tests/test_classifier.py checks it in depth.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ TINY_PROFILE = {
     "vqvae": {"hidden_channels": 16, "residual_channels": 8, "num_residual_blocks": 1},
     "train": {"epochs": 1, "train_subset": 300, "batch_size": 64},
     "summary": {"device": "cpu"},
+    "classifier": {
+        "labels_per_class": 30,
+        "epochs": 2,
+        "min_steps_per_epoch": 3,
+        "device": "cpu",
+        "label_counts": "5",
+        "num_seeds": 1,
+        "methods": "vq_head,vq_linear",
+        "linear_c": "0.1",
+        "linear_max_iter": 30,
+    },
     "analysis": {
         "test_subset": 300,
         "tsne_points": 100,
@@ -121,7 +133,7 @@ def study(tmp_path_factory):
     shutil.copytree(NOTEBOOKS, root / "notebooks")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQLIB_ROOT", str(root))
-        result = vqstudy.run_study(TINY_PROFILE, progress=False, classifier=False)
+        result = vqstudy.run_study(TINY_PROFILE, progress=False)
         yield {"root": root, "result": result, "mp": mp}
 
 
@@ -147,24 +159,13 @@ def test_notebook_02_writes_best_json(study):
         assert key in best, key
     assert (best["num_embeddings"], best["embedding_dim"]) == (8, 4)
     assert Path(best["checkpoint"]).is_absolute() and Path(best["checkpoint"]).is_file()
-    for name in ("loss_curves.png", "heatmaps.png", vqnotebooks.SUMMARY_NOTEBOOK):
+    for name in (*vqnotebooks.SUMMARY_FIGURES, vqnotebooks.SUMMARY_NOTEBOOK):
         assert (grid / name).stat().st_size > 5000, name
 
 
 def test_notebook_04_writes_figures_and_analysis(study):
     folder = study["root"] / "results" / "analysis"
-    for name in (
-        "tsne.png",
-        "code_usage_per_class.png",
-        "code_patches.png",
-        "reconstructions_per_class.png",
-        "per_class_mse.png",
-        "per_class_claim.png",
-        "code_specificity.png",
-        "interpolations.png",
-        "interpolation_claim.png",
-        vqnotebooks.ANALYSIS_NOTEBOOK,
-    ):
+    for name in (*vqnotebooks.ANALYSIS_FIGURES, vqnotebooks.ANALYSIS_NOTEBOOK):
         assert (folder / name).stat().st_size > 5000, name
     summary = read_json(folder / "analysis.json")
     assert len(summary["per_class_mse"]) == 10 and summary["images"] == 300
@@ -189,7 +190,7 @@ def test_notebook_04_writes_figures_and_analysis(study):
 
 
 # Inline PNG figures each report must hold, at least.
-EXPECTED_IMAGES = {"02_grid_summary": 2, "04_latent_analysis": 9, "01_train_vqvae_K8_D4": 2}
+EXPECTED_IMAGES = {"02_grid_summary": 2, "03_classifier": 3, "04_latent_analysis": 9, "01_train_vqvae_K8_D4": 2}
 
 
 def test_html_reports_hold_their_figures_and_no_code(study):
@@ -205,6 +206,26 @@ def test_html_reports_hold_their_figures_and_no_code(study):
         assert f'href="{name}.html"' in index
     best = read_json(study["root"] / "results" / "grid" / vqcheckpoints.BEST_FILE)
     assert "K=8, D=4" in index and f"{best['test_mse']:.5f}" in index and f"{best['test_perplexity']:.1f}" in index
+    classifier = read_json(study["root"] / "results" / "classifier" / "K8_D4_30pc_frozen" / "metrics.json")
+    assert f"{classifier['test_accuracy']:.2%}" in index and "30 labels per class" in index
+
+
+def test_index_shows_a_thumbnail_of_each_headline_figure_linking_to_its_report(study):
+    import base64
+    import io
+
+    from PIL import Image
+
+    reports = study["root"] / "results" / "reports"
+    index = (reports / "index.html").read_text()
+    thumbnails = re.findall(r'<a href="([^"]+)"><img src="data:image/png;base64,([^"]+)" alt="([^"]+)">', index)
+    assert [alt for _, _, alt in thumbnails] == [caption for *_, caption in vqreports.HEADLINE_FIGURES]
+    for href, data, alt in thumbnails:
+        assert (reports / href).is_file(), alt
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert image.format == "PNG"
+            assert 50 <= image.width <= vqreports.THUMBNAIL_SIZE[0] and image.height <= vqreports.THUMBNAIL_SIZE[1]
+    assert len(index) < 400_000  # thumbnails, not the figures
 
 
 def test_reports_with_code_keep_the_code(study):
