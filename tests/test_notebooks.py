@@ -2,8 +2,7 @@
 
 One module-scoped study (a single tiny grid point, then notebooks 02, 03 and 04
 on a few hundred images) feeds the checks of the files each notebook writes, of
-the HTML reports, of the published study (`vqlib publish`) and of the README's
-figures drawn from it (`vqlib figures`). Notebook 03 runs here with a few labels
+the HTML reports, and of the published study (`vqlib publish`). Notebook 03 runs here with a few labels
 and the cheapest label-efficiency settings; tests/test_classifier.py checks it in depth.
 """
 
@@ -23,8 +22,10 @@ import pytest
 
 from vqlib import checkpoints as vqcheckpoints
 from vqlib import notebooks as vqnotebooks
+from vqlib import publish as vqpublish
 from vqlib import reports as vqreports
 from vqlib import study as vqstudy
+from vqlib.cli import main
 from vqlib.config import AnalysisConfig, SummaryConfig, TrainConfig, VQVAEConfig
 from vqlib.files import read_json
 
@@ -236,6 +237,85 @@ def test_reports_with_code_keep_the_code(study):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQLIB_ROOT", str(study["root"]))
         vqreports.write_reports(with_code=False)
+
+
+# ----------------------------------------------------------------------------- the published study, its figures
+
+
+@pytest.fixture(scope="module")
+def published(study):
+    """The tiny study published as `vqlib publish` does: the grid run, then the stages after it."""
+    root = study["root"]
+    names = vqpublish.publish_runs(root / "results" / "grid", root / "checkpoints" / "grid")
+    return {"root": root, "names": names, "stages": vqpublish.publish_stages(root / "results" / "grid")}
+
+
+def test_publish_copies_every_stage_after_the_grid_without_machine_paths(published, tmp_path, data):
+    from vqlib.classify import evaluate_classifier, load_classifier
+    from vqlib.errors import CheckpointError
+
+    root = published["root"]
+    assert published["names"] == ["K8_D4"]
+    assert [(s.stage, s.published) for s in published["stages"]] == [
+        ("grid summary", True),
+        ("classifier", True),
+        ("analysis", True),
+        ("reports", True),
+    ], [s.line() for s in published["stages"]]
+    out = root / "results" / "published"
+    for name in vqnotebooks.SUMMARY_FIGURES:
+        assert (out / "grid" / name).read_bytes() == (root / "results" / "grid" / name).read_bytes()
+    classifier = out / "classifier" / "K8_D4_30pc_frozen"
+    for name in (*vqpublish.CLASSIFIER_RESULT_FILES, "metrics.json"):
+        assert (classifier / name).stat().st_size > 0, name
+    for name in (*vqnotebooks.ANALYSIS_FIGURES, vqnotebooks.ANALYSIS_FILE):
+        assert (out / "analysis" / name).stat().st_size > 0, name
+    assert {p.name for p in (out / "reports").iterdir()} == {f"{n}.html" for n in EXPECTED_IMAGES} | {"index.html"}
+    # Checkpoints by their published names, no path of this machine in any published JSON.
+    metrics = read_json(classifier / "metrics.json")
+    assert metrics["vqvae_checkpoint"] == "pretrained:K8_D4"
+    assert metrics["classifier_checkpoint"] == "pretrained:K8_D4_30pc_frozen"
+    assert read_json(out / "analysis" / vqnotebooks.ANALYSIS_FILE)["checkpoint"] == "pretrained:K8_D4"
+    published_json = [*out.rglob("*.json"), *(root / "checkpoints" / "pretrained").rglob("*.json")]
+    assert len(published_json) >= 8
+    for path in published_json:
+        assert str(root) not in path.read_text() and '"/' not in path.read_text(), path
+    # The published classifier loads by name, paired with the published VQ-VAE it reads, and no other.
+    model, ckpt = load_classifier("pretrained:K8_D4_30pc_frozen", vqvae_checkpoint="pretrained:K8_D4")
+    assert ckpt["vqvae_checkpoint"] == "pretrained:K8_D4" and ckpt["results_dir"] is None
+    assert not (root / "checkpoints" / "pretrained" / "K8_D4_30pc_frozen" / "last.pt").exists()
+    # eval-cls on it writes where this project keeps that run's results, not where it was trained.
+    evaluation = evaluate_classifier("pretrained:K8_D4_30pc_frozen", data, split="val", device="cpu")
+    assert evaluation["files"]["metrics"] == root / "results" / "classifier" / "K8_D4_30pc_frozen" / "metrics_val.json"
+    # The same configuration with other weights (another run) is refused.
+    other = vqcheckpoints.load_checkpoint("pretrained:K8_D4", kind="vqvae")
+    key = next(k for k in other["state_dict"] if k.startswith("encoder.") and k.endswith("weight"))
+    other["state_dict"][key] = other["state_dict"][key] + 0.01
+    other_path = vqcheckpoints.save_checkpoint(tmp_path / "other.pt", "vqvae", other)
+    with pytest.raises(CheckpointError, match="another VQ-VAE run"):
+        load_classifier("pretrained:K8_D4_30pc_frozen", vqvae_checkpoint=other_path)
+
+
+def test_publish_says_what_it_published_and_leaves_an_incomplete_stage_out(published, capsys):
+    """Again: every stage is up to date (nothing rewritten); a missing figure keeps its stage and the reports out."""
+    root = published["root"]
+    tsne = root / "results" / "analysis" / "tsne.png"
+    before = {p: p.stat().st_mtime_ns for p in (root / "results" / "published").rglob("*") if p.is_file()}
+    assert main(["publish"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "published 0 new or updated run(s): all up to date"
+    assert [line.split(":")[0] for line in lines[1:5]] == ["grid summary", "classifier", "analysis", "reports"]
+    assert all(line.endswith("(up to date)") for line in lines[1:5]), lines
+    assert lines[5].startswith("the published study holds ")
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    tsne.rename(tsne.with_suffix(".aside"))
+    try:
+        stages = {s.stage: s for s in vqpublish.publish_stages(root / "results" / "grid")}
+    finally:
+        tsne.with_suffix(".aside").rename(tsne)
+    assert not stages["analysis"].published and "results/analysis/tsne.png missing" in stages["analysis"].note
+    assert not stages["reports"].published and "analysis stage is not published" in stages["reports"].note
+    assert stages["classifier"].published
 
 
 def test_notebook_01_runs_through_the_papermill_cli(tmp_path):
