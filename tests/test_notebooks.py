@@ -2,7 +2,8 @@
 
 One module-scoped study (a single tiny grid point, then notebooks 02, 03 and 04
 on a few hundred images) feeds the checks of the files each notebook writes, of
-the HTML reports, and of the published study (`vqlib publish`). Notebook 03 runs here with a few labels
+the HTML reports, of the published study (`vqlib publish`) and of the README's
+figures drawn from it (`vqlib figures`). Notebook 03 runs here with a few labels
 and the cheapest label-efficiency settings; tests/test_classifier.py checks it in depth.
 """
 
@@ -316,6 +317,42 @@ def test_publish_says_what_it_published_and_leaves_an_incomplete_stage_out(publi
     assert not stages["analysis"].published and "results/analysis/tsne.png missing" in stages["analysis"].note
     assert not stages["reports"].published and "analysis stage is not published" in stages["reports"].note
     assert stages["classifier"].published
+
+
+def test_figures_are_drawn_from_the_published_study_alone(published, tmp_path, monkeypatch, capsys):
+    """All nine from the whole published study, byte-identical on a rerun; from a partial one
+    (one grid run, nothing after it) the grid's two, the others named as skipped; from none, exit 2."""
+    from vqlib.figures import ANALYSIS_README_FIGURES, write_figures
+
+    out = tmp_path / "figures"
+    result = write_figures(out)
+    expected = ["loss_curves.png", "grid_heatmaps.png", *ANALYSIS_README_FIGURES, "label_efficiency.png"]
+    assert [p.name for p in result.written] == expected and result.skipped == []
+    drawn = (out / "loss_curves.png").read_bytes()
+    assert drawn.startswith(b"\x89PNG") and b"Matplotlib" not in drawn  # no version in the file
+    assert (out / "tsne.png").read_bytes() == (published["root"] / "results" / "analysis" / "tsne.png").read_bytes()
+    assert sum(p.stat().st_size for p in out.iterdir()) < 5_000_000
+    assert write_figures(out).changed == []
+
+    partial = tmp_path / "partial"
+    shutil.copytree(
+        published["root"] / "results" / "published" / "grid" / "K8_D4",
+        partial / "results" / "published" / "grid" / "K8_D4",
+    )
+    monkeypatch.setenv("VQLIB_ROOT", str(partial))
+    assert main(["figures"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 figure(s) in docs/figures (2 changed): loss_curves.png, grid_heatmaps.png")
+    assert sorted(line.split(":")[0] for line in lines[1:]) == sorted(
+        f"skipped {name}" for name in [*ANALYSIS_README_FIGURES, "label_efficiency.png"]
+    )
+    assert sorted(p.name for p in (partial / "docs" / "figures").iterdir()) == ["grid_heatmaps.png", "loss_curves.png"]
+
+    monkeypatch.setenv("VQLIB_ROOT", str(tmp_path / "empty"))
+    assert main(["figures"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "nothing is published" in captured.err and not (tmp_path / "empty" / "docs").exists()
 
 
 def test_notebook_01_runs_through_the_papermill_cli(tmp_path):

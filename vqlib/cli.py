@@ -641,6 +641,30 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_figures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="folder of the figures (default: docs/figures)")
+
+
+@command(
+    "figures",
+    "draw the README's figures from the published study alone (results/published/, checkpoints/pretrained/) "
+    "into docs/figures/: no training, no data, no GPU",
+    _configure_figures,
+)
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .figures import write_figures
+    from .paths import shown
+
+    result = write_figures(args.out)
+    print(
+        f"{len(result.written)} figure(s) in {shown(result.folder)} ({len(result.changed)} changed): "
+        + ", ".join(path.name for path in result.written)
+    )
+    for line in result.skipped:
+        print(f"skipped {line}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
