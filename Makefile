@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 KERNEL := vqlib
 PROFILE ?= quick
 
-.PHONY: run test fuzz lint format data bench ray-vs-local lab explore-check clean-results help
+.PHONY: run test fuzz lint format data bench figures ray-vs-local lab explore-check clean-results help
 
 help:
 	@echo "make run    - the whole study (quick profile) -> results/reports/index.html"
@@ -17,6 +17,7 @@ help:
 	@echo "make fuzz   - the parser properties of tests/test_fuzz.py with 50 times the examples"
 	@echo "make format - ruff's fixes and formatting, in place"
 	@echo "make bench  - speed benchmarks -> results/bench/bench.json"
+	@echo "make figures - the README's figures from the published study -> docs/figures/"
 	@echo "make lab    - JupyterLab on the explorer (notebooks/05_explore.ipynb), on 127.0.0.1"
 	@echo "make explore-check - the explorer in JupyterLab in headless Chromium -> docs/figures/explorer.png"
 
@@ -60,6 +61,11 @@ fuzz: $(STAMP)
 
 bench: data
 	$(BIN)/python benchmarks/bench.py
+
+# The README's figures, drawn from the published study alone (results/published/, checkpoints/pretrained/):
+# no data, no training, no GPU.
+figures: $(STAMP)
+	$(BIN)/vqlib figures
 
 # The quick grid with the local pool and as Ray tasks, same placement (needs root: a private
 # network namespace for Ray).

@@ -1,9 +1,10 @@
 """The notebooks: clean in git, parameters equal to the configs, and the whole study run tiny through papermill.
 
-One module-scoped study (a single tiny grid point, then notebooks 02 and 04 on
-a few hundred test images) feeds the checks of the files each notebook writes
-and of the HTML reports. Notebook 03 is left out here: tests/test_classifier.py
-executes it, and test_grid checks the study's settings for it.
+One module-scoped study (a single tiny grid point, then notebooks 02, 03 and 04
+on a few hundred images) feeds the checks of the files each notebook writes, of
+the HTML reports, of the published study (`vqlib publish`) and of the README's
+figures drawn from it (`vqlib figures`). Notebook 03 runs here with a few labels
+and the cheapest label-efficiency settings; tests/test_classifier.py checks it in depth.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import pytest
 
 from vqlib import checkpoints as vqcheckpoints
 from vqlib import notebooks as vqnotebooks
+from vqlib import publish as vqpublish
 from vqlib import reports as vqreports
 from vqlib import study as vqstudy
+from vqlib.cli import main
 from vqlib.config import AnalysisConfig, SummaryConfig, TrainConfig, VQVAEConfig
 from vqlib.files import read_json
 
@@ -36,6 +39,17 @@ TINY_PROFILE = {
     "vqvae": {"hidden_channels": 16, "residual_channels": 8, "num_residual_blocks": 1},
     "train": {"epochs": 1, "train_subset": 300, "batch_size": 64},
     "summary": {"device": "cpu"},
+    "classifier": {
+        "labels_per_class": 30,
+        "epochs": 2,
+        "min_steps_per_epoch": 3,
+        "device": "cpu",
+        "label_counts": "5",
+        "num_seeds": 1,
+        "methods": "vq_head,vq_linear",
+        "linear_c": "0.1",
+        "linear_max_iter": 30,
+    },
     "analysis": {
         "test_subset": 300,
         "tsne_points": 100,
@@ -121,7 +135,7 @@ def study(tmp_path_factory):
     shutil.copytree(NOTEBOOKS, root / "notebooks")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQLIB_ROOT", str(root))
-        result = vqstudy.run_study(TINY_PROFILE, progress=False, classifier=False)
+        result = vqstudy.run_study(TINY_PROFILE, progress=False)
         yield {"root": root, "result": result, "mp": mp}
 
 
@@ -147,24 +161,13 @@ def test_notebook_02_writes_best_json(study):
         assert key in best, key
     assert (best["num_embeddings"], best["embedding_dim"]) == (8, 4)
     assert Path(best["checkpoint"]).is_absolute() and Path(best["checkpoint"]).is_file()
-    for name in ("loss_curves.png", "heatmaps.png", vqnotebooks.SUMMARY_NOTEBOOK):
+    for name in (*vqnotebooks.SUMMARY_FIGURES, vqnotebooks.SUMMARY_NOTEBOOK):
         assert (grid / name).stat().st_size > 5000, name
 
 
 def test_notebook_04_writes_figures_and_analysis(study):
     folder = study["root"] / "results" / "analysis"
-    for name in (
-        "tsne.png",
-        "code_usage_per_class.png",
-        "code_patches.png",
-        "reconstructions_per_class.png",
-        "per_class_mse.png",
-        "per_class_claim.png",
-        "code_specificity.png",
-        "interpolations.png",
-        "interpolation_claim.png",
-        vqnotebooks.ANALYSIS_NOTEBOOK,
-    ):
+    for name in (*vqnotebooks.ANALYSIS_FIGURES, vqnotebooks.ANALYSIS_NOTEBOOK):
         assert (folder / name).stat().st_size > 5000, name
     summary = read_json(folder / "analysis.json")
     assert len(summary["per_class_mse"]) == 10 and summary["images"] == 300
@@ -189,7 +192,7 @@ def test_notebook_04_writes_figures_and_analysis(study):
 
 
 # Inline PNG figures each report must hold, at least.
-EXPECTED_IMAGES = {"02_grid_summary": 2, "04_latent_analysis": 9, "01_train_vqvae_K8_D4": 2}
+EXPECTED_IMAGES = {"02_grid_summary": 2, "03_classifier": 3, "04_latent_analysis": 9, "01_train_vqvae_K8_D4": 2}
 
 
 def test_html_reports_hold_their_figures_and_no_code(study):
@@ -205,6 +208,26 @@ def test_html_reports_hold_their_figures_and_no_code(study):
         assert f'href="{name}.html"' in index
     best = read_json(study["root"] / "results" / "grid" / vqcheckpoints.BEST_FILE)
     assert "K=8, D=4" in index and f"{best['test_mse']:.5f}" in index and f"{best['test_perplexity']:.1f}" in index
+    classifier = read_json(study["root"] / "results" / "classifier" / "K8_D4_30pc_frozen" / "metrics.json")
+    assert f"{classifier['test_accuracy']:.2%}" in index and "30 labels per class" in index
+
+
+def test_index_shows_a_thumbnail_of_each_headline_figure_linking_to_its_report(study):
+    import base64
+    import io
+
+    from PIL import Image
+
+    reports = study["root"] / "results" / "reports"
+    index = (reports / "index.html").read_text()
+    thumbnails = re.findall(r'<a href="([^"]+)"><img src="data:image/png;base64,([^"]+)" alt="([^"]+)">', index)
+    assert [alt for _, _, alt in thumbnails] == [caption for *_, caption in vqreports.HEADLINE_FIGURES]
+    for href, data, alt in thumbnails:
+        assert (reports / href).is_file(), alt
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert image.format == "PNG"
+            assert 50 <= image.width <= vqreports.THUMBNAIL_SIZE[0] and image.height <= vqreports.THUMBNAIL_SIZE[1]
+    assert len(index) < 400_000  # thumbnails, not the figures
 
 
 def test_reports_with_code_keep_the_code(study):
@@ -215,6 +238,121 @@ def test_reports_with_code_keep_the_code(study):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQLIB_ROOT", str(study["root"]))
         vqreports.write_reports(with_code=False)
+
+
+# ----------------------------------------------------------------------------- the published study, its figures
+
+
+@pytest.fixture(scope="module")
+def published(study):
+    """The tiny study published as `vqlib publish` does: the grid run, then the stages after it."""
+    root = study["root"]
+    names = vqpublish.publish_runs(root / "results" / "grid", root / "checkpoints" / "grid")
+    return {"root": root, "names": names, "stages": vqpublish.publish_stages(root / "results" / "grid")}
+
+
+def test_publish_copies_every_stage_after_the_grid_without_machine_paths(published, tmp_path, data):
+    from vqlib.classify import evaluate_classifier, load_classifier
+    from vqlib.errors import CheckpointError
+
+    root = published["root"]
+    assert published["names"] == ["K8_D4"]
+    assert [(s.stage, s.published) for s in published["stages"]] == [
+        ("grid summary", True),
+        ("classifier", True),
+        ("analysis", True),
+        ("reports", True),
+    ], [s.line() for s in published["stages"]]
+    out = root / "results" / "published"
+    for name in vqnotebooks.SUMMARY_FIGURES:
+        assert (out / "grid" / name).read_bytes() == (root / "results" / "grid" / name).read_bytes()
+    classifier = out / "classifier" / "K8_D4_30pc_frozen"
+    for name in (*vqpublish.CLASSIFIER_RESULT_FILES, "metrics.json"):
+        assert (classifier / name).stat().st_size > 0, name
+    for name in (*vqnotebooks.ANALYSIS_FIGURES, vqnotebooks.ANALYSIS_FILE):
+        assert (out / "analysis" / name).stat().st_size > 0, name
+    assert {p.name for p in (out / "reports").iterdir()} == {f"{n}.html" for n in EXPECTED_IMAGES} | {"index.html"}
+    # Checkpoints by their published names, no path of this machine in any published JSON.
+    metrics = read_json(classifier / "metrics.json")
+    assert metrics["vqvae_checkpoint"] == "pretrained:K8_D4"
+    assert metrics["classifier_checkpoint"] == "pretrained:K8_D4_30pc_frozen"
+    assert read_json(out / "analysis" / vqnotebooks.ANALYSIS_FILE)["checkpoint"] == "pretrained:K8_D4"
+    published_json = [*out.rglob("*.json"), *(root / "checkpoints" / "pretrained").rglob("*.json")]
+    assert len(published_json) >= 8
+    for path in published_json:
+        assert str(root) not in path.read_text() and '"/' not in path.read_text(), path
+    # The published classifier loads by name, paired with the published VQ-VAE it reads, and no other.
+    model, ckpt = load_classifier("pretrained:K8_D4_30pc_frozen", vqvae_checkpoint="pretrained:K8_D4")
+    assert ckpt["vqvae_checkpoint"] == "pretrained:K8_D4" and ckpt["results_dir"] is None
+    assert not (root / "checkpoints" / "pretrained" / "K8_D4_30pc_frozen" / "last.pt").exists()
+    # eval-cls on it writes where this project keeps that run's results, not where it was trained.
+    evaluation = evaluate_classifier("pretrained:K8_D4_30pc_frozen", data, split="val", device="cpu")
+    assert evaluation["files"]["metrics"] == root / "results" / "classifier" / "K8_D4_30pc_frozen" / "metrics_val.json"
+    # The same configuration with other weights (another run) is refused.
+    other = vqcheckpoints.load_checkpoint("pretrained:K8_D4", kind="vqvae")
+    key = next(k for k in other["state_dict"] if k.startswith("encoder.") and k.endswith("weight"))
+    other["state_dict"][key] = other["state_dict"][key] + 0.01
+    other_path = vqcheckpoints.save_checkpoint(tmp_path / "other.pt", "vqvae", other)
+    with pytest.raises(CheckpointError, match="another VQ-VAE run"):
+        load_classifier("pretrained:K8_D4_30pc_frozen", vqvae_checkpoint=other_path)
+
+
+def test_publish_says_what_it_published_and_leaves_an_incomplete_stage_out(published, capsys):
+    """Again: every stage is up to date (nothing rewritten); a missing figure keeps its stage and the reports out."""
+    root = published["root"]
+    tsne = root / "results" / "analysis" / "tsne.png"
+    before = {p: p.stat().st_mtime_ns for p in (root / "results" / "published").rglob("*") if p.is_file()}
+    assert main(["publish"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "published 0 new or updated run(s): all up to date"
+    assert [line.split(":")[0] for line in lines[1:5]] == ["grid summary", "classifier", "analysis", "reports"]
+    assert all(line.endswith("(up to date)") for line in lines[1:5]), lines
+    assert lines[5].startswith("the published study holds ")
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    tsne.rename(tsne.with_suffix(".aside"))
+    try:
+        stages = {s.stage: s for s in vqpublish.publish_stages(root / "results" / "grid")}
+    finally:
+        tsne.with_suffix(".aside").rename(tsne)
+    assert not stages["analysis"].published and "results/analysis/tsne.png missing" in stages["analysis"].note
+    assert not stages["reports"].published and "analysis stage is not published" in stages["reports"].note
+    assert stages["classifier"].published
+
+
+def test_figures_are_drawn_from_the_published_study_alone(published, tmp_path, monkeypatch, capsys):
+    """All nine from the whole published study, byte-identical on a rerun; from a partial one
+    (one grid run, nothing after it) the grid's two, the others named as skipped; from none, exit 2."""
+    from vqlib.figures import ANALYSIS_README_FIGURES, write_figures
+
+    out = tmp_path / "figures"
+    result = write_figures(out)
+    expected = ["loss_curves.png", "grid_heatmaps.png", *ANALYSIS_README_FIGURES, "label_efficiency.png"]
+    assert [p.name for p in result.written] == expected and result.skipped == []
+    drawn = (out / "loss_curves.png").read_bytes()
+    assert drawn.startswith(b"\x89PNG") and b"Matplotlib" not in drawn  # no version in the file
+    assert (out / "tsne.png").read_bytes() == (published["root"] / "results" / "analysis" / "tsne.png").read_bytes()
+    assert sum(p.stat().st_size for p in out.iterdir()) < 5_000_000
+    assert write_figures(out).changed == []
+
+    partial = tmp_path / "partial"
+    shutil.copytree(
+        published["root"] / "results" / "published" / "grid" / "K8_D4",
+        partial / "results" / "published" / "grid" / "K8_D4",
+    )
+    monkeypatch.setenv("VQLIB_ROOT", str(partial))
+    assert main(["figures"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 figure(s) in docs/figures (2 changed): loss_curves.png, grid_heatmaps.png")
+    assert sorted(line.split(":")[0] for line in lines[1:]) == sorted(
+        f"skipped {name}" for name in [*ANALYSIS_README_FIGURES, "label_efficiency.png"]
+    )
+    assert sorted(p.name for p in (partial / "docs" / "figures").iterdir()) == ["grid_heatmaps.png", "loss_curves.png"]
+
+    monkeypatch.setenv("VQLIB_ROOT", str(tmp_path / "empty"))
+    assert main(["figures"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "nothing is published" in captured.err and not (tmp_path / "empty" / "docs").exists()
 
 
 def test_notebook_01_runs_through_the_papermill_cli(tmp_path):

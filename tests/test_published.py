@@ -1,20 +1,34 @@
-"""The published study in the repository: every pretrained checkpoint reproduces what it recorded."""
+"""The published study in the repository: every pretrained checkpoint reproduces what it recorded, and the
+published tree stays small and tracked."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from vqlib.checkpoints import load_vqvae, pretrained_names
+from vqlib import paths
+from vqlib.checkpoints import load_vqvae
 from vqlib.files import read_json
-from vqlib.paths import published_dir
+from vqlib.publish import PUBLISHED_LIMIT_BYTES, finished_runs, published_classifier_dir, published_grid_dir
 from vqlib.train import METRICS_FILE, evaluate_vqvae
 
+from .conftest import REPO
 
-@pytest.mark.parametrize("name", pretrained_names())
+# Checked in the repository itself, whatever VQLIB_ROOT the test session has.
+PUBLISHED_FOLDERS = ("checkpoints/pretrained", "checkpoints/inprogress", "results/published", "docs/figures")
+
+
+def repo_paths(monkeypatch):
+    monkeypatch.delenv("VQLIB_ROOT", raising=False)
+    assert paths.project_root() == REPO
+
+
+@pytest.mark.parametrize("name", finished_runs(REPO / "results" / "published" / "grid"))
 def test_published_checkpoint_reproduces_its_validation_mse(name, data, monkeypatch):
     """Loaded by name, the checkpoint measures the validation MSE its run recorded for its best epoch."""
-    monkeypatch.delenv("VQLIB_ROOT", raising=False)
-    metrics = read_json(published_dir() / "grid" / name / METRICS_FILE)
+    repo_paths(monkeypatch)
+    metrics = read_json(published_grid_dir() / name / METRICS_FILE)
     assert metrics["checkpoint"] == f"pretrained:{name}"
     model, ckpt = load_vqvae(f"pretrained:{name}")
     assert ckpt["epoch"] == metrics["best_epoch"]
@@ -22,3 +36,59 @@ def test_published_checkpoint_reproduces_its_validation_mse(name, data, monkeypa
     # Another thread count sums in another order: float32 agreement, not bitwise.
     assert measured["mse"] == pytest.approx(metrics["val_mse"], rel=1e-4)
     assert measured["perplexity"] == pytest.approx(metrics["val_perplexity"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.parent.name for p in (REPO / "results" / "published" / "classifier").glob("*/metrics.json"))
+)
+def test_published_classifier_reproduces_its_test_accuracy(name, data, monkeypatch):
+    """Loaded by name and paired with the published VQ-VAE it names, the classifier measures its recorded accuracy."""
+    from vqlib.classify import evaluate_classifier, load_classifier
+
+    repo_paths(monkeypatch)
+    metrics = read_json(published_classifier_dir() / name / METRICS_FILE)
+    assert metrics["classifier_checkpoint"] == f"pretrained:{name}"
+    assert metrics["vqvae_checkpoint"].startswith("pretrained:")
+    model, _ = load_classifier(metrics["classifier_checkpoint"], vqvae_checkpoint=metrics["vqvae_checkpoint"])
+    measured = evaluate_classifier(model, data, split="test", write=False)
+    assert measured["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=2e-4)  # two images of 10,000
+
+
+def git(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(REPO), *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_published_study_in_git_holds_at_most_25_mb():
+    tracked = git("ls-files", "-z", "--", *PUBLISHED_FOLDERS).stdout.split("\0")
+    files = [REPO / name for name in tracked if name]
+    assert files, "nothing published is tracked"
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    assert size <= PUBLISHED_LIMIT_BYTES, f"the published study holds {size / 1e6:.1f} MB"
+
+
+def test_no_published_file_is_ignored_by_git():
+    """Every published file on disk, and one of every kind `vqlib publish` and `vqlib figures` write, is tracked-able."""
+    on_disk = [
+        p.relative_to(REPO).as_posix()
+        for folder in PUBLISHED_FOLDERS
+        for p in (REPO / folder).rglob("*")
+        if p.is_file()
+    ]
+    layout = [
+        "checkpoints/pretrained/K100_D64/best.pt",
+        "checkpoints/pretrained/K100_D64_all_frozen/config.json",
+        "checkpoints/inprogress/K50_D16/last.pt",
+        "results/published/grid/K100_D64/01_train_vqvae.ipynb",
+        "results/published/grid/best.json",
+        "results/published/grid/heatmaps.png",
+        "results/published/classifier/K100_D64_all_frozen/label_efficiency.csv",
+        "results/published/analysis/analysis.json",
+        "results/published/analysis/tsne.png",
+        "results/published/reports/index.html",
+        "docs/figures/loss_curves.png",
+    ]
+    ignored = git("check-ignore", "--no-index", "--stdin", stdin="\n".join(on_disk + layout) + "\n")
+    assert ignored.returncode in (0, 1), ignored.stderr
+    assert ignored.stdout == "", f"ignored by .gitignore: {ignored.stdout.split()}"
+    # And the check can fail: what is not published stays ignored.
+    assert git("check-ignore", "--no-index", "results/grid/best.json").stdout.strip() == "results/grid/best.json"

@@ -587,9 +587,13 @@ def evaluate_classifier(
     if not write:
         return metrics
     if results_dir is None:
-        if "results_dir" not in info:
+        # A published checkpoint records no folder of the machine that trained it: its run name decides.
+        if info.get("results_dir"):
+            results_dir = info["results_dir"]
+        elif isinstance(info.get("run_name"), str) and info["run_name"]:
+            results_dir = paths.classifier_dir() / Path(info["run_name"]).name
+        else:
             raise ConfigError("results_dir is needed to evaluate a model that is not a checkpoint or a ClassifierRun")
-        results_dir = info["results_dir"]
     out = ensure_dir(results_dir)
     files = {
         "metrics": write_json(

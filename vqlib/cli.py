@@ -606,23 +606,62 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
 @command(
     "publish",
     "copy every finished grid run into the tracked published study (checkpoints/pretrained/, results/published/) "
-    "and snapshot unfinished ones (checkpoints/inprogress/)",
+    "and snapshot unfinished ones (checkpoints/inprogress/); then the grid summary's figures, the chosen "
+    "classifier, the analysis and the reports, each once all its outputs exist",
     _configure_publish,
 )
 def cmd_publish(args: argparse.Namespace) -> int:
     from .grid import checkpoint_root, grid_dir
-    from .publish import publish_runs, restore_runs, snapshot_unfinished
+    from .publish import (
+        PUBLISHED_LIMIT_BYTES,
+        publish_runs,
+        publish_stages,
+        published_bytes,
+        restore_runs,
+        snapshot_unfinished,
+    )
 
     folder = Path(args.grid_dir) if args.grid_dir else grid_dir()
     checkpoints = Path(args.checkpoint_root) if args.checkpoint_root else checkpoint_root()
     if args.restore:
         names = restore_runs(folder, checkpoints)
         print(f"restored {len(names)} run(s) into {folder}: {', '.join(names) or 'none needed'}")
-    else:
-        names = publish_runs(folder, checkpoints)
-        print(f"published {len(names)} new or updated run(s): {', '.join(names) or 'all up to date'}")
-        for name, epochs in snapshot_unfinished(folder, checkpoints).items():
-            print(f"snapshot of {name}, still training: {epochs} epochs done (checkpoints/inprogress/{name})")
+        return 0
+    names = publish_runs(folder, checkpoints)
+    print(f"published {len(names)} new or updated run(s): {', '.join(names) or 'all up to date'}")
+    for name, epochs in snapshot_unfinished(folder, checkpoints).items():
+        print(f"snapshot of {name}, still training: {epochs} epochs done (checkpoints/inprogress/{name})")
+    for stage in publish_stages(folder):
+        print(stage.line())
+    size = published_bytes()
+    print(
+        f"the published study holds {size / 1e6:.1f} MB"
+        + (f", more than the {PUBLISHED_LIMIT_BYTES / 1e6:.0f} MB it may" if size > PUBLISHED_LIMIT_BYTES else "")
+    )
+    return 0
+
+
+def _configure_figures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="folder of the figures (default: docs/figures)")
+
+
+@command(
+    "figures",
+    "draw the README's figures from the published study alone (results/published/, checkpoints/pretrained/) "
+    "into docs/figures/: no training, no data, no GPU",
+    _configure_figures,
+)
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .figures import write_figures
+    from .paths import shown
+
+    result = write_figures(args.out)
+    print(
+        f"{len(result.written)} figure(s) in {shown(result.folder)} ({len(result.changed)} changed): "
+        + ", ".join(path.name for path in result.written)
+    )
+    for line in result.skipped:
+        print(f"skipped {line}")
     return 0
 
 

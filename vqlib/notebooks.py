@@ -27,6 +27,23 @@ SUMMARY_NOTEBOOK = "02_grid_summary.ipynb"
 CLASSIFIER_NOTEBOOK = "03_classifier.ipynb"
 ANALYSIS_NOTEBOOK = "04_latent_analysis.ipynb"
 
+# The figures notebooks 02 and 04 save beside their results (tests/test_notebooks.py checks them);
+# notebook 03's label_efficiency.png is written by vqlib.label_efficiency.
+SUMMARY_FIGURES = ("loss_curves.png", "heatmaps.png")
+ANALYSIS_FIGURES = (
+    "tsne.png",
+    "code_usage_per_class.png",
+    "code_patches.png",
+    "code_specificity.png",
+    "reconstructions_per_class.png",
+    "per_class_mse.png",
+    "per_class_claim.png",
+    "interpolations.png",
+    "interpolation_claim.png",
+)
+ANALYSIS_FILE = "analysis.json"
+LABEL_EFFICIENCY_FIGURE = "label_efficiency.png"
+
 
 class NotebookError(VqlibError):
     """A notebook could not be executed to its end."""

@@ -75,6 +75,19 @@ def published_dir() -> Path:
     return results_dir() / "published"
 
 
+def figures_dir() -> Path:
+    """The README's figures (`vqlib figures` draws them from the published study), tracked in git."""
+    return project_root() / "docs" / "figures"
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path for a message: relative to the project root when inside it, else as it is."""
+    try:
+        return Path(path).resolve().relative_to(project_root()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def notebooks_dir() -> Path:
     """The notebooks: those of the project root, else those beside the package (a VQLIB_ROOT
     that holds only data and results still runs the package's own notebooks)."""

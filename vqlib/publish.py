@@ -15,30 +15,80 @@ copies both back into a grid's folders, so that ``vqlib run --profile full``
 on a fresh clone reuses the finished runs and continues the unfinished ones
 from their last snapshotted epoch. A finished run publishes no last.pt
 (optimiser state): only what is small and useful stays.
+
+Once the grid has chosen its best configuration among published runs, the
+stages after it are published too (`publish_stages`), each only when all its
+outputs exist, so that a published set never looks complete when it is not:
+
+- ``results/published/grid/``: notebook 02's loss curves and K x D heatmaps;
+- the chosen classifier (notebook 03's, on the best VQ-VAE) as
+  ``checkpoints/pretrained/RUN/`` (``pretrained:RUN``) and its metrics, test
+  report and label efficiency in ``results/published/classifier/RUN/``;
+- ``results/published/analysis/``: notebook 04's analysis.json and figures;
+- ``results/published/reports/``: the HTML reports and index.html, once the
+  three stages above are published and the reports are newer than their notebooks.
+
+No published JSON names a path of the machine that ran the study: checkpoints
+become ``pretrained:NAME``, other paths inside the project become relative.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import paths
 from .checkpoints import BEST_FILE, PRETRAINED_PREFIX
-from .errors import OutputError
+from .errors import CheckpointError, OutputError
 from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_csv, write_json
 from .grid import RUN_FILE, SUMMARY_FILE
-from .notebooks import TRAIN_NOTEBOOK
+from .notebooks import ANALYSIS_FIGURES, ANALYSIS_FILE, LABEL_EFFICIENCY_FIGURE, SUMMARY_FIGURES, TRAIN_NOTEBOOK
 from .train import METRICS_FILE
 
 CHECKPOINT_FILES = ("best.pt", "config.json", "history.json")
 SNAPSHOT_FILES = ("last.pt", *CHECKPOINT_FILES)
 RESULT_FILES = (METRICS_FILE, RUN_FILE, TRAIN_NOTEBOOK)
+# What notebook 03 leaves in its results folder besides metrics.json (written last, and published last).
+CLASSIFIER_RESULT_FILES = (
+    "metrics_test.json",
+    "per_class_test.csv",
+    "confusion_matrix_test.csv",
+    "confusion_matrix_test.png",
+    "label_efficiency.csv",
+    LABEL_EFFICIENCY_FIGURE,
+)
+# The repository's budget for everything published (issue #13), README figures included.
+PUBLISHED_LIMIT_BYTES = 25 * 1000 * 1000
 
 
 def published_grid_dir() -> Path:
     return paths.published_dir() / "grid"
+
+
+def published_classifier_dir() -> Path:
+    return paths.published_dir() / "classifier"
+
+
+def published_analysis_dir() -> Path:
+    return paths.published_dir() / "analysis"
+
+
+def published_reports_dir() -> Path:
+    return paths.published_dir() / "reports"
+
+
+def published_folders() -> list[Path]:
+    """Every folder `vqlib publish` writes (tracked in git), and the README's figures."""
+    return [paths.pretrained_dir(), inprogress_dir(), paths.published_dir(), paths.figures_dir()]
+
+
+def published_bytes() -> int:
+    """Size of every file in the published folders."""
+    return sum(f.stat().st_size for folder in published_folders() for f in folder.rglob("*") if f.is_file())
 
 
 def inprogress_dir() -> Path:
@@ -50,6 +100,94 @@ def _copy(source: Path, target: Path) -> None:
     ensure_dir(target.parent)
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def portable(value: Any, renames: Optional[dict[str, str]] = None) -> Any:
+    """A JSON value with no path of this machine in it: every string in `renames` (a checkpoint's
+    path) replaced by its published name (``pretrained:NAME``), other absolute paths inside the
+    project by their path relative to it, and those outside it by their file name."""
+    renames = renames or {}
+    if isinstance(value, dict):
+        return {k: portable(v, renames) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, renames) for v in value]
+    if not isinstance(value, str):
+        return value
+    if value in renames:
+        return renames[value]
+    if not value.startswith("/"):
+        return value
+    path = Path(value)
+    try:
+        return path.resolve().relative_to(paths.project_root()).as_posix()
+    except ValueError:
+        return path.name
+
+
+class _Writer:
+    """Writes published files atomically, and only those whose content changed (no churn in git)."""
+
+    def __init__(self) -> None:
+        self.changed = 0
+        self.kept: set[Path] = set()
+
+    def _bytes(self, target: Path, data: bytes) -> None:
+        self.kept.add(target)
+        if target.is_file() and target.read_bytes() == data:
+            return
+        ensure_dir(target.parent)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+        self.changed += 1
+
+    def copy(self, source: Path, target: Path) -> None:
+        self._bytes(target, source.read_bytes())
+
+    def json(self, target: Path, value: Any) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            self._bytes(target, write_json(Path(tmp) / target.name, value).read_bytes())
+
+    def csv(self, target: Path, frame) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            self._bytes(target, write_csv(Path(tmp) / target.name, frame).read_bytes())
+
+    def checkpoint(self, target: Path, kind: str, payload: dict) -> None:
+        # torch.save writes a random serialization id into every file: compare what it holds instead.
+        from .checkpoints import load_checkpoint, save_checkpoint
+
+        self.kept.add(target)
+        if target.is_file():
+            try:
+                old = load_checkpoint(target, kind=kind)
+            except CheckpointError:
+                old = None
+            if old is not None and _same_checkpoint(old, {"kind": kind, **payload}):
+                return
+        save_checkpoint(target, kind, payload)
+        self.changed += 1
+
+    def remove_others(self, folder: Path, pattern: str = "*") -> None:
+        """Remove the files of `folder` (matching `pattern`) that this writer did not write: a stale set."""
+        for path in folder.glob(pattern):
+            if path.is_file() and path not in self.kept:
+                path.unlink()
+                self.changed += 1
+
+    def note(self, what: str) -> str:
+        return f"{what} ({self.changed} file(s) written)" if self.changed else f"{what} (up to date)"
+
+
+def _same_checkpoint(old: dict, new: dict) -> bool:
+    """Whether a loaded checkpoint holds `new`: the same entries, tensors equal in value, dtype and shape."""
+    import torch
+
+    old = {k: v for k, v in old.items() if k != "format_version"}
+    if set(old) != set(new):
+        return False
+    a, b = old.pop("state_dict"), new["state_dict"]
+    if old != {k: v for k, v in new.items() if k != "state_dict"} or set(a) != set(b):
+        return False
+    return all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 def finished_runs(grid_folder: str | os.PathLike) -> list[str]:
@@ -86,12 +224,16 @@ def publish_runs(
             if not (checkpoint_root / name / file).is_file():
                 raise OutputError(f"cannot publish {name}: {checkpoint_root / name / file} is missing")
         for file in CHECKPOINT_FILES:
-            _copy(checkpoint_root / name / file, paths.pretrained_dir() / name / file)
-        for file in (RUN_FILE, TRAIN_NOTEBOOK):
-            if (grid_folder / name / file).is_file():
-                _copy(grid_folder / name / file, published_grid_dir() / name / file)
+            if file.endswith(".json"):  # config.json names the folders it was trained in
+                write_json(paths.pretrained_dir() / name / file, portable(read_json(checkpoint_root / name / file)))
+            else:
+                _copy(checkpoint_root / name / file, paths.pretrained_dir() / name / file)
+        if (grid_folder / name / TRAIN_NOTEBOOK).is_file():
+            _copy(grid_folder / name / TRAIN_NOTEBOOK, published_grid_dir() / name / TRAIN_NOTEBOOK)
+        if (grid_folder / name / RUN_FILE).is_file():
+            write_json(published_grid_dir() / name / RUN_FILE, portable(read_json(grid_folder / name / RUN_FILE)))
         metrics = read_json(source_metrics)
-        metrics["checkpoint"] = PRETRAINED_PREFIX + name
+        metrics = portable({**metrics, "checkpoint": PRETRAINED_PREFIX + name})
         write_json(target_metrics, metrics)
         shutil.rmtree(inprogress_dir() / name, ignore_errors=True)
         copied.append(name)
@@ -105,13 +247,16 @@ def _publish_choice(grid_folder: Path) -> None:
 
     published = set(finished_runs(published_grid_dir()))
     best = read_json_or_empty(grid_folder / BEST_FILE)
+    writer = _Writer()
     if best.get("name") in published:
-        write_json(published_grid_dir() / BEST_FILE, {**best, "checkpoint": PRETRAINED_PREFIX + best["name"]})
+        writer.json(
+            published_grid_dir() / BEST_FILE, portable({**best, "checkpoint": PRETRAINED_PREFIX + best["name"]})
+        )
     if (grid_folder / SUMMARY_FILE).is_file():
         summary = pd.read_csv(grid_folder / SUMMARY_FILE)
         summary["checkpoint"] = [PRETRAINED_PREFIX + name if name in published else "" for name in summary["name"]]
         summary = summary.drop(columns=["notebook"], errors="ignore")  # a path on the machine that ran it
-        write_csv(published_grid_dir() / SUMMARY_FILE, summary)
+        writer.csv(published_grid_dir() / SUMMARY_FILE, summary)
 
 
 def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> dict[str, int]:
@@ -148,9 +293,12 @@ def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathL
             continue
         for file in CHECKPOINT_FILES:
             _copy(paths.pretrained_dir() / name / file, checkpoint_root / name / file)
-        for file in (RUN_FILE, TRAIN_NOTEBOOK):
-            if (published_grid_dir() / name / file).is_file():
-                _copy(published_grid_dir() / name / file, grid_folder / name / file)
+        if (published_grid_dir() / name / TRAIN_NOTEBOOK).is_file():
+            _copy(published_grid_dir() / name / TRAIN_NOTEBOOK, grid_folder / name / TRAIN_NOTEBOOK)
+        if (published_grid_dir() / name / RUN_FILE).is_file():
+            record = read_json(published_grid_dir() / name / RUN_FILE)
+            record["notebook"] = str((grid_folder / name / TRAIN_NOTEBOOK).resolve())
+            write_json(grid_folder / name / RUN_FILE, record)
         metrics = read_json(published_grid_dir() / name / METRICS_FILE)
         metrics["checkpoint"] = str((checkpoint_root / name / "best.pt").resolve())
         write_json(grid_folder / name / METRICS_FILE, metrics)
@@ -164,3 +312,187 @@ def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathL
                 _copy(snapshot / file, checkpoint_root / name / file)
         restored.append(name)
     return restored
+
+
+# ----------------------------------------------------------------------------- the stages after the grid
+
+
+@dataclass
+class StageResult:
+    """What `publish_stages` did with one stage: published (or already up to date), or not, and why."""
+
+    stage: str
+    published: bool
+    note: str
+
+    def line(self) -> str:
+        return f"{self.stage}: {'published' if self.published else 'not published'}: {self.note}"
+
+
+def _missing(files: list[Path]) -> Optional[str]:
+    absent = [f for f in files if not f.is_file()]
+    if not absent:
+        return None
+    more = f" and {len(absent) - 1} more file(s)" if len(absent) > 1 else ""
+    return f"{paths.shown(absent[0])}{more} missing"
+
+
+def publish_stages(grid_folder: str | os.PathLike) -> list[StageResult]:
+    """Publish the grid summary's figures, the chosen classifier, the analysis and the reports,
+    each only when the grid's best.json names a published run and all the stage's outputs exist."""
+    grid_folder = Path(grid_folder)
+    stages = ("grid summary", "classifier", "analysis", "reports")
+    best = read_json_or_empty(grid_folder / BEST_FILE)
+    name, checkpoint = best.get("name"), best.get("checkpoint")
+    if not isinstance(name, str) or not isinstance(checkpoint, str):
+        why = f"the grid has no best configuration yet (no {paths.shown(grid_folder / BEST_FILE)}: notebook 02 runs after the grid)"
+        return [StageResult(stage, False, why) for stage in stages]
+    if name not in finished_runs(published_grid_dir()):
+        why = f"the grid's best configuration, {name}, is not a published run"
+        return [StageResult(stage, False, why) for stage in stages]
+    done = [_publish_summary(grid_folder), _publish_classifier(name, checkpoint), _publish_analysis(name, checkpoint)]
+    return [*done, _publish_reports(grid_folder, done)]
+
+
+def _publish_summary(grid_folder: Path) -> StageResult:
+    stage = "grid summary"
+    missing = _missing([grid_folder / f for f in SUMMARY_FIGURES])
+    if missing:
+        return StageResult(stage, False, f"{missing} (notebook 02 writes them)")
+    writer = _Writer()
+    for file in SUMMARY_FIGURES:
+        writer.copy(grid_folder / file, published_grid_dir() / file)
+    return StageResult(stage, True, writer.note(f"{', '.join(SUMMARY_FIGURES)} in {paths.shown(published_grid_dir())}"))
+
+
+def _publish_classifier(vqvae_name: str, vqvae_checkpoint: str) -> StageResult:
+    """The classifier notebook 03 recorded on the best VQ-VAE: its checkpoint (as ``pretrained:RUN``,
+    paired with ``pretrained:<vqvae_name>``), then its results, metrics.json last."""
+    from .checkpoints import load_checkpoint
+    from .classify import load_classifier
+    from .reports import classifier_record
+
+    stage = "classifier"
+    found = classifier_record(vqvae_checkpoint)
+    if found is None:
+        return StageResult(
+            stage,
+            False,
+            f"no classifier record on {vqvae_name} in {paths.shown(paths.classifier_dir())} (notebook 03 writes it)",
+        )
+    record_path, record = found
+    source = record_path.parent
+    checkpoint = Path(str(record.get("classifier_checkpoint") or ""))
+    run = checkpoint.parent.name
+    missing = _missing(
+        [checkpoint.parent / f for f in CHECKPOINT_FILES] + [source / f for f in CLASSIFIER_RESULT_FILES]
+    )
+    if missing:
+        return StageResult(stage, False, missing)
+    if paths.parse_vqvae_run_name(run):
+        return StageResult(stage, False, f"its checkpoint folder, {run}, is named like a VQ-VAE run")
+    vqvae_published = PRETRAINED_PREFIX + vqvae_name
+    try:
+        # Published, the classifier must read the code of the published VQ-VAE, weight for weight.
+        load_classifier(checkpoint, vqvae_checkpoint=vqvae_published)
+        ckpt = load_checkpoint(checkpoint, kind="classifier")
+    except CheckpointError as exc:
+        return StageResult(stage, False, str(exc))
+    renames = {vqvae_checkpoint: vqvae_published, str(checkpoint): PRETRAINED_PREFIX + run}
+    target_checkpoints, target_results = paths.pretrained_dir() / run, published_classifier_dir() / run
+    writer = _Writer()
+    # A published checkpoint names its VQ-VAE as published and no folder of this machine: eval-cls
+    # writes into results/classifier/RUN of whoever runs it, infer-cls finds pretrained:NAME.
+    payload = portable({k: v for k, v in ckpt.items() if k not in ("kind", "format_version", "state_dict")}, renames)
+    # load_classifier has just checked that its VQ-VAE is the published one, whatever path it recorded.
+    placement = {"vqvae_checkpoint": vqvae_published, "checkpoint_dir": None, "results_dir": None}
+    payload.update(
+        vqvae_checkpoint=vqvae_published,
+        results_dir=None,
+        model_config={**payload["model_config"], **placement},
+        state_dict=ckpt["state_dict"],
+    )
+    writer.checkpoint(target_checkpoints / "best.pt", "classifier", payload)
+    config = portable(read_json(checkpoint.parent / "config.json"), renames)
+    config["vqvae_checkpoint"] = vqvae_published
+    if isinstance(config.get("classifier"), dict):
+        config["classifier"] = {**config["classifier"], **placement}
+    writer.json(target_checkpoints / "config.json", config)
+    writer.copy(checkpoint.parent / "history.json", target_checkpoints / "history.json")
+    for file in CLASSIFIER_RESULT_FILES:
+        if file.endswith(".json"):
+            writer.json(target_results / file, portable(read_json(source / file), renames))
+        else:
+            writer.copy(source / file, target_results / file)
+    writer.json(target_results / METRICS_FILE, portable(record, renames))
+    writer.remove_others(target_results)
+    # One classifier is published: the one of the current choice.
+    for other in published_classifier_dir().iterdir():
+        if other.is_dir() and other.name != run:
+            shutil.rmtree(other)
+            if not paths.parse_vqvae_run_name(other.name):
+                shutil.rmtree(paths.pretrained_dir() / other.name, ignore_errors=True)
+            writer.changed += 1
+    return StageResult(
+        stage,
+        True,
+        writer.note(
+            f"{run} as {PRETRAINED_PREFIX}{run} (on {vqvae_published}), its results in {paths.shown(target_results)}"
+        ),
+    )
+
+
+def _publish_analysis(vqvae_name: str, vqvae_checkpoint: str) -> StageResult:
+    stage = "analysis"
+    source = paths.analysis_dir()
+    missing = _missing([source / ANALYSIS_FILE] + [source / f for f in ANALYSIS_FIGURES])
+    if missing:
+        return StageResult(stage, False, f"{missing} (notebook 04 writes them)")
+    summary = read_json_or_empty(source / ANALYSIS_FILE)
+    if summary.get("checkpoint") != vqvae_checkpoint:
+        return StageResult(
+            stage,
+            False,
+            f"{paths.shown(source / ANALYSIS_FILE)} analyses {summary.get('checkpoint')}, not the grid's best, {vqvae_name} "
+            "(notebook 04 runs on it in `vqlib run`)",
+        )
+    writer = _Writer()
+    target = published_analysis_dir()
+    for file in ANALYSIS_FIGURES:
+        writer.copy(source / file, target / file)
+    writer.json(target / ANALYSIS_FILE, portable(summary, {vqvae_checkpoint: PRETRAINED_PREFIX + vqvae_name}))
+    writer.remove_others(target)
+    return StageResult(
+        stage, True, writer.note(f"{ANALYSIS_FILE} and {len(ANALYSIS_FIGURES)} figures in {paths.shown(target)}")
+    )
+
+
+def _publish_reports(grid_folder: Path, earlier: list[StageResult]) -> StageResult:
+    from .reports import executed_notebooks
+
+    stage = "reports"
+    waiting = [r.stage for r in earlier if not r.published]
+    if waiting:
+        return StageResult(
+            stage, False, f"they describe the whole study, and the {' and '.join(waiting)} stage is not published"
+        )
+    source = paths.reports_dir()
+    reports = [(source / f"{name}.html", notebook) for name, notebook, _ in executed_notebooks(grid_folder)]
+    index = source / "index.html"
+    missing = _missing([report for report, _ in reports] + [index])
+    if missing:
+        return StageResult(stage, False, f"{missing} (`vqlib report` writes them)")
+    stale = [report for report, notebook in reports if report.stat().st_mtime < notebook.stat().st_mtime]
+    if not stale and any(index.stat().st_mtime < report.stat().st_mtime for report, _ in reports):
+        stale = [index]
+    if stale:
+        return StageResult(
+            stage, False, f"{paths.shown(stale[0])} is older than what it reports on (`vqlib report` writes it again)"
+        )
+    writer = _Writer()
+    target = published_reports_dir()
+    for report, _ in reports:
+        writer.copy(report, target / report.name)
+    writer.copy(index, target / index.name)  # last: the index names the reports
+    writer.remove_others(target, "*.html")
+    return StageResult(stage, True, writer.note(f"{len(reports)} reports and index.html in {paths.shown(target)}"))

@@ -2,12 +2,16 @@
 
 Reports are a mechanical last step (STYLE.md rule 12): `nbconvert --to html
 --no-input` over the executed notebooks; figures are inline PNG outputs, so
-each HTML file stands alone.
+each HTML file stands alone. The index shows small inline thumbnails of the
+headline figures, each linking to its report, so it stands alone too and
+keeps working when the reports folder is copied (results/published/reports/).
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import math
 import os
 from pathlib import Path
@@ -20,7 +24,23 @@ from .checkpoints import BEST_FILE
 from .errors import OutputError
 from .files import atomic_path, ensure_dir, read_json_or_empty, utc_timestamp
 from .grid import collect_grid, grid_dir
-from .notebooks import ANALYSIS_NOTEBOOK, CLASSIFIER_NOTEBOOK, SUMMARY_NOTEBOOK, TRAIN_NOTEBOOK
+from .notebooks import (
+    ANALYSIS_NOTEBOOK,
+    CLASSIFIER_NOTEBOOK,
+    LABEL_EFFICIENCY_FIGURE,
+    SUMMARY_NOTEBOOK,
+    TRAIN_NOTEBOOK,
+)
+
+# The index's thumbnails: (report it links to, folder of the figure, figure, caption).
+HEADLINE_FIGURES = (
+    ("02_grid_summary", "grid", "heatmaps.png", "Validation MSE, perplexity and codebook usage over K x D"),
+    ("02_grid_summary", "grid", "loss_curves.png", "Loss curves of every configuration"),
+    ("03_classifier", "classifier", LABEL_EFFICIENCY_FIGURE, "Label efficiency"),
+    ("04_latent_analysis", "analysis", "tsne.png", "t-SNE of the code and of the pixels"),
+    ("04_latent_analysis", "analysis", "reconstructions_per_class.png", "Reconstructions per class"),
+)
+THUMBNAIL_SIZE = (360, 240)  # pixels, at most; the aspect ratio is kept
 
 
 def export_html(notebook: str | os.PathLike, output: str | os.PathLike, *, with_code: bool = False) -> Path:
@@ -69,11 +89,12 @@ def executed_notebooks(
     return found
 
 
-def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
-    """The classifier's test accuracy as notebook 03 recorded it in results/classifier/*/metrics.json.
+def classifier_record(vqvae_checkpoint: Optional[str] = None) -> Optional[tuple[Path, dict]]:
+    """(path, content) of the newest results/classifier/*/metrics.json with a test accuracy, on
+    `vqvae_checkpoint` (the chosen VQ-VAE) when given; None when there is none.
 
-    The newest record on `vqvae_checkpoint` (the chosen VQ-VAE) wins, so a
-    classifier left over from an earlier grid is not reported as this one.
+    The newest record on the chosen VQ-VAE wins, so a classifier left over from
+    an earlier grid is not taken for this one.
     """
     candidates = []
     for path in paths.classifier_dir().glob("*/metrics.json"):
@@ -84,14 +105,45 @@ def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
             continue
         candidates.append((path.stat().st_mtime, path, value))
     if not candidates:
-        return {}
+        return None
     _, path, value = max(candidates, key=lambda c: c[0])
+    return path, value
+
+
+def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
+    """The classifier's test accuracy as notebook 03 recorded it (`classifier_record`), or {}."""
+    found = classifier_record(vqvae_checkpoint)
+    if found is None:
+        return {}
+    path, value = found
     labels = (value.get("config") or {}).get("labels_per_class")
     return {
         "test_accuracy": value["test_accuracy"],
         "source": path,
         "labels": "all labels" if labels is None else f"{labels} labels per class",
     }
+
+
+def thumbnail_uri(figure: str | os.PathLike, size: tuple[int, int] = THUMBNAIL_SIZE) -> str:
+    """A PNG data URI of `figure` shrunk to fit `size`: inline, so the index needs no other file."""
+    from PIL import Image
+
+    with Image.open(figure) as image:
+        image = image.convert("RGB")
+        image.thumbnail(size, Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def headline_thumbnails(report_names: set[str], folders: dict[str, Optional[Path]]) -> list[tuple[str, str, str]]:
+    """(report file, thumbnail data URI, caption) of every headline figure that exists and whose report exists."""
+    found = []
+    for report, folder_key, name, caption in HEADLINE_FIGURES:
+        folder = folders.get(folder_key)
+        if report in report_names and folder is not None and (folder / name).is_file():
+            found.append((f"{report}.html", thumbnail_uri(folder / name), caption))
+    return found
 
 
 def write_reports(
@@ -104,6 +156,7 @@ def write_reports(
 ) -> Path:
     """Export every executed notebook to results/reports/*.html and write index.html; return its path."""
     grid_folder = Path(grid_folder or grid_dir())
+    analysis_folder = Path(analysis_folder or paths.analysis_dir())
     executed = executed_notebooks(grid_folder, analysis_folder)
     if not executed:
         raise OutputError(f"no executed notebooks found under {paths.results_dir()}; run `vqlib run` first")
@@ -113,12 +166,19 @@ def write_reports(
     ]
     best = read_json_or_empty(grid_folder / BEST_FILE)
     grid = collect_grid(grid_folder)
+    classifier = classifier_headline(best.get("checkpoint"))
+    thumbnails = headline_thumbnails(
+        {name for name, _, _ in executed},
+        {
+            "grid": grid_folder,
+            "classifier": classifier["source"].parent if classifier else None,
+            "analysis": analysis_folder,
+        },
+    )
     index = out / "index.html"
     with atomic_path(index) as tmp:
         tmp.write_text(
-            _index_html(
-                reports, best, classifier_headline(best.get("checkpoint")), grid, failures or [], profile_description
-            ),
+            _index_html(reports, best, classifier, grid, failures or [], profile_description, thumbnails),
             encoding="utf-8",
         )
     return index
@@ -142,6 +202,7 @@ def _index_html(
     grid: pd.DataFrame,
     failures: list[str],
     description: str,
+    thumbnails: list[tuple[str, str, str]] = (),
 ) -> str:
     esc = html.escape
     headline = [
@@ -178,6 +239,17 @@ def _index_html(
         grid[list(columns)].assign(val_usage=grid["val_usage"].map(lambda v: _fmt(v, ".0%"))).rename(columns=columns)
     )
     grid_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, classes="grid")
+    figures = (
+        '<h2>Figures</h2>\n<div class="thumbs">\n'
+        + "\n".join(
+            f'<figure><a href="{esc(href)}"><img src="{uri}" alt="{esc(caption)}"></a>'
+            f"<figcaption>{esc(caption)}</figcaption></figure>"
+            for href, uri, caption in thumbnails
+        )
+        + "\n</div>"
+        if thumbnails
+        else ""
+    )
     problems = ("<h2>Problems</h2><ul>" + "".join(f"<li>{esc(f)}</li>" for f in failures) + "</ul>") if failures else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vqlib study</title>
@@ -187,6 +259,10 @@ table {{ border-collapse: collapse; margin: 1rem 0; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: .35rem .8rem; text-align: left; }}
 table.grid td, table.grid th {{ font-size: .85rem; text-align: right; }}
 .muted {{ color: #666; font-size: .9rem; }}
+.thumbs {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
+.thumbs figure {{ margin: 0; max-width: 22rem; }}
+.thumbs img {{ max-width: 100%; border: 1px solid #ddd; }}
+.thumbs figcaption {{ font-size: .85rem; color: #444; }}
 </style></head><body>
 <h1>VQ-VAE on FashionMNIST, and a classifier on its discrete code</h1>
 <p class="muted">Profile: {esc(description)}. Generated {esc(utc_timestamp())}.</p>
@@ -194,6 +270,7 @@ table.grid td, table.grid th {{ font-size: .85rem; text-align: right; }}
 <table class="headline">
 {rows}
 </table>
+{figures}
 <h2>Reports</h2>
 <ul>
 {links}

@@ -1,0 +1,121 @@
+"""The README's figures, from the published study alone: `vqlib figures` (`make figures`).
+
+Reads only what git tracks (``results/published/`` and ``checkpoints/pretrained/``):
+no training, no data, no GPU. The grid's figures are drawn again by the
+functions notebook 02 draws them with (`plots.plot_losses`, `plots.grid_heatmaps`),
+over every published run, so they show a study still in progress as far as it
+got; the classifier's and the analysis's figures need the data and the models,
+so they are the published copies of what notebooks 03 and 04 drew.
+
+Reruns do not churn git: fixed size and dpi, no software version or date in
+the PNG, and a file is rewritten only when its content changes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import paths
+from .errors import OutputError
+from .files import atomic_path, ensure_dir, save_figure
+from .notebooks import ANALYSIS_FILE, LABEL_EFFICIENCY_FIGURE
+from .train import METRICS_FILE
+
+FIGURE_DPI = 110
+# PNG text chunks matplotlib would write (its version): left out, so a rerun elsewhere gives the same bytes.
+PNG_METADATA = {"Software": None}
+# The analysis figures the README shows, as notebook 04 names them.
+ANALYSIS_README_FIGURES = (
+    "tsne.png",
+    "code_usage_per_class.png",
+    "code_patches.png",
+    "reconstructions_per_class.png",
+    "per_class_mse.png",
+    "interpolations.png",
+)
+
+
+class NothingPublishedError(OutputError):
+    """No run of the study is published yet, so there is nothing to draw."""
+
+
+@dataclass
+class FiguresResult:
+    folder: Path
+    written: list[Path] = field(default_factory=list)  # drawn or copied, changed or not
+    changed: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "NAME: why", one per figure not made
+
+
+def _write_if_changed(target: Path, data: bytes, result: FiguresResult) -> None:
+    result.written.append(target)
+    if target.is_file() and target.read_bytes() == data:
+        return
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    result.changed.append(target)
+
+
+def _save(fig, target: Path, result: FiguresResult) -> None:
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = save_figure(fig, Path(tmp) / target.name, dpi=FIGURE_DPI, metadata=PNG_METADATA)
+        plt.close(fig)
+        _write_if_changed(target, drawn.read_bytes(), result)
+
+
+def write_figures(out: Optional[str | os.PathLike] = None) -> FiguresResult:
+    """Draw (or copy) every README figure the published study allows into `out` (docs/figures).
+
+    A figure whose inputs are not published yet is skipped and named in
+    `skipped`; with nothing published at all, a `NothingPublishedError`.
+    """
+    from .grid import collect_grid, load_losses
+    from .plots import grid_heatmaps, plot_losses
+    from .publish import finished_runs, published_analysis_dir, published_classifier_dir, published_grid_dir
+
+    result = FiguresResult(folder=Path(out) if out else paths.figures_dir())
+    runs = finished_runs(published_grid_dir())
+    analysis = published_analysis_dir()
+    classifiers = sorted(p.parent for p in published_classifier_dir().glob(f"*/{METRICS_FILE}"))
+    if not runs and not (analysis / ANALYSIS_FILE).is_file() and not classifiers:
+        raise NothingPublishedError(
+            f"nothing is published under {paths.published_dir()} yet, so there is no figure to draw; "
+            "run the study and `vqlib publish` first"
+        )
+    ensure_dir(result.folder)
+
+    if runs:
+        frame = collect_grid(published_grid_dir(), names=runs)
+        title = f"Training of the {len(runs)} published configuration(s)"
+        _save(plot_losses(load_losses(published_grid_dir()), title=title), result.folder / "loss_curves.png", result)
+        _save(grid_heatmaps(frame), result.folder / "grid_heatmaps.png", result)
+    else:
+        why = f"no finished grid run is published in {paths.shown(published_grid_dir())}"
+        result.skipped += [f"loss_curves.png: {why}", f"grid_heatmaps.png: {why}"]
+
+    if (analysis / ANALYSIS_FILE).is_file():
+        for name in ANALYSIS_README_FIGURES:
+            if (analysis / name).is_file():
+                _write_if_changed(result.folder / name, (analysis / name).read_bytes(), result)
+            else:
+                result.skipped.append(f"{name}: not in {paths.shown(analysis)}")
+    else:
+        why = f"the analysis (notebook 04) is not published in {paths.shown(analysis)}"
+        result.skipped += [f"{name}: {why}" for name in ANALYSIS_README_FIGURES]
+
+    # publish keeps one classifier: the one of the grid's choice.
+    efficiency = [c / LABEL_EFFICIENCY_FIGURE for c in classifiers if (c / LABEL_EFFICIENCY_FIGURE).is_file()]
+    if efficiency:
+        _write_if_changed(result.folder / LABEL_EFFICIENCY_FIGURE, efficiency[-1].read_bytes(), result)
+    else:
+        result.skipped.append(
+            f"{LABEL_EFFICIENCY_FIGURE}: the classifier (notebook 03) is not published in "
+            f"{paths.shown(published_classifier_dir())}"
+        )
+    return result
