@@ -291,8 +291,16 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     # The regression ran on a real code's width (12 x 12 x 16 in smoke mode), with every core's BLAS threads, then one.
     regression = result["regression"]
     assert regression["features"] == 12 * 12 * 16 and regression["images"] == 50
-    assert [r["blas_threads"] for r in regression["rows"]] == [placement["cores"], 1]
+    cores = placement["cores"]
+    assert [(r["processes"], r["blas_threads"]) for r in regression["rows"]] == [
+        (1, cores),
+        (1, 1),
+        (cores, 1),
+        (cores, 1),
+    ]
     assert all(r["seconds"] > 0 and 0 <= r["val_acc"] <= 1 for r in regression["rows"])
+    # Three ways of fitting the same models: the same best validation accuracy.
+    assert len({round(r["val_acc"], 6) for r in regression["rows"]}) == 1
 
 
 def test_code_histogram_equals_bincount():

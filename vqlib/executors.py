@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import paths
+from .device import cpu_cores
 from .errors import ConfigError, VqlibError
 from .files import atomic_path, ensure_dir, read_json, utc_timestamp, write_json
 from .notebooks import TRAIN_NOTEBOOK, KernelDiedError, execute_notebook
@@ -48,14 +49,6 @@ Report = Callable[[dict], None]
 
 
 # ----------------------------------------------------------------------------- placement
-
-
-def cpu_cores() -> int:
-    """Cores this process may use (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def choose_placement(

@@ -29,7 +29,7 @@ from .config import (
     parse_methods,
 )
 from .data import NUM_CLASSES, FashionMNIST, load_fashion_mnist, stratified_subset, to_float
-from .device import resolve_device, seed_everything
+from .device import cpu_cores, resolve_device, seed_everything
 from .errors import ConfigError
 from .files import ensure_dir, save_figure, write_csv
 from .models import ClassificationHead, PixelCNN
@@ -46,6 +46,8 @@ def logistic_regression(
     cs: list[float],
     max_iter: int,
     seed: int,
+    *,
+    jobs: Optional[int] = None,
 ) -> dict:
     """Standardised features, L-BFGS logistic regression; C chosen on validation accuracy.
 
@@ -56,44 +58,21 @@ def logistic_regression(
     fits_not_converged (over the grid), iterations (of the chosen fit) and
     c_at_edge (the chosen C is the grid's smallest or largest, so the best C
     may lie outside it).
+
+    The values of C are fitted side by side, `jobs` processes (default: one per
+    core) with one BLAS thread each: L-BFGS makes thousands of small BLAS calls,
+    and several BLAS threads synchronise on each, so on a 2-core CPU where torch
+    has run (its OpenMP threads) or anything else runs each call waits for a core.
+    Measured with benchmarks/bench.py --only-regression (section 9).
     """
-    from threadpoolctl import threadpool_limits
-
-    # One BLAS thread: L-BFGS makes thousands of small BLAS calls, and several BLAS
-    # threads synchronise on each; on a 2-core CPU where torch has run (its OpenMP
-    # threads) or anything else runs, each of those waits for a core. Measured with
-    # benchmarks/bench.py --only-regression, 1,000 images x 9,216 features, 3 values
-    # of C: 13.3 s with two BLAS threads, 4.7 s with one on an idle machine; 57.5 s
-    # against 7.2 s beside a training run.
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _logistic_regression(train_x, train_y, val_x, val_y, test_x, test_y, cs, max_iter, seed)
-
-
-def _logistic_regression(train_x, train_y, val_x, val_y, test_x, test_y, cs, max_iter, seed) -> dict:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
+    from joblib import Parallel, delayed
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_x)
     train_x, val_x, test_x = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
     cs = sorted(cs)
-    fits = []
-    for c in cs:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(train_x, train_y)
-        proba = clf.predict_proba(val_x)
-        fits.append(
-            {
-                "c": c,
-                "clf": clf,
-                "val_acc": float((clf.classes_[proba.argmax(1)] == val_y).mean()),
-                "val_loss": float(log_loss(val_y, proba, labels=clf.classes_)),
-                "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
-                "iterations": int(np.max(clf.n_iter_)),
-            }
-        )
+    jobs = max(1, min(len(cs), jobs or cpu_cores()))
+    fits = Parallel(n_jobs=jobs)(delayed(_fit)(train_x, train_y, val_x, val_y, c, max_iter, seed) for c in cs)
     best = max(fits, key=lambda f: (f["val_acc"], -f["val_loss"]))
     return {
         "val_acc": best["val_acc"],
@@ -104,6 +83,27 @@ def _logistic_regression(train_x, train_y, val_x, val_y, test_x, test_y, cs, max
         "fits_not_converged": sum(not f["converged"] for f in fits),
         "iterations": best["iterations"],
         "c_at_edge": best["c"] in (cs[0], cs[-1]),
+    }
+
+
+def _fit(train_x, train_y, val_x, val_y, c: float, max_iter: int, seed: int, blas_threads: int = 1) -> dict:
+    """One value of C, on one BLAS thread: the fitted model and its validation accuracy and log-loss."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(train_x, train_y)
+        proba = clf.predict_proba(val_x)
+    return {
+        "c": c,
+        "clf": clf,
+        "val_acc": float((clf.classes_[proba.argmax(1)] == val_y).mean()),
+        "val_loss": float(log_loss(val_y, proba, labels=clf.classes_)),
+        "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
+        "iterations": int(np.max(clf.n_iter_)),
     }
 
 
