@@ -188,7 +188,19 @@ def label_efficiency(
 
     head_config = dataclasses.replace(classifier, finetune=False)
     frozen = build_classifier(head_config, vqvae).to(device)
-    codes = {split: encode_codes(frozen, data.split(split)[0]) for split in ("train", "val", "test")}
+    jobs = [
+        (n, config.seed + i)
+        for n in counts
+        for i in range(config.num_seeds if n is not None and n <= config.max_seeded_labels else 1)
+    ]
+    subsets = {job: label_subset(data, *job) for job in jobs}
+    codes = {split: encode_codes(frozen, data.split(split)[0]) for split in ("val", "test")}
+    # The training codes of the labelled subsets only (all of them when a count is 'all'): the
+    # rest of the 55,000 are never read, and encoding them is most of a small study's time.
+    needed = torch.unique(torch.cat(list(subsets.values())))
+    val = codes["val"]
+    codes["train"] = torch.zeros((len(data.train_labels), *val.shape[1:]), dtype=val.dtype, device=val.device)
+    codes["train"][needed.to(val.device)] = encode_codes(frozen, data.train_images[needed])
     labels = {split: data.split(split)[1].to(device) for split in ("train", "val", "test")}
 
     def quantized_features(split: str, idx=None) -> np.ndarray:
@@ -213,15 +225,10 @@ def label_efficiency(
     lookup = code_lookup(frozen.quantizer)
     to_input = lambda x: to_float(x, device)  # noqa: E731
 
-    jobs = [
-        (n, config.seed + i)
-        for n in counts
-        for i in range(config.num_seeds if n is not None and n <= config.max_seeded_labels else 1)
-    ]
     rows = []
     bar = progress_bar(total=len(jobs) * len(methods), desc="label efficiency", unit="run", enabled=progress)
     for n, seed in jobs:
-        idx = label_subset(data, n, seed)
+        idx = subsets[(n, seed)]
         didx = idx.to(device)
         sel = selection_subset(data, n, config.selection, seed)
         dsel = sel.to(device)
