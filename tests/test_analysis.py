@@ -361,6 +361,7 @@ def test_grid_loss_curves_read_like_the_grid_and_count_whole_epochs():
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert lines["K25_D16"].get_color() == lines["K25_D32"].get_color() != lines["K50_D16"].get_color()
     assert lines["K25_D16"].get_linestyle() == lines["K50_D16"].get_linestyle() != lines["K25_D32"].get_linestyle()
+    assert lines["K25_D16"].get_marker() == lines["K50_D16"].get_marker() != lines["K25_D32"].get_marker()
     low, high = fig.axes[0].get_xlim()
     ticks = [t for t in fig.axes[0].get_xticks() if low <= t <= high]
     assert ticks and all(float(t).is_integer() for t in ticks)
@@ -369,6 +370,30 @@ def test_grid_loss_curves_read_like_the_grid_and_count_whole_epochs():
     fig = plots.plot_losses({"first": history, "second": history})
     first, second = fig.axes[0].get_lines()
     assert first.get_color() != second.get_color()
+    plt.close(fig)
+
+
+def test_grid_heatmaps_keep_three_digits_of_close_mses_and_show_shares_on_their_whole_scale():
+    """0.00201 / 0.00200 / 0.00199 (the full study's K=50 row) must not all read 0.0020; 100% usage is the scale's top."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from vqlib import plots
+
+    frame = pd.DataFrame(
+        {
+            "num_embeddings": [50, 50, 50],
+            "embedding_dim": [16, 32, 64],
+            "status": ["success"] * 3,
+            "val_mse": [0.00201, 0.0020024, 0.00199],
+            "val_perplexity": [29.8, 29.1, 26.0],
+            "val_usage": [1.0, 1.0, 1.0],
+        }
+    )
+    fig = plots.grid_heatmaps(frame)
+    mse, _, usage = fig.axes
+    assert [t.get_text() for t in mse.texts] == ["0.00201", "0.00200", "0.00199"]
+    assert usage.collections[0].get_clim() == (0.0, 1.0)
     plt.close(fig)
 
 

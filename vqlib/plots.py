@@ -253,8 +253,13 @@ def _grid_line_styles(names: Sequence[str]) -> list[dict]:
     ks = sorted({k for k, _, _ in parsed})
     ds = sorted({d for _, d, _ in parsed})
     dashes = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D"]
     return [
-        {"color": palette[ks.index(k) % len(palette)], "linestyle": dashes[ds.index(d) % len(dashes)]}
+        {
+            "color": palette[ks.index(k) % len(palette)],
+            "linestyle": dashes[ds.index(d) % len(dashes)],
+            "marker": markers[ds.index(d) % len(markers)],
+        }
         for k, d, _ in parsed
     ]
 
@@ -270,8 +275,10 @@ def plot_losses(losses, *, title: Optional[str] = "Training of every grid config
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
     for (name, history), style in zip(losses.items(), _grid_line_styles(list(losses)), strict=True):
         frame = pd.DataFrame(history)
-        axes[0].plot(frame["epoch"], frame["train_mse"], marker="o", ms=3, label=name, **style)
-        axes[1].plot(frame["epoch"], frame["val_mse"], marker="o", ms=3, label=name, **style)
+        # Markers on at most about ten epochs: on fifty they would hide the dashes that tell D apart.
+        style = {"marker": "o", **style, "ms": 4, "markevery": max(1, len(frame) // 10), "linewidth": 1.3}
+        axes[0].plot(frame["epoch"], frame["train_mse"], label=name, **style)
+        axes[1].plot(frame["epoch"], frame["val_mse"], label=name, **style)
     for ax, split in zip(axes, ("training", "validation"), strict=True):
         ax.set(xlabel="epoch", ylabel="reconstruction MSE", yscale="log", title=f"{split} MSE")
         ax.grid(alpha=0.3)
@@ -286,7 +293,7 @@ def plot_losses(losses, *, title: Optional[str] = "Training of every grid config
 def grid_heatmaps(
     frame,
     metrics: Sequence[tuple[str, str, str]] = (
-        ("val_mse", "validation MSE (lower is better)", ".4f"),
+        ("val_mse", "validation MSE (lower is better)", "#.3g"),
         ("val_perplexity", "validation perplexity", ".1f"),
         ("val_usage", "codes used on validation", ".0%"),
     ),
@@ -310,15 +317,19 @@ def grid_heatmaps(
         )
         mean, std = table["mean"], table["std"].reindex_like(table["mean"])
         cmap = "viridis_r" if column.endswith("mse") else "viridis"
+        # Shares on their whole scale: a grid where every code is used reads as full, not as a flat minimum.
+        scale = {"vmin": 0.0, "vmax": 1.0} if fmt.endswith("%") else {}
         if seeds > 1:
             annot = [
                 ["" if np.isnan(m) else f"{m:{fmt}}\n± {sd:{fmt}}" for m, sd in zip(mrow, srow, strict=True)]
                 for mrow, srow in zip(mean.to_numpy(), std.to_numpy(), strict=True)
             ]
-            sns.heatmap(mean, annot=np.array(annot), fmt="", cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 8})
+            sns.heatmap(
+                mean, annot=np.array(annot), fmt="", cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 8}, **scale
+            )
             label = f"{label}\nmean ± std over {seeds} seeds"
         else:
-            sns.heatmap(mean, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 9})
+            sns.heatmap(mean, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar=False, annot_kws={"fontsize": 9}, **scale)
         ax.set(xlabel="code dimension D", ylabel="codebook size K", title=label)
     fig.tight_layout()
     return fig
