@@ -309,6 +309,21 @@ def test_seeds_axis_runs_each_seed_one_thread_per_core(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         root = tiny_root(tmp_path_factory, mp)
         frame = vqgrid.run_grid(grid, TINY_MODEL, TINY_TRAIN, progress=False).set_index("name")
+        # Published as the seed spread: the numbers without the machine's paths, and drawn as mean +- std.
+        from vqlib.figures import SEED_SPREAD_FIGURE, write_figures
+        from vqlib.publish import publish_seed_spread, published_seed_spread_dir
+
+        assert publish_seed_spread(root / "results" / "grid").published
+        published = pd.read_csv(published_seed_spread_dir() / vqgrid.SUMMARY_FILE)
+        assert published["name"].tolist() == ["K8_D4", "K8_D4_s1"] and "checkpoint" not in published
+        assert str(root) not in (published_seed_spread_dir() / vqgrid.SUMMARY_FILE).read_text()
+        figures = write_figures(tmp_path_factory.mktemp("figures"))
+        assert [p.name for p in figures.written] == [SEED_SPREAD_FIGURE]
+        # One seed has no spread: refused in one sentence.
+        single = tmp_path_factory.mktemp("single")
+        frame.reset_index().query("seed == 0").to_csv(single / vqgrid.SUMMARY_FILE, index=False)
+        with pytest.raises(ConfigError, match="one successful seed per configuration at most"):
+            publish_seed_spread(single)
     assert list(frame.index) == ["K8_D4", "K8_D4_s1"] and list(frame["seed"]) == [0, 1]
     assert (frame["status"] == "success").all()
     jobs, threads = choose_placement(2, device="cpu")

@@ -601,6 +601,13 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the other way: copy the published runs into the grid's folders, where it has no finished run",
     )
+    p.add_argument(
+        "--seed-spread",
+        default=None,
+        metavar="GRID_DIR",
+        help="instead: publish the summary.csv of a grid trained with several seeds (vqlib grid --seeds 0,1,2 "
+        "--grid-dir GRID_DIR) as results/published/seed_spread/summary.csv",
+    )
 
 
 @command(
@@ -615,11 +622,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from .publish import (
         PUBLISHED_LIMIT_BYTES,
         publish_runs,
+        publish_seed_spread,
         publish_stages,
         published_bytes,
         restore_runs,
         snapshot_unfinished,
     )
+
+    if args.seed_spread:
+        print(publish_seed_spread(args.seed_spread).line())
+        return 0
 
     folder = Path(args.grid_dir) if args.grid_dir else grid_dir()
     checkpoints = Path(args.checkpoint_root) if args.checkpoint_root else checkpoint_root()

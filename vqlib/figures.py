@@ -22,6 +22,7 @@ from typing import Optional
 from . import paths
 from .errors import OutputError
 from .files import atomic_path, ensure_dir, save_figure
+from .grid import SUMMARY_FILE
 from .notebooks import ANALYSIS_FILE, LABEL_EFFICIENCY_FIGURE
 from .train import METRICS_FILE
 
@@ -37,6 +38,9 @@ ANALYSIS_README_FIGURES = (
     "per_class_mse.png",
     "interpolations.png",
 )
+
+
+SEED_SPREAD_FIGURE = "seed_spread.png"
 
 
 class NothingPublishedError(OutputError):
@@ -77,13 +81,20 @@ def write_figures(out: Optional[str | os.PathLike] = None) -> FiguresResult:
     """
     from .grid import collect_grid, load_losses
     from .plots import grid_heatmaps, plot_losses
-    from .publish import finished_runs, published_analysis_dir, published_classifier_dir, published_grid_dir
+    from .publish import (
+        finished_runs,
+        published_analysis_dir,
+        published_classifier_dir,
+        published_grid_dir,
+        published_seed_spread_dir,
+    )
 
     result = FiguresResult(folder=Path(out) if out else paths.figures_dir())
     runs = finished_runs(published_grid_dir())
     analysis = published_analysis_dir()
     classifiers = sorted(p.parent for p in published_classifier_dir().glob(f"*/{METRICS_FILE}"))
-    if not runs and not (analysis / ANALYSIS_FILE).is_file() and not classifiers:
+    spread = published_seed_spread_dir() / SUMMARY_FILE
+    if not runs and not (analysis / ANALYSIS_FILE).is_file() and not classifiers and not spread.is_file():
         raise NothingPublishedError(
             f"nothing is published under {paths.published_dir()} yet, so there is no figure to draw; "
             "run the study and `vqlib publish` first"
@@ -98,6 +109,21 @@ def write_figures(out: Optional[str | os.PathLike] = None) -> FiguresResult:
     else:
         why = f"no finished grid run is published in {paths.shown(published_grid_dir())}"
         result.skipped += [f"loss_curves.png: {why}", f"grid_heatmaps.png: {why}"]
+
+    if spread.is_file():
+        import pandas as pd
+
+        frame = pd.read_csv(spread)
+        fig = grid_heatmaps(frame)
+        budget = {
+            f"{int(e)} epochs on {'all' if pd.isna(n) else f'{int(n):,}'} training images"
+            for e, n in zip(frame["epochs"], frame["train_subset"], strict=True)
+            if not pd.isna(e)
+        }
+        fig.suptitle(f"Seed-to-seed spread of the grid: {'; '.join(sorted(budget))} per run", y=1.02)
+        _save(fig, result.folder / SEED_SPREAD_FIGURE, result)
+    else:
+        result.skipped.append(f"{SEED_SPREAD_FIGURE}: no grid with several seeds is published in {paths.shown(spread)}")
 
     if (analysis / ANALYSIS_FILE).is_file():
         for name in ANALYSIS_README_FIGURES:

@@ -290,6 +290,13 @@ def plot_losses(losses, *, title: Optional[str] = "Training of every grid config
     return fig
 
 
+def _like(value: float, shown: str, fmt: str) -> str:
+    """`value` with as many decimals as `shown` (a mean as the heatmap prints it): 0.00744 ± 0.00004, not ± 4.48e-05."""
+    if fmt.endswith("%") or "." not in shown:
+        return f"{value:{fmt}}"
+    return f"{value:.{len(shown.split('.')[1])}f}"
+
+
 def grid_heatmaps(
     frame,
     metrics: Sequence[tuple[str, str, str]] = (
@@ -321,7 +328,10 @@ def grid_heatmaps(
         scale = {"vmin": 0.0, "vmax": 1.0} if fmt.endswith("%") else {}
         if seeds > 1:
             annot = [
-                ["" if np.isnan(m) else f"{m:{fmt}}\n± {sd:{fmt}}" for m, sd in zip(mrow, srow, strict=True)]
+                [
+                    "" if np.isnan(m) else f"{m:{fmt}}\n± {_like(sd, f'{m:{fmt}}', fmt)}"
+                    for m, sd in zip(mrow, srow, strict=True)
+                ]
                 for mrow, srow in zip(mean.to_numpy(), std.to_numpy(), strict=True)
             ]
             sns.heatmap(

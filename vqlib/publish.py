@@ -28,6 +28,11 @@ outputs exist, so that a published set never looks complete when it is not:
 - ``results/published/reports/``: the HTML reports and index.html, once the
   three stages above are published and the reports are newer than their notebooks.
 
+Beside the study, `publish_seed_spread` publishes the summary of a grid run
+with several seeds (``vqlib grid --seeds 0,1,2``) into
+``results/published/seed_spread/summary.csv``: the seed-to-seed spread that
+says whether the study's winner won by more than the noise of one training run.
+
 No published JSON names a path of the machine that ran the study: checkpoints
 become ``pretrained:NAME``, other paths inside the project become relative.
 """
@@ -79,6 +84,10 @@ def published_analysis_dir() -> Path:
 
 def published_reports_dir() -> Path:
     return paths.published_dir() / "reports"
+
+
+def published_seed_spread_dir() -> Path:
+    return paths.published_dir() / "seed_spread"
 
 
 def published_folders() -> list[Path]:
@@ -327,6 +336,41 @@ class StageResult:
 
     def line(self) -> str:
         return f"{self.stage}: {'published' if self.published else 'not published'}: {self.note}"
+
+
+def publish_seed_spread(grid_folder: str | os.PathLike) -> StageResult:
+    """Publish the summary.csv of a grid trained with several seeds per configuration, without
+    its machine paths, into ``results/published/seed_spread/``."""
+    import pandas as pd
+
+    from .errors import ConfigError
+
+    summary = Path(grid_folder) / SUMMARY_FILE
+    if not summary.is_file():
+        raise OutputError(
+            f"{paths.shown(summary)} does not exist: run `vqlib grid --seeds 0,1,2 --grid-dir "
+            f"{paths.shown(Path(grid_folder))}` first"
+        )
+    frame = pd.read_csv(summary)
+    ok = frame[frame.get("status", pd.Series("success", index=frame.index)) == "success"]
+    seeds = ok.groupby(["num_embeddings", "embedding_dim"])["seed"].nunique() if "seed" in ok else pd.Series(dtype=int)
+    if seeds.empty or seeds.max() < 2:
+        raise ConfigError(
+            f"{paths.shown(summary)} holds one successful seed per configuration at most, so it has no spread "
+            "to publish; train the grid with --seeds 0,1,2"
+        )
+    # The checkpoints and notebooks stay on the machine that trained them: only the numbers are published.
+    frame = frame.drop(columns=[c for c in ("checkpoint", "notebook") if c in frame])
+    writer = _Writer()
+    writer.csv(published_seed_spread_dir() / SUMMARY_FILE, frame)
+    return StageResult(
+        "seed spread",
+        True,
+        writer.note(
+            f"{len(frame)} runs, {int(seeds.min())}-{int(seeds.max())} seeds per configuration, "
+            f"in {paths.shown(published_seed_spread_dir())}"
+        ),
+    )
 
 
 def _missing(files: list[Path]) -> Optional[str]:
