@@ -144,6 +144,30 @@ def test_study_runs_without_problems(study):
     assert study["result"].index == study["root"] / "results" / "reports" / "index.html"
 
 
+def test_a_finished_notebook_03_or_04_is_reused_and_a_changed_one_is_not(study, tmp_path):
+    """finished_notebook on the study's executed notebook 04: reused as it is; not with other
+    parameters, after its VQ-VAE changed, or when the run had stopped on an error."""
+    import os
+
+    root = study["root"]
+    output = root / "results" / "analysis" / vqnotebooks.ANALYSIS_NOTEBOOK
+    params = nbformat.read(output, as_version=4).metadata["papermill"]["parameters"]
+    checkpoint = Path(params["vqvae_checkpoint"])
+    source = root / "notebooks" / vqnotebooks.ANALYSIS_NOTEBOOK
+    assert vqstudy.finished_notebook(source, output, params, [checkpoint])
+    assert not vqstudy.finished_notebook(source, output, {**params, "tsne_points": 7}, [checkpoint])
+    assert not vqstudy.finished_notebook(source, tmp_path / "absent.ipynb", params, [checkpoint])
+    failed = nbformat.read(output, as_version=4)
+    failed.metadata["papermill"]["exception"] = True
+    nbformat.write(failed, tmp_path / "failed.ipynb")
+    assert not vqstudy.finished_notebook(source, tmp_path / "failed.ipynb", params, [checkpoint])
+    stamp = output.stat().st_mtime
+    retrained = tmp_path / "best.pt"
+    retrained.write_bytes(b"")
+    os.utime(retrained, (stamp + 10, stamp + 10))
+    assert not vqstudy.finished_notebook(source, output, params, [retrained])
+
+
 def test_notebook_02_writes_best_json(study):
     grid = study["root"] / "results" / "grid"
     best = read_json(grid / vqcheckpoints.BEST_FILE)
@@ -388,3 +412,14 @@ def test_notebook_01_runs_through_the_papermill_cli(tmp_path):
     metrics = read_json(tmp_path / "res" / "metrics.json")
     assert metrics["status"] == "success" and metrics["train_config"]["train_subset"] == 200
     assert (tmp_path / "ckpt" / "best.pt").is_file() and (tmp_path / "res" / "loss_curves.png").is_file()
+
+
+def test_running_the_study_again_reuses_notebooks_03_and_04(study, capsys):
+    """The second `run_study` reuses the grid and the finished notebooks 03 and 04 (last in this
+    module: it runs notebook 02 and the reports again in the shared study)."""
+    result = vqstudy.run_study(TINY_PROFILE, progress=True)
+    out = capsys.readouterr().out
+    assert result.failures == []
+    assert result.seconds["classifier"] == 0.0 and result.seconds["analysis"] == 0.0
+    assert f"{vqnotebooks.CLASSIFIER_NOTEBOOK}: reused" in out and f"{vqnotebooks.ANALYSIS_NOTEBOOK}: reused" in out
+    assert f"running {vqnotebooks.SUMMARY_NOTEBOOK}" in out

@@ -126,6 +126,32 @@ class StudyResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def finished_notebook(notebook: Path, output: Path, parameters: dict[str, Any], inputs: list[Path]) -> bool:
+    """Whether `output` is an executed copy of `notebook` that ran to its end without an error, with
+    these parameters, after the notebook and every file in `inputs` (the VQ-VAE it reads) last changed.
+
+    Such a stage is reused by `run_study`, as a finished grid point is: the full profile's
+    classifier stage is an hour of CPU, and a study that spans sessions must not pay it twice.
+    """
+    import json
+
+    import nbformat
+
+    if not output.is_file():
+        return False
+    try:
+        meta = nbformat.read(output, as_version=4).metadata.get("papermill", {})
+    except (OSError, ValueError, json.JSONDecodeError, nbformat.reader.NotJSONError):
+        return False
+    if meta.get("exception") or not meta.get("end_time"):
+        return False
+    # Compared as JSON, the form papermill stores them in (tuples become lists, and so on).
+    if json.loads(json.dumps(meta.get("parameters"))) != json.loads(json.dumps(plain_parameters(parameters))):
+        return False
+    changed = [p.stat().st_mtime for p in (notebook, *inputs) if p.exists()]
+    return output.stat().st_mtime > max(changed, default=0.0)
+
+
 def run_study(
     profile: str | dict = "quick",
     *,
@@ -135,6 +161,10 @@ def run_study(
     classifier: bool = True,
 ) -> StudyResult:
     """The grid, notebooks 02, 03 and 04, then HTML reports; returns where index.html is.
+
+    Like the grid's finished points, a notebook 03 or 04 that already ran to its end on the
+    chosen VQ-VAE with the same parameters is reused (`finished_notebook`); notebook 02 always
+    runs again (seconds), since the grid may have changed.
 
     A failed notebook after the grid is recorded and reported (its executed
     copy shows the error); the stages that need its output are skipped.
@@ -166,7 +196,13 @@ def run_study(
     for row in failed.itertuples():
         result.failures.append(f"grid configuration {row.name}: {row.error}")
 
-    def stage(key: str, notebook: Path, output: Path, parameters: dict) -> bool:
+    def stage(key: str, notebook: Path, output: Path, parameters: dict, inputs: Optional[list[Path]] = None) -> bool:
+        if inputs is not None and finished_notebook(notebook, output, parameters, inputs):
+            say(
+                f"{notebook.name}: reused {paths.shown(output)} (finished with these parameters; delete it to run again)"
+            )
+            result.seconds[key] = 0.0
+            return True
         say(f"running {notebook.name} -> {output}")
         t0 = time.perf_counter()
         try:
@@ -192,12 +228,15 @@ def run_study(
         result.failures.append("every grid configuration failed, so notebooks 02, 03 and 04 were not run")
     if have_best:
         best = read_best(grid_dir(grid_config))
+        # Notebooks 03 and 04 read only the chosen VQ-VAE: a finished run on the same one is reused.
+        chosen = [Path(best["checkpoint"])]
         if classifier_params is not None:
             stage(
                 "classifier",
                 classifier_nb,
                 paths.classifier_dir() / CLASSIFIER_NOTEBOOK,
                 {**classifier_params, "vqvae_checkpoint": best["checkpoint"]},
+                chosen,
             )
         elif classifier:
             result.failures.append(f"{classifier_nb} does not exist, so the classifier was not run")
@@ -206,6 +245,7 @@ def run_study(
             notebooks / ANALYSIS_NOTEBOOK,
             (Path(analysis_config.results_dir or paths.analysis_dir())) / ANALYSIS_NOTEBOOK,
             {**dataclasses.asdict(analysis_config), "vqvae_checkpoint": best["checkpoint"]},
+            chosen,
         )
     t0 = time.perf_counter()
     result.index = write_reports(
