@@ -50,7 +50,7 @@ from . import paths
 from .checkpoints import BEST_FILE, PRETRAINED_PREFIX
 from .errors import CheckpointError, OutputError
 from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_csv, write_json
-from .grid import RUN_FILE, SUMMARY_FILE
+from .grid import RUN_FILE, SUMMARY_FILE, with_seed_statistics
 from .notebooks import ANALYSIS_FIGURES, ANALYSIS_FILE, LABEL_EFFICIENCY_FIGURE, SUMMARY_FIGURES, TRAIN_NOTEBOOK
 from .train import METRICS_FILE
 
@@ -351,9 +351,9 @@ def publish_seed_spread(grid_folder: str | os.PathLike) -> StageResult:
             f"{paths.shown(summary)} does not exist: run `vqlib grid --seeds 0,1,2 --grid-dir "
             f"{paths.shown(Path(grid_folder))}` first"
         )
-    frame = pd.read_csv(summary)
-    ok = frame[frame.get("status", pd.Series("success", index=frame.index)) == "success"]
-    seeds = ok.groupby(["num_embeddings", "embedding_dim"])["seed"].nunique() if "seed" in ok else pd.Series(dtype=int)
+    # The grid's own count of successful seeds per K x D (recomputed: the file may predate the column).
+    frame = with_seed_statistics(pd.read_csv(summary))
+    seeds = frame["seeds_done"]
     if seeds.empty or seeds.max() < 2:
         raise ConfigError(
             f"{paths.shown(summary)} holds one successful seed per configuration at most, so it has no spread "
@@ -367,7 +367,7 @@ def publish_seed_spread(grid_folder: str | os.PathLike) -> StageResult:
         "seed spread",
         True,
         writer.note(
-            f"{len(frame)} runs, {int(seeds.min())}-{int(seeds.max())} seeds per configuration, "
+            f"{len(frame)} runs, {int(seeds.min())}-{int(seeds.max())} successful seeds per configuration, "
             f"in {paths.shown(published_seed_spread_dir())}"
         ),
     )

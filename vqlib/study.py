@@ -141,7 +141,7 @@ def finished_notebook(notebook: Path, output: Path, parameters: dict[str, Any], 
         return False
     try:
         meta = nbformat.read(output, as_version=4).metadata.get("papermill", {})
-    except (OSError, ValueError, json.JSONDecodeError, nbformat.reader.NotJSONError):
+    except (OSError, ValueError):  # unreadable, not JSON (nbformat's NotJSONError is a ValueError), or invalid
         return False
     if meta.get("exception") or not meta.get("end_time"):
         return False
