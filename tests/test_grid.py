@@ -18,7 +18,7 @@ from vqlib import reports as vqreports
 from vqlib import study as vqstudy
 from vqlib import train as vqtrain
 from vqlib.config import GridConfig, TrainConfig, VQVAEConfig
-from vqlib.errors import ConfigError, TrainingError
+from vqlib.errors import ConfigError, ResultFileError, TrainingError
 from vqlib.files import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,6 +323,13 @@ def test_seeds_axis_runs_each_seed_one_thread_per_core(tmp_path_factory):
         single = tmp_path_factory.mktemp("single")
         frame.reset_index().query("seed == 0").to_csv(single / vqgrid.SUMMARY_FILE, index=False)
         with pytest.raises(ConfigError, match="one successful seed per configuration at most"):
+            publish_seed_spread(single)
+        # Not a grid summary, or not a CSV at all: one sentence naming the file.
+        (single / vqgrid.SUMMARY_FILE).write_text("a,b\n1,2\n")
+        with pytest.raises(ResultFileError, match="is not a grid summary: it has no column name, num_embeddings"):
+            publish_seed_spread(single)
+        (single / vqgrid.SUMMARY_FILE).write_text("")
+        with pytest.raises(ResultFileError, match="cannot read .* as a grid summary"):
             publish_seed_spread(single)
     assert list(frame.index) == ["K8_D4", "K8_D4_s1"] and list(frame["seed"]) == [0, 1]
     assert (frame["status"] == "success").all()

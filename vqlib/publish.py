@@ -48,7 +48,7 @@ from typing import Any, Optional
 
 from . import paths
 from .checkpoints import BEST_FILE, PRETRAINED_PREFIX
-from .errors import CheckpointError, OutputError
+from .errors import CheckpointError, OutputError, ResultFileError
 from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_csv, write_json
 from .grid import RUN_FILE, SUMMARY_FILE, with_seed_statistics
 from .notebooks import ANALYSIS_FIGURES, ANALYSIS_FILE, LABEL_EFFICIENCY_FIGURE, SUMMARY_FIGURES, TRAIN_NOTEBOOK
@@ -338,6 +338,10 @@ class StageResult:
         return f"{self.stage}: {'published' if self.published else 'not published'}: {self.note}"
 
 
+# What publish_seed_spread reads from a grid's summary.csv.
+SEED_SPREAD_COLUMNS = ("name", "num_embeddings", "embedding_dim", "seed", "status", "val_mse")
+
+
 def publish_seed_spread(grid_folder: str | os.PathLike) -> StageResult:
     """Publish the summary.csv of a grid trained with several seeds per configuration, without
     its machine paths, into ``results/published/seed_spread/``."""
@@ -351,8 +355,15 @@ def publish_seed_spread(grid_folder: str | os.PathLike) -> StageResult:
             f"{paths.shown(summary)} does not exist: run `vqlib grid --seeds 0,1,2 --grid-dir "
             f"{paths.shown(Path(grid_folder))}` first"
         )
+    try:
+        frame = pd.read_csv(summary)
+    except (OSError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise ResultFileError(f"cannot read {paths.shown(summary)} as a grid summary ({exc})") from None
+    missing = [c for c in SEED_SPREAD_COLUMNS if c not in frame]
+    if missing:
+        raise ResultFileError(f"{paths.shown(summary)} is not a grid summary: it has no column {', '.join(missing)}")
     # The grid's own count of successful seeds per K x D (recomputed: the file may predate the column).
-    frame = with_seed_statistics(pd.read_csv(summary))
+    frame = with_seed_statistics(frame)
     seeds = frame["seeds_done"]
     if seeds.empty or seeds.max() < 2:
         raise ConfigError(
