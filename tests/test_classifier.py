@@ -379,6 +379,48 @@ def test_label_efficiency_command(vqvae_checkpoint, tmp_path, capsys):
     assert (results / "label_efficiency.png").stat().st_size > 5000
 
 
+def test_label_efficiency_resumes_from_its_runs_file(vqvae_checkpoint, data, tmp_path):
+    """A finished row is measured once: a second call reuses it, and runs only what is new."""
+    from vqlib.config import LabelEfficiencyConfig
+    from vqlib.label_efficiency import RUNS_FILE, label_efficiency
+
+    def run(methods, linear_c="0.1"):
+        config = LabelEfficiencyConfig(
+            vqvae_checkpoint=str(vqvae_checkpoint),
+            label_counts="5",
+            num_seeds=1,
+            methods=methods,
+            linear_c=linear_c,
+            linear_max_iter=30,
+            device="cpu",
+            results_dir=str(tmp_path),
+        )
+        return label_efficiency(config, data, progress=False)
+
+    def lines():
+        """The runs file's complete rows."""
+        rows = []
+        for line in (tmp_path / RUNS_FILE).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+        return rows
+
+    first = run("pixel_linear")
+    assert len(lines()) == 1
+    # An interruption can leave a line cut short: it is ignored.
+    with open(tmp_path / RUNS_FILE, "a") as f:
+        f.write('{"fingerprint": {"label_eff')
+    second = run("pixel_linear,vq_linear")
+    assert len(lines()) == 2  # vq_linear's row, on a line of its own after the cut one
+    assert second.set_index("method").loc["pixel_linear", "seconds"] == first["seconds"].iloc[0]
+    assert list(pd.read_csv(tmp_path / "label_efficiency.csv")["method"]) == ["pixel_linear", "vq_linear"]
+    # Other settings measure again.
+    run("pixel_linear", linear_c="0.01")
+    assert len(lines()) == 3 and lines()[-1]["row"]["selected"] == "C=0.01"
+
+
 def test_selection_subset_matches_the_training_budget(data):
     from vqlib.label_efficiency import selection_subset
 

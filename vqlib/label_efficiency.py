@@ -8,6 +8,9 @@ labelled subset and the same selection set for a (label count, seed).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -31,7 +34,7 @@ from .config import (
 from .data import NUM_CLASSES, FashionMNIST, load_fashion_mnist, stratified_subset, to_float
 from .device import cpu_cores, resolve_device, seed_everything
 from .errors import ConfigError
-from .files import ensure_dir, save_figure, write_csv
+from .files import _plain, ensure_dir, save_figure, write_csv
 from .models import ClassificationHead, PixelCNN
 from .progress import progress_bar
 
@@ -146,6 +149,64 @@ def selection_subset(data: FashionMNIST, labels_per_class: Optional[int], select
     return torch.from_numpy(stratified_subset(data.val_labels, per_class, seed))
 
 
+RUNS_FILE = "label_efficiency.runs.jsonl"
+# Fields that choose which rows run, or where they go, but not what a row measures.
+_NOT_IN_FINGERPRINT = {"label_counts", "methods", "num_seeds", "max_seeded_labels", "seed", "results_dir"}
+
+
+def run_fingerprint(config: LabelEfficiencyConfig, classifier: ClassifierConfig, vqvae_path: Path) -> dict:
+    """What one row's numbers depend on besides its method, label count and seed.
+
+    The settings of the study and of the head (folders and checkpoints left
+    out) and the VQ-VAE checkpoint's content, by its SHA-256: a retrained or
+    replaced model never reuses a row measured on another.
+    """
+    settings = {
+        k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_FINGERPRINT | {"vqvae_checkpoint"}
+    }
+    head = {
+        k: v
+        for k, v in dataclasses.asdict(classifier).items()
+        if k not in {"vqvae_checkpoint", "checkpoint_dir", "results_dir", "labels_per_class", "finetune", "seed"}
+    }
+    digest = hashlib.sha256(Path(vqvae_path).read_bytes()).hexdigest()
+    # Through JSON, as the runs file stores it, so that a fingerprint read back compares equal.
+    return json.loads(json.dumps(_plain({"label_efficiency": settings, "head": head, "vqvae_sha256": digest})))
+
+
+def finished_runs(folder: Path, fingerprint: dict) -> dict[tuple, dict]:
+    """Rows already measured with this fingerprint, keyed by (method, labels_per_class, seed).
+
+    The runs file is appended one line per finished row; a line cut short by an
+    interruption, or measured with other settings or another model, is ignored.
+    """
+    done = {}
+    try:
+        lines = (Path(folder) / RUNS_FILE).read_text().splitlines()
+    except OSError:
+        return done
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            row = entry["row"]
+            if entry["fingerprint"] == fingerprint:
+                done[(row["method"], int(row["labels_per_class"]), int(row["seed"]))] = row
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def _record_run(folder: Path, fingerprint: dict, row: dict) -> None:
+    """Append one finished row to the runs file, on disk before the next row starts."""
+    path = Path(folder) / RUNS_FILE
+    # After a line cut short by an interruption, start a new one rather than extend it.
+    cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as f:
+        f.write(("\n" if cut else "") + json.dumps(_plain({"fingerprint": fingerprint, "row": row})) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def label_efficiency(
     config: LabelEfficiencyConfig,
     data: Optional[FashionMNIST] = None,
@@ -166,6 +227,13 @@ def label_efficiency(
     selection set's size and, for the regressions, whether the chosen fit
     converged and whether its C sits on an edge of the grid. Writes
     label_efficiency.csv and label_efficiency.png into the results folder.
+
+    Resumable: each finished row is appended to label_efficiency.runs.jsonl in
+    that folder, and a later call with the same settings on the same VQ-VAE
+    (`run_fingerprint`) reuses it instead of training again. The protocol's
+    notebook 03 runs for hours on a CPU; an interruption costs one row, and
+    adding a method or a label count runs only what is new. Delete the file to
+    measure everything again.
     """
     import pandas as pd
 
@@ -225,6 +293,8 @@ def label_efficiency(
     lookup = code_lookup(frozen.quantizer)
     to_input = lambda x: to_float(x, device)  # noqa: E731
 
+    fingerprint = run_fingerprint(config, classifier, vqvae_path)
+    done = finished_runs(out, fingerprint)
     rows = []
     bar = progress_bar(total=len(jobs) * len(methods), desc="label efficiency", unit="run", enabled=progress)
     for n, seed in jobs:
@@ -235,6 +305,12 @@ def label_efficiency(
         per_class = LABELS_PER_CLASS_AVAILABLE if n is None else n
         for method in methods:
             bar.set_postfix(labels=per_class, seed=seed, method=method)
+            if (method, per_class, seed) in done:
+                rows.append(done[(method, per_class, seed)])
+                bar.update(1)
+                if progress:
+                    bar.write(f"{method:>12} {per_class:>5}/class seed {seed}: reused from {RUNS_FILE}")
+                continue
             started = time.perf_counter()
             if method in ("vq_head", "pixel_cnn"):
                 seed_everything(seed)
@@ -310,6 +386,7 @@ def label_efficiency(
                     "seconds": time.perf_counter() - started,
                 }
             )
+            _record_run(out, fingerprint, rows[-1])
             bar.update(1)
             if progress:
                 note = ""
