@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -419,6 +420,48 @@ def test_label_efficiency_resumes_from_its_runs_file(vqvae_checkpoint, data, tmp
     # Other settings measure again.
     run("pixel_linear", linear_c="0.01")
     assert len(lines()) == 3 and lines()[-1]["row"]["selected"] == "C=0.01"
+
+
+def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, data, tmp_path, monkeypatch):
+    """vqlib publish snapshots the finished rows of an unpublished study; --restore brings them back and they are reused."""
+    from vqlib import paths
+    from vqlib.config import LabelEfficiencyConfig
+    from vqlib.label_efficiency import RUNS_FILE, label_efficiency
+    from vqlib.publish import restore_label_efficiency, snapshot_label_efficiency
+
+    def study(root):
+        monkeypatch.setenv("VQLIB_ROOT", str(root))
+        config = LabelEfficiencyConfig(
+            vqvae_checkpoint=str(vqvae_checkpoint),
+            label_counts="5",
+            num_seeds=1,
+            methods="pixel_linear",
+            linear_c="0.1",
+            linear_max_iter=30,
+            device="cpu",
+            results_dir=str(paths.classifier_dir() / "K8_D4_all_frozen"),
+        )
+        return label_efficiency(config, data, progress=False)
+
+    first = study(tmp_path / "machine")
+    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": 1}
+    snapshot = tmp_path / "machine" / "checkpoints" / "inprogress" / "label_efficiency" / "K8_D4_all_frozen" / RUNS_FILE
+    assert snapshot.read_text() == (paths.classifier_dir() / "K8_D4_all_frozen" / RUNS_FILE).read_text()
+
+    # A fresh clone holds the tracked snapshot only.
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tmp_path / "machine" / "checkpoints" / "inprogress", fresh / "checkpoints" / "inprogress")
+    monkeypatch.setenv("VQLIB_ROOT", str(fresh))
+    assert restore_label_efficiency() == ["K8_D4_all_frozen"]
+    assert restore_label_efficiency() == []  # its own rows now: never overwritten
+    again = study(fresh)
+    assert again["seconds"].iloc[0] == first["seconds"].iloc[0]  # reused, not measured again
+    assert len((fresh / "results" / "classifier" / "K8_D4_all_frozen" / RUNS_FILE).read_text().splitlines()) == 1
+
+    # Once that classifier is published, its snapshot goes.
+    (fresh / "results" / "published" / "classifier" / "K8_D4_all_frozen").mkdir(parents=True)
+    assert snapshot_label_efficiency() == {}
+    assert not (fresh / "checkpoints" / "inprogress" / "label_efficiency" / "K8_D4_all_frozen").exists()
 
 
 def test_selection_subset_matches_the_training_budget(data):

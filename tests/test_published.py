@@ -78,6 +78,7 @@ def test_no_published_file_is_ignored_by_git():
         "checkpoints/pretrained/K100_D64/best.pt",
         "checkpoints/pretrained/K100_D64_all_frozen/config.json",
         "checkpoints/inprogress/K50_D16/last.pt",
+        "checkpoints/inprogress/label_efficiency/K100_D64_all_frozen/label_efficiency.runs.jsonl",
         "results/published/grid/K100_D64/01_train_vqvae.ipynb",
         "results/published/grid/best.json",
         "results/published/grid/heatmaps.png",

@@ -613,7 +613,7 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
 @command(
     "publish",
     "copy every finished grid run into the tracked published study (checkpoints/pretrained/, results/published/) "
-    "and snapshot unfinished ones (checkpoints/inprogress/); then the grid summary's figures, the chosen "
+    "and snapshot unfinished ones and unfinished label-efficiency rows (checkpoints/inprogress/); then the grid summary's figures, the chosen "
     "classifier, the analysis and the reports, each once all its outputs exist",
     _configure_publish,
 )
@@ -625,7 +625,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         publish_seed_spread,
         publish_stages,
         published_bytes,
+        restore_label_efficiency,
         restore_runs,
+        snapshot_label_efficiency,
         snapshot_unfinished,
     )
 
@@ -638,6 +640,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.restore:
         names = restore_runs(folder, checkpoints)
         print(f"restored {len(names)} run(s) into {folder}: {', '.join(names) or 'none needed'}")
+        for name in restore_label_efficiency():
+            print(f"restored the finished label-efficiency rows of {name}: notebook 03 continues from them")
         return 0
     names = publish_runs(folder, checkpoints)
     print(f"published {len(names)} new or updated run(s): {', '.join(names) or 'all up to date'}")
@@ -645,6 +649,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"snapshot of {name}, still training: {epochs} epochs done (checkpoints/inprogress/{name})")
     for stage in publish_stages(folder):
         print(stage.line())
+    # After the stages: a classifier published just now needs no snapshot of its rows.
+    for name, rows in snapshot_label_efficiency().items():
+        print(
+            f"snapshot of {name}'s label efficiency, unfinished: {rows} rows done (checkpoints/inprogress/label_efficiency/{name})"
+        )
     size = published_bytes()
     print(
         f"the published study holds {size / 1e6:.1f} MB"

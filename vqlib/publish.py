@@ -13,7 +13,10 @@ best.pt and history in ``checkpoints/inprogress/NAME/``, replaced at every
 publish and removed once the run is published as finished. `restore_runs`
 copies both back into a grid's folders, so that ``vqlib run --profile full``
 on a fresh clone reuses the finished runs and continues the unfinished ones
-from their last snapshotted epoch. A finished run publishes no last.pt
+from their last snapshotted epoch. The finished rows of a label-efficiency
+study whose classifier is not published yet are snapshotted the same way
+(`snapshot_label_efficiency`, ``checkpoints/inprogress/label_efficiency/``)
+and restored by `restore_label_efficiency`. A finished run publishes no last.pt
 (optimiser state): only what is small and useful stays.
 
 Once the grid has chosen its best configuration among published runs, the
@@ -284,6 +287,49 @@ def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | o
                 _copy(folder / file, inprogress_dir() / name / file)
         taken[name] = load_checkpoint(inprogress_dir() / name / "last.pt")["epoch"]
     return taken
+
+
+def label_efficiency_snapshots() -> Path:
+    """Where the finished rows of label-efficiency studies not yet published are kept."""
+    return inprogress_dir() / "label_efficiency"
+
+
+def snapshot_label_efficiency() -> dict[str, int]:
+    """Snapshot the finished rows (label_efficiency.runs.jsonl) of every classifier folder whose
+    classifier is not published; drop the snapshots of those that are. Returns {folder: rows}.
+
+    Notebook 03's label efficiency at the protocol runs for hours; with its rows
+    snapshotted, a fresh clone (`vqlib publish --restore`) continues it from the
+    last finished row instead of from the start.
+    """
+    from .label_efficiency import RUNS_FILE
+
+    published = {p.name for p in published_classifier_dir().glob("*") if p.is_dir()}
+    taken = {}
+    for runs in sorted(paths.classifier_dir().glob(f"*/{RUNS_FILE}")):
+        name = runs.parent.name
+        if name in published:
+            continue
+        _copy(runs, label_efficiency_snapshots() / name / RUNS_FILE)
+        taken[name] = sum(1 for line in runs.read_text().splitlines() if line.strip())
+    for snapshot in sorted(label_efficiency_snapshots().glob("*")):
+        if snapshot.name in published:
+            shutil.rmtree(snapshot)
+    return taken
+
+
+def restore_label_efficiency() -> list[str]:
+    """Copy the snapshotted label-efficiency rows back where this checkout has no runs file of its own
+    (a local one is at least as new as the snapshot taken from it)."""
+    from .label_efficiency import RUNS_FILE
+
+    restored = []
+    for snapshot in sorted(label_efficiency_snapshots().glob(f"*/{RUNS_FILE}")):
+        target = paths.classifier_dir() / snapshot.parent.name / RUNS_FILE
+        if not target.is_file():
+            _copy(snapshot, target)
+            restored.append(snapshot.parent.name)
+    return restored
 
 
 def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> list[str]:
