@@ -441,6 +441,8 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     shutil.copytree(root / "results" / "published", fresh / "results" / "published")
     shutil.copytree(root / "checkpoints" / "inprogress", fresh / "checkpoints" / "inprogress")
     assert restore_runs(fresh / "results" / "grid", fresh / "checkpoints" / "grid") == ["K8_D4", "K8_D2"]
+    # Restored, a run is not new: publishing again copies nothing back (no churn in the tracked files).
+    assert publish_runs(fresh / "results" / "grid", fresh / "checkpoints" / "grid") == []
     # The unfinished run continues from its snapshot instead of starting again.
     resume, note, _ = vqgrid.resume_decision("K8_D2", vqgrid.grid_parameters(8, 2, TINY_MODEL, TINY_TRAIN))
     assert resume and "epoch 1 of 1 done" in note

@@ -357,6 +357,9 @@ def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathL
         metrics = read_json(published_grid_dir() / name / METRICS_FILE)
         metrics["checkpoint"] = str((checkpoint_root / name / "best.pt").resolve())
         write_json(grid_folder / name / METRICS_FILE, metrics)
+        # As old as what it was restored from: the next publish has nothing new to copy back.
+        published_time = (published_grid_dir() / name / METRICS_FILE).stat().st_mtime
+        os.utime(grid_folder / name / METRICS_FILE, (published_time, published_time))
         restored.append(name)
     for snapshot in sorted(inprogress_dir().glob("K*_D*")):
         name = snapshot.name
