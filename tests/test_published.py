@@ -93,3 +93,28 @@ def test_no_published_file_is_ignored_by_git():
     assert ignored.stdout == "", f"ignored by .gitignore: {ignored.stdout.split()}"
     # And the check can fail: what is not published stays ignored.
     assert git("check-ignore", "--no-index", "results/grid/best.json").stdout.strip() == "results/grid/best.json"
+
+
+def test_published_index_shows_each_runs_whole_training_time():
+    """The index's grid table shows the training of all a run's sessions (`train_seconds`), not its last session's
+    wall time (`run_seconds`: 635 s for K25_D16, which trained for 3.45 h over three sessions)."""
+    import re
+
+    import pandas as pd
+
+    from vqlib.reports import _duration
+
+    index_file = REPO / "results" / "published" / "reports" / "index.html"
+    if not index_file.is_file():
+        pytest.skip("no published reports")
+    index = index_file.read_text()
+    summary = pd.read_csv(REPO / "results" / "published" / "grid" / "summary.csv")
+    resumed = 0
+    for run in summary.itertuples():
+        row = re.search(rf"<td>{run.name}</td>(.*?)</tr>", index, re.S)
+        assert row, f"{run.name} is not in the index's grid table"
+        assert f"<td>{_duration(run.train_seconds)}</td>" in row.group(1), run.name
+        if _duration(run.run_seconds) != _duration(run.train_seconds):
+            resumed += 1
+            assert f"<td>{_duration(run.run_seconds)}</td>" not in row.group(1), run.name
+    assert resumed, "no published run was resumed, so this test cannot tell the two times apart"

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -184,11 +185,52 @@ def write_reports(
     return index
 
 
+def _duration(seconds: Any) -> str:
+    """'95 s', '45.9 min' or '3.45 h'; '–' when missing."""
+    if _fmt(seconds, "") == "–":
+        return "–"
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def grid_table(grid: pd.DataFrame) -> pd.DataFrame:
+    """The index's table of grid runs, one row per run, formatted for reading.
+
+    Training time is the sum of the epochs' own times (``train_seconds``), so a run
+    resumed over several sessions shows all of its training, not its last session;
+    an empty training subset means every training image.
+    """
+
+    def column(name: str) -> pd.Series:
+        return grid[name] if name in grid else pd.Series([None] * len(grid), index=grid.index, dtype=object)
+
+    def images(subset: Any) -> str:
+        return "all" if _fmt(subset, "") == "–" else f"{int(subset):,}"
+
+    return pd.DataFrame(
+        {
+            "run": column("name"),
+            "status": column("status"),
+            "val. MSE": column("val_mse").map(lambda v: _fmt(v, ".5f")),
+            "val. perplexity": column("val_perplexity").map(lambda v: _fmt(v, ".1f")),
+            "codes used": column("val_usage").map(lambda v: _fmt(v, ".0%")),
+            "epochs": column("epochs").map(lambda v: _fmt(v, ".0f")),
+            "train images": column("train_subset").map(images),
+            "training time": column("train_seconds").map(_duration),
+            "images/s": column("images_per_s").map(lambda v: _fmt(v, ".0f")),
+            "peak RSS": column("peak_rss_mb").map(lambda v: "–" if _fmt(v, "") == "–" else f"{v / 1024:.2f} GB"),
+        }
+    )
+
+
 def _fmt(value: Any, spec: str) -> str:
     # best.json and metrics.json may be edited by hand or damaged: a value that is not a number shows as missing.
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))
+        or not isinstance(value, numbers.Real)
         or (isinstance(value, float) and math.isnan(value))
     ):
         return "–"
@@ -225,19 +267,7 @@ def _index_html(
     ]
     rows = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline)
     links = "\n".join(f'<li><a href="{esc(path.name)}">{esc(title)}</a></li>' for path, title in reports)
-    columns = {
-        "name": "run",
-        "status": "status",
-        "val_mse": "val. MSE",
-        "val_perplexity": "val. perplexity",
-        "val_usage": "codes used",
-        "epochs": "epochs",
-        "train_subset": "train images",
-        "run_seconds": "seconds",
-    }
-    table = (
-        grid[list(columns)].assign(val_usage=grid["val_usage"].map(lambda v: _fmt(v, ".0%"))).rename(columns=columns)
-    )
+    table = grid_table(grid)
     grid_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, classes="grid")
     figures = (
         '<h2>Figures</h2>\n<div class="thumbs">\n'
