@@ -10,6 +10,7 @@ and the cheapest label-efficiency settings; tests/test_classifier.py checks it i
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 import re
 import shutil
@@ -252,6 +253,19 @@ def test_index_shows_a_thumbnail_of_each_headline_figure_linking_to_its_report(s
             assert image.format == "PNG"
             assert 50 <= image.width <= vqreports.THUMBNAIL_SIZE[0] and image.height <= vqreports.THUMBNAIL_SIZE[1]
     assert len(index) < 400_000  # thumbnails, not the figures
+
+
+def test_report_command_names_the_profile_only_when_told(study):
+    """`vqlib report` alone cannot know the study's profile: it names none (no empty 'Profile: .'); with --profile
+    the index describes it as `vqlib run` does."""
+    index = study["root"] / "results" / "reports" / "index.html"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VQLIB_ROOT", str(study["root"]))
+        assert main(["report"]) == 0
+        assert "Profile:" not in index.read_text() and "Generated " in index.read_text()
+        assert main(["report", "--profile", "full"]) == 0
+        assert html.escape(f"Profile: {vqstudy.PROFILES['full']['description']}.") in index.read_text()
+        assert main(["report"]) == 0  # as the study left it, for the tests after this one
 
 
 def test_reports_with_code_keep_the_code(study):

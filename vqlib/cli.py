@@ -582,14 +582,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _configure_report(p: argparse.ArgumentParser) -> None:
+    from .study import PROFILES
+
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default=None,
+        help="the profile the study ran with, described on the index (default: none named)",
+    )
 
 
 @command("report", "export the executed notebooks again to results/reports/*.html and index.html", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
     from .reports import write_reports
+    from .study import get_profile
 
-    print(write_reports(with_code=args.with_code))
+    description = get_profile(args.profile)["description"] if args.profile else ""
+    print(write_reports(with_code=args.with_code, profile_description=description))
     return 0
 
 

@@ -295,7 +295,7 @@ table.grid td, table.grid th {{ font-size: .85rem; text-align: right; }}
 .thumbs figcaption {{ font-size: .85rem; color: #444; }}
 </style></head><body>
 <h1>VQ-VAE on FashionMNIST, and a classifier on its discrete code</h1>
-<p class="muted">Profile: {esc(description)}. Generated {esc(utc_timestamp())}.</p>
+<p class="muted">{esc(f"Profile: {description}. " if description else "")}Generated {esc(utc_timestamp())}.</p>
 <h2>Headline</h2>
 <table class="headline">
 {rows}
