@@ -187,7 +187,7 @@ def write_reports(
 
 def _duration(seconds: Any) -> str:
     """'95 s', '45.9 min' or '3.45 h'; '–' when missing."""
-    if _fmt(seconds, "") == "–":
+    if not _is_number(seconds):
         return "–"
     if seconds < 600:
         return f"{seconds:.0f} s"
@@ -208,7 +208,7 @@ def grid_table(grid: pd.DataFrame) -> pd.DataFrame:
         return grid[name] if name in grid else pd.Series([None] * len(grid), index=grid.index, dtype=object)
 
     def images(subset: Any) -> str:
-        return "all" if _fmt(subset, "") == "–" else f"{int(subset):,}"
+        return f"{int(subset):,}" if _is_number(subset) else "all"
 
     return pd.DataFrame(
         {
@@ -221,20 +221,22 @@ def grid_table(grid: pd.DataFrame) -> pd.DataFrame:
             "train images": column("train_subset").map(images),
             "training time": column("train_seconds").map(_duration),
             "images/s": column("images_per_s").map(lambda v: _fmt(v, ".0f")),
-            "peak RSS": column("peak_rss_mb").map(lambda v: "–" if _fmt(v, "") == "–" else f"{v / 1024:.2f} GB"),
+            "peak RSS": column("peak_rss_mb").map(lambda v: f"{v / 1024:.2f} GB" if _is_number(v) else "–"),
         }
     )
 
 
+def _is_number(value: Any) -> bool:
+    # best.json, metrics.json and summary.csv may be edited by hand or damaged: what is not a number is missing.
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and not (isinstance(value, float) and math.isnan(value))
+    )
+
+
 def _fmt(value: Any, spec: str) -> str:
-    # best.json and metrics.json may be edited by hand or damaged: a value that is not a number shows as missing.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or (isinstance(value, float) and math.isnan(value))
-    ):
-        return "–"
-    return format(value, spec)
+    return format(value, spec) if _is_number(value) else "–"
 
 
 def _index_html(
@@ -267,8 +269,8 @@ def _index_html(
     ]
     rows = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline)
     links = "\n".join(f'<li><a href="{esc(path.name)}">{esc(title)}</a></li>' for path, title in reports)
-    table = grid_table(grid)
-    grid_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, classes="grid")
+    # Every number is formatted by grid_table already.
+    grid_html = grid_table(grid).to_html(index=False, na_rep="–", border=0, classes="grid")
     figures = (
         '<h2>Figures</h2>\n<div class="thumbs">\n'
         + "\n".join(
