@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 
@@ -452,6 +453,74 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     assert bool(frame.set_index("name").loc["K8_D4", "reused"]) is True
     assert frame.loc[0, "val_mse"] == pytest.approx(published["val_mse"])
     grid_run["mp"].setenv("VQLIB_ROOT", str(root))
+
+
+def test_protocol_seeds_publish_beside_the_study_and_restore_into_their_own_grid(grid_run, tmp_path_factory):
+    """Runs with other seeds publish into their own folder with a summary beside the study's seed-0 run, leave
+    the study's summary alone, and restore (finished and unfinished) into their own grid, not the study's."""
+    from vqlib.publish import publish_protocol_seeds, publish_runs, restore_runs, snapshot_unfinished
+    from vqlib.train import train_vqvae
+
+    root = grid_run["root"]
+    grid_run["mp"].setenv("VQLIB_ROOT", str(root))
+    study_grid, study_checkpoints = root / "results" / "grid", root / "checkpoints" / "grid"
+    vqgrid.write_best(vqgrid.collect_grid(study_grid), study_grid, test_metrics=False)
+    publish_runs(study_grid, study_checkpoints)
+    study_summary = (root / "results" / "published" / "grid" / "summary.csv").read_bytes()
+    seeds_grid, seeds_checkpoints = root / "results" / "seeds", root / "checkpoints" / "seeds"
+    grid = GridConfig(num_embeddings_values="8", embedding_dim_values="4", seeds="1",
+                      grid_dir=str(seeds_grid), checkpoint_root=str(seeds_checkpoints))  # fmt: skip
+    vqgrid.run_grid(grid, TINY_MODEL, TINY_TRAIN, progress=False)
+    unfinished = dataclasses.replace(TINY_MODEL, num_embeddings=8, embedding_dim=2)
+    train_vqvae(unfinished, dataclasses.replace(TINY_TRAIN, seed=2, checkpoint_dir=str(seeds_checkpoints / "K8_D2_s2")),
+                progress=False)  # fmt: skip
+    assert publish_protocol_seeds(seeds_grid, seeds_checkpoints).published
+    assert snapshot_unfinished(seeds_grid, seeds_checkpoints) == {"K8_D2_s2": 1}
+    summary = pd.read_csv(root / "results" / "published" / "protocol_seeds" / "summary.csv")
+    assert list(summary["name"]) == ["K8_D4", "K8_D4_s1"]
+    assert list(summary["checkpoint"]) == ["pretrained:K8_D4", "pretrained:K8_D4_s1"]
+    assert set(summary["seeds_done"]) == {2}
+    assert (root / "results" / "published" / "grid" / "summary.csv").read_bytes() == study_summary
+    assert read_json(root / "results" / "published" / "protocol_seeds" / "K8_D4_s1" / vqtrain.METRICS_FILE)[
+        "checkpoint"] == "pretrained:K8_D4_s1"  # fmt: skip
+
+    fresh = tiny_root(tmp_path_factory, grid_run["mp"])
+    for folder in ("checkpoints/pretrained", "results/published", "checkpoints/inprogress"):
+        shutil.copytree(root / folder, fresh / folder)
+    from vqlib.publish import published_protocol_seeds_dir
+
+    # The study's restore takes its own run only, the seeds' restore only theirs (finished, then unfinished).
+    study_restored = restore_runs(fresh / "results" / "grid", fresh / "checkpoints" / "grid")
+    assert "K8_D4" in study_restored and not any("_s" in name for name in study_restored)
+    restored = restore_runs(fresh / "results" / "seeds", fresh / "checkpoints" / "seeds",
+                            published=published_protocol_seeds_dir())  # fmt: skip
+    assert restored == ["K8_D4_s1", "K8_D2_s2"]
+    again = GridConfig(num_embeddings_values="8", embedding_dim_values="4", seeds="1",
+                       grid_dir=str(fresh / "results" / "seeds"), checkpoint_root=str(fresh / "checkpoints" / "seeds"))  # fmt: skip
+    frame = vqgrid.run_grid(again, TINY_MODEL, TINY_TRAIN, progress=False)
+    assert bool(frame.set_index("name").loc["K8_D4_s1", "reused"]) is True
+    grid_run["mp"].setenv("VQLIB_ROOT", str(root))
+
+
+def test_paired_seed_differences_see_what_unpaired_spreads_hide():
+    """D=64 is lower than D=32 by 0.0001 at every seed while the seeds move both by 0.001: the unpaired spreads
+    overlap, the paired interval excludes 0; with one seed nothing is claimed."""
+    rows = [
+        {"name": f"K100_D{d}_s{s}", "num_embeddings": 100, "embedding_dim": d, "seed": s, "status": "success",
+         "val_mse": 0.002 + 0.001 * s - (0.0001 + 0.00001 * s if d == 64 else 0.0)}
+        for d in (32, 64) for s in range(3)
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    spread = vqgrid.with_seed_statistics(frame).groupby("embedding_dim")["val_mse_std"].first()
+    means = frame.groupby("embedding_dim")["val_mse"].mean()
+    assert means[32] - means[64] < spread.min()  # unpaired: within one standard deviation
+    table = vqgrid.paired_seed_differences(frame)
+    row = table.iloc[0]
+    assert (row["embedding_dim_a"], row["embedding_dim_b"], row["seeds"]) == (32, 64, 3)
+    assert row["mean_difference"] == pytest.approx(-0.00011)
+    assert row["ci_high"] < 0 and row["verdict"] == "b lower"
+    one = vqgrid.paired_seed_differences(frame[frame["seed"] == 0]).iloc[0]
+    assert one["seeds"] == 1 and math.isnan(one["ci_low"]) and one["verdict"].startswith("not measured")
 
 
 def test_soak_table_finds_a_leak_and_a_slowdown():

@@ -58,7 +58,7 @@ def git(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(REPO), *args], input=stdin, capture_output=True, text=True, timeout=60)
 
 
-def test_published_study_in_git_holds_at_most_25_mb():
+def test_published_study_in_git_holds_at_most_its_budget():
     tracked = git("ls-files", "-z", "--", *PUBLISHED_FOLDERS).stdout.split("\0")
     files = [REPO / name for name in tracked if name]
     assert files, "nothing published is tracked"

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .errors import VqlibError
+from .errors import ConfigError, VqlibError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -618,6 +618,14 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
         help="instead: publish the summary.csv of a grid trained with several seeds (vqlib grid --seeds 0,1,2 "
         "--grid-dir GRID_DIR) as results/published/seed_spread/summary.csv",
     )
+    p.add_argument(
+        "--protocol-seeds",
+        default=None,
+        metavar="GRID_DIR",
+        help="instead: the runs of a grid trained at the protocol with other seeds (vqlib grid --profile full "
+        "--seeds 1,2 --grid-dir GRID_DIR --checkpoint-root CKPT): finished ones as pretrained:NAME and in "
+        "results/published/protocol_seeds/, unfinished ones snapshotted; with --restore, back into GRID_DIR and CKPT",
+    )
 
 
 @command(
@@ -644,6 +652,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.seed_spread:
         print(publish_seed_spread(args.seed_spread).line())
         return 0
+    if args.protocol_seeds:
+        return _publish_protocol_seeds(args)
 
     folder = Path(args.grid_dir) if args.grid_dir else grid_dir()
     checkpoints = Path(args.checkpoint_root) if args.checkpoint_root else checkpoint_root()
@@ -669,6 +679,27 @@ def cmd_publish(args: argparse.Namespace) -> int:
         f"the published study holds {size / 1e6:.1f} MB"
         + (f", more than the {PUBLISHED_LIMIT_BYTES / 1e6:.0f} MB it may" if size > PUBLISHED_LIMIT_BYTES else "")
     )
+    return 0
+
+
+def _publish_protocol_seeds(args: argparse.Namespace) -> int:
+    from .publish import (
+        publish_protocol_seeds,
+        published_protocol_seeds_dir,
+        restore_runs,
+        snapshot_unfinished,
+    )
+
+    if not args.checkpoint_root:
+        raise ConfigError("--protocol-seeds needs --checkpoint-root: the folder the seeds' grid trains into")
+    folder, checkpoints = Path(args.protocol_seeds), Path(args.checkpoint_root)
+    if args.restore:
+        names = restore_runs(folder, checkpoints, published=published_protocol_seeds_dir())
+        print(f"restored {len(names)} run(s) into {folder}: {', '.join(names) or 'none needed'}")
+        return 0
+    print(publish_protocol_seeds(folder, checkpoints).line())
+    for name, epochs in snapshot_unfinished(folder, checkpoints).items():
+        print(f"snapshot of {name}, still training: {epochs} epochs done (checkpoints/inprogress/{name})")
     return 0
 
 

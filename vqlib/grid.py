@@ -370,6 +370,55 @@ def with_seed_statistics(frame: pd.DataFrame, metric: str = SELECTION_METRIC) ->
     )
 
 
+def paired_seed_differences(
+    frame: pd.DataFrame, metric: str = SELECTION_METRIC, *, over: str = "embedding_dim", confidence: float = 0.95
+) -> pd.DataFrame:
+    """Paired differences of `metric` between the values of `over` (D by default) within each other axis value (K),
+    over the seeds that both configurations finished: one row per pair (a, b) with a < b.
+
+    Each seed is one paired observation (`metric` of b minus that of a, at the same
+    seed): the same seed starts both from the same data order, so the pairs share
+    that part of the run-to-run noise, and the interval is a t-interval on the
+    per-seed differences (n - 1 degrees of freedom). `verdict` says whether the
+    interval excludes 0. With one seed the interval is not measured (NaN).
+    """
+    from scipy import stats
+
+    other = "num_embeddings" if over == "embedding_dim" else "embedding_dim"
+    ok = frame[frame["status"] == "success"]
+    rows = []
+    for value, group in ok.groupby(other):
+        table = group.pivot_table(index="seed", columns=over, values=metric, aggfunc="first")
+        levels = sorted(table.columns)
+        for i, a in enumerate(levels):
+            for b in levels[i + 1 :]:
+                diff = (table[b] - table[a]).dropna()
+                n = len(diff)
+                mean = float(diff.mean()) if n else math.nan
+                if n >= 2:
+                    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * diff.std(ddof=1) / math.sqrt(n))
+                    low, high = mean - half, mean + half
+                    verdict = "b lower" if high < 0 else "b higher" if low > 0 else "no difference shown"
+                else:
+                    low = high = math.nan
+                    verdict = "not measured (one seed)"
+                rows.append(
+                    {
+                        other: value,
+                        f"{over}_a": a,
+                        f"{over}_b": b,
+                        "seeds": n,
+                        f"{metric}_a": float(table.loc[diff.index, a].mean()) if n else math.nan,
+                        f"{metric}_b": float(table.loc[diff.index, b].mean()) if n else math.nan,
+                        "mean_difference": mean,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "verdict": verdict,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def soak_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per run: resident memory and speed across its epochs, from the history (the long study is the soak test).
 

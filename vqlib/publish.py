@@ -69,8 +69,9 @@ CLASSIFIER_RESULT_FILES = (
     "label_efficiency.csv",
     LABEL_EFFICIENCY_FIGURE,
 )
-# The repository's budget for everything published (issue #13), README figures included.
-PUBLISHED_LIMIT_BYTES = 25 * 1000 * 1000
+# The repository's budget for everything published, README figures and the snapshots of runs in progress included:
+# the protocol's extra seeds (about 2 MB a snapshot) and the prior over the code need room beside the study.
+PUBLISHED_LIMIT_BYTES = 40 * 1000 * 1000
 
 
 def published_grid_dir() -> Path:
@@ -213,14 +214,22 @@ def finished_runs(grid_folder: str | os.PathLike) -> list[str]:
 
 
 def publish_runs(
-    grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike, names: Optional[list[str]] = None
+    grid_folder: str | os.PathLike,
+    checkpoint_root: str | os.PathLike,
+    names: Optional[list[str]] = None,
+    *,
+    published: Optional[Path] = None,
 ) -> list[str]:
     """Copy finished runs (all, or `names`) of a grid into the published folders; return the names copied.
 
     A run is copied when its published files are missing or older than the run's
-    metrics; the checkpoint is written before the metrics that name it.
+    metrics; the checkpoint is written before the metrics that name it. The run
+    folders go to `published` (default: the study's grid, whose summary and
+    choice are published too; the protocol's extra seeds go to their own folder).
     """
     grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
+    study = published is None
+    published = published_grid_dir() if study else Path(published)
     done = finished_runs(grid_folder)
     wanted = done if names is None else names
     missing = sorted(set(wanted) - set(done))
@@ -229,7 +238,7 @@ def publish_runs(
     copied = []
     for name in wanted:
         source_metrics = grid_folder / name / METRICS_FILE
-        target_metrics = published_grid_dir() / name / METRICS_FILE
+        target_metrics = published / name / METRICS_FILE
         if target_metrics.is_file() and target_metrics.stat().st_mtime >= source_metrics.stat().st_mtime:
             continue
         for file in CHECKPOINT_FILES:
@@ -241,15 +250,16 @@ def publish_runs(
             else:
                 _copy(checkpoint_root / name / file, paths.pretrained_dir() / name / file)
         if (grid_folder / name / TRAIN_NOTEBOOK).is_file():
-            _copy(grid_folder / name / TRAIN_NOTEBOOK, published_grid_dir() / name / TRAIN_NOTEBOOK)
+            _copy(grid_folder / name / TRAIN_NOTEBOOK, published / name / TRAIN_NOTEBOOK)
         if (grid_folder / name / RUN_FILE).is_file():
-            write_json(published_grid_dir() / name / RUN_FILE, portable(read_json(grid_folder / name / RUN_FILE)))
+            write_json(published / name / RUN_FILE, portable(read_json(grid_folder / name / RUN_FILE)))
         metrics = read_json(source_metrics)
         metrics = portable({**metrics, "checkpoint": PRETRAINED_PREFIX + name})
         write_json(target_metrics, metrics)
         shutil.rmtree(inprogress_dir() / name, ignore_errors=True)
         copied.append(name)
-    _publish_choice(grid_folder)
+    if study:
+        _publish_choice(grid_folder)
     return copied
 
 
@@ -332,39 +342,47 @@ def restore_label_efficiency() -> list[str]:
     return restored
 
 
-def restore_runs(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> list[str]:
+def restore_runs(
+    grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike, *, published: Optional[Path] = None
+) -> list[str]:
     """Copy the published runs into a grid's folders where the grid has no finished run of that name,
     and the snapshots of unfinished runs where the grid has no last.pt of its own.
 
     The restored metrics name the restored best.pt by its path, as the grid
     writes them; the grid then reuses a finished run when its settings match,
-    and continues an unfinished one from its last.pt.
+    and continues an unfinished one from its last.pt. `published` is where the
+    runs were published (default: the study's grid, whose runs and snapshots
+    have seed 0; the protocol's extra seeds have other seeds).
     """
     grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
+    study = published is None
+    published_grid = published_grid_dir() if study else Path(published)
     have = set(finished_runs(grid_folder))
     restored = []
-    for name in finished_runs(published_grid_dir()):
+    for name in finished_runs(published_grid):
         if name in have:
             continue
         for file in CHECKPOINT_FILES:
             _copy(paths.pretrained_dir() / name / file, checkpoint_root / name / file)
-        if (published_grid_dir() / name / TRAIN_NOTEBOOK).is_file():
-            _copy(published_grid_dir() / name / TRAIN_NOTEBOOK, grid_folder / name / TRAIN_NOTEBOOK)
-        if (published_grid_dir() / name / RUN_FILE).is_file():
-            record = read_json(published_grid_dir() / name / RUN_FILE)
+        if (published_grid / name / TRAIN_NOTEBOOK).is_file():
+            _copy(published_grid / name / TRAIN_NOTEBOOK, grid_folder / name / TRAIN_NOTEBOOK)
+        if (published_grid / name / RUN_FILE).is_file():
+            record = read_json(published_grid / name / RUN_FILE)
             record["notebook"] = str((grid_folder / name / TRAIN_NOTEBOOK).resolve())
             write_json(grid_folder / name / RUN_FILE, record)
-        metrics = read_json(published_grid_dir() / name / METRICS_FILE)
+        metrics = read_json(published_grid / name / METRICS_FILE)
         metrics["checkpoint"] = str((checkpoint_root / name / "best.pt").resolve())
         write_json(grid_folder / name / METRICS_FILE, metrics)
         # As old as what it was restored from: the next publish has nothing new to copy back.
-        published_time = (published_grid_dir() / name / METRICS_FILE).stat().st_mtime
+        published_time = (published_grid / name / METRICS_FILE).stat().st_mtime
         os.utime(grid_folder / name / METRICS_FILE, (published_time, published_time))
         restored.append(name)
     for snapshot in sorted(inprogress_dir().glob("K*_D*")):
         name = snapshot.name
         if name in have or name in restored or (checkpoint_root / name / "last.pt").is_file():
             continue  # a local last.pt is at least as new as the snapshot it was taken from
+        if (paths.parse_vqvae_run_name(name)[2] == 0) != study:
+            continue  # the study's grid has seed 0; the protocol's extra seeds go to their own grid
         for file in SNAPSHOT_FILES:
             if (snapshot / file).is_file():
                 _copy(snapshot / file, checkpoint_root / name / file)
@@ -429,6 +447,47 @@ def publish_seed_spread(grid_folder: str | os.PathLike) -> StageResult:
         writer.note(
             f"{len(frame)} runs, {int(seeds.min())}-{int(seeds.max())} successful seeds per configuration, "
             f"in {paths.shown(published_seed_spread_dir())}"
+        ),
+    )
+
+
+def published_protocol_seeds_dir() -> Path:
+    return paths.published_dir() / "protocol_seeds"
+
+
+def publish_protocol_seeds(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> StageResult:
+    """Publish a grid trained at the protocol with seeds other than the study's (``vqlib grid --profile
+    full --seeds 1,2``): each finished run as ``pretrained:NAME`` with its metrics in
+    ``results/published/protocol_seeds/NAME/``, and a summary.csv of those runs beside the study's own
+    seed-0 runs of the same K x D, with each configuration's mean and std over its seeds.
+
+    Unfinished runs are snapshotted by `snapshot_unfinished`, as the study's are.
+    """
+    import pandas as pd
+
+    from .grid import collect_grid
+
+    target = published_protocol_seeds_dir()
+    publish_runs(grid_folder, checkpoint_root, published=target)
+    extra = collect_grid(target)
+    extra = extra[extra["status"] == "success"]
+    if extra.empty:
+        return StageResult("protocol seeds", False, f"no finished run in {paths.shown(Path(grid_folder))} yet")
+    configs = set(zip(extra["num_embeddings"], extra["embedding_dim"], strict=True))
+    study = collect_grid(published_grid_dir())
+    study = study[[(k, d) in configs for k, d in zip(study["num_embeddings"], study["embedding_dim"], strict=True)]]
+    frame = pd.concat([study, extra], ignore_index=True).drop(columns=["history"], errors="ignore")
+    frame = frame.sort_values(["num_embeddings", "embedding_dim", "seed"], ignore_index=True)
+    frame["checkpoint"] = PRETRAINED_PREFIX + frame["name"]
+    frame = with_seed_statistics(frame.drop(columns=[c for c in ("notebook",) if c in frame]))
+    writer = _Writer()
+    writer.csv(target / SUMMARY_FILE, frame)
+    return StageResult(
+        "protocol seeds",
+        True,
+        writer.note(
+            f"{len(extra)} run(s) with other seeds beside the study's {len(study)}, "
+            f"in {paths.shown(target / SUMMARY_FILE)}"
         ),
     )
 
