@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 import signal
@@ -50,21 +51,21 @@ def _strip_timing(history):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
 
 
-def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tmp_path, cli_env):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(schedule, tmp_path, cli_env):
     """On CPU the resumed run is bitwise equal: the shuffling depends on (seed, epoch),
     and last.pt restores weights, Adam's moments, batch-norm buffers, the EMA
-    codebook statistics and the RNG states."""
+    codebook statistics and the RNG states; the cosine schedule's rate is a function of the step."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(full)], env=cli_env, check=True, capture_output=True)
+    args = TRAIN_ARGS + ["--lr-schedule", schedule]
+    subprocess.run(VQLIB + args + ["--checkpoint-dir", str(full)], env=cli_env, check=True, capture_output=True)
 
     assert (
-        1
-        <= _kill_after_first_epoch(VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed)], killed / "last.pt", cli_env)
-        < 4
+        1 <= _kill_after_first_epoch(VQLIB + args + ["--checkpoint-dir", str(killed)], killed / "last.pt", cli_env) < 4
     )
 
     subprocess.run(
-        VQLIB + TRAIN_ARGS + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, check=True, capture_output=True
+        VQLIB + args + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, check=True, capture_output=True
     )
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["epoch"] == b["epoch"] == 4
@@ -163,6 +164,22 @@ def test_resume_refuses_another_configuration(data, tmp_path):
             resume=True,
             progress=False,
         )
+
+
+def test_cosine_schedule_decays_to_zero_and_keeps_its_epochs_on_resume(data, tmp_path):
+    """The rate falls every epoch towards 0 at the run's last step; a resumed cosine run may not change its
+    epochs (its schedule would be another one), while a constant one may (more epochs, the same rates)."""
+    small = VQVAEConfig(
+        num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8, num_residual_blocks=1
+    )
+    config = TrainConfig(epochs=2, batch_size=64, train_subset=320, checkpoint_dir=str(tmp_path), lr_schedule="cosine")
+    run = train_vqvae(small, config, data, progress=False)
+    rates = [row["learning_rate"] for row in run.history]
+    steps = 2 * 5  # 320 images in batches of 64, twice
+    assert rates[0] == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi * 4 / steps)))
+    assert rates[1] == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi * 9 / steps))) and rates[1] < 0.0001
+    with pytest.raises(CheckpointError, match="resume it with epochs=2"):
+        train_vqvae(small, dataclasses.replace(config, epochs=3), data, resume=True, progress=False)
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(data, tmp_path):

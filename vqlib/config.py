@@ -35,6 +35,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -87,6 +88,12 @@ class TrainConfig:
     epochs: int = _opt(10, "passes over the training split")
     batch_size: int = _opt(128, "images per optimiser step")
     learning_rate: float = _opt(2e-3, "Adam learning rate")
+    lr_schedule: str = _opt(
+        "constant",
+        "learning-rate schedule: 'constant' (the published study's) or 'cosine' (from learning_rate to 0 "
+        "over all the run's steps, set every step)",
+        choices=LR_SCHEDULES,
+    )
     seed: int = _opt(0, "seed of weights, shuffling and codebook restarts")
     train_subset: Optional[int] = _opt(
         None, "train on this many images of the training split (stratified); None uses all 55,000"
@@ -118,6 +125,7 @@ class TrainConfig:
         )
         _check_choice("device", self.device, DEVICES)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("channels_last", "compile"):
             _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, not {getattr(self, name)!r}")
 

@@ -107,6 +107,18 @@ def make_optimizer(model: VQVAE, train_config: TrainConfig) -> torch.optim.Optim
     return torch.optim.Adam(model.parameters(), lr=train_config.learning_rate, fused=True)
 
 
+def learning_rate_at(train_config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of global step `step` of `total_steps`: constant, or cosine from
+    learning_rate to 0 (Loshchilov and Hutter 2017, without restarts).
+
+    A pure function of the step, so a resumed run sets the same rates without any
+    scheduler state in last.pt.
+    """
+    if train_config.lr_schedule == "constant":
+        return train_config.learning_rate
+    return train_config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
 def train_step(
     model: VQVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, train_config: TrainConfig, device: torch.device
 ) -> torch.Tensor:
@@ -199,6 +211,9 @@ def _config_problem(ckpt: dict, model_config: VQVAEConfig, train_config: TrainCo
     )
     if diff:
         return f"it was trained with other settings ({diff})"
+    epochs = with_defaults(TrainConfig, ckpt["train_config"])["epochs"]
+    if train_config.lr_schedule == "cosine" and train_config.epochs != epochs:
+        return f"its cosine schedule decays over its own {epochs} epochs; resume it with epochs={epochs}"
     return None
 
 
@@ -264,6 +279,7 @@ def train_vqvae(
     best_mse = min((row["val_mse"] for row in history), default=math.inf)
 
     steps_per_epoch = math.ceil(n / train_config.batch_size)
+    total_steps = train_config.epochs * steps_per_epoch
     bar = progress_bar(
         total=(train_config.epochs - start_epoch) * steps_per_epoch,
         enabled=progress,
@@ -278,6 +294,10 @@ def train_vqvae(
         restarts_before = int(model.quantizer.restarts)
         started = time.perf_counter()
         for step, idx in enumerate(batch_indices(n, train_config.batch_size, generator=generator, device=device)):
+            if train_config.lr_schedule != "constant":
+                rate = learning_rate_at(train_config, epoch * steps_per_epoch + step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
             sums += train_step(model, optimizer, train_x[idx], train_config, device)
             if step % 25 == 0 or step == steps_per_epoch - 1:
                 # Reading the loss back is a device sync: do it every 25 steps, not every step.
@@ -317,6 +337,7 @@ def train_vqvae(
             "val_perplexity": val["perplexity"],
             "val_usage": val["codebook_usage"],
             "codes_restarted": int(model.quantizer.restarts) - restarts_before,
+            "learning_rate": optimizer.param_groups[0]["lr"],  # of the epoch's last step
             "epoch_seconds": seconds,
             "images_per_s": n / seconds,
         }
