@@ -234,11 +234,11 @@ def classifier_vqvae(ckpt: dict, vqvae_checkpoint: Optional[str | os.PathLike] =
     from .checkpoints import resolve_checkpoint
 
     if vqvae_checkpoint:
-        return resolve_checkpoint(vqvae_checkpoint)
+        return resolve_checkpoint(vqvae_checkpoint, kind="vqvae")
     recorded = ckpt.get("vqvae_checkpoint")
     if not isinstance(recorded, str) or not recorded:
         raise CheckpointError("the classifier does not record the VQ-VAE it was trained on; pass --vqvae-checkpoint")
-    found = resolve_checkpoint(recorded)
+    found = resolve_checkpoint(recorded, kind="vqvae")
     if not found.is_file() and not found.is_absolute() and (paths.project_root() / found).is_file():
         found = paths.project_root() / found
     return found
