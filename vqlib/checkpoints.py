@@ -55,6 +55,24 @@ def pretrained_names(kind: Optional[str] = None) -> list[str]:
     return names if kind is None else [n for n in names if pretrained_kind(n) == kind]
 
 
+def paired_pretrained_classifier(vqvae_checkpoint: str | os.PathLike) -> Optional[str]:
+    """``pretrained:NAME`` of the published classifier trained on this VQ-VAE, when the VQ-VAE is a
+    published one and such a classifier is published; else None. Read from the classifiers' config.json."""
+    try:
+        found = resolve_checkpoint(vqvae_checkpoint).resolve()
+        vqvae_name = found.relative_to(paths.pretrained_dir().resolve()).parts[0]
+    except (ValueError, IndexError, CheckpointError):
+        return None
+    for name in pretrained_names("classifier"):
+        try:
+            recorded = read_json(paths.pretrained_dir() / name / "config.json").get("vqvae_checkpoint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded == PRETRAINED_PREFIX + vqvae_name:
+            return PRETRAINED_PREFIX + name
+    return None
+
+
 def resolve_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None) -> Path:
     """A checkpoint path as given, or ``pretrained:NAME`` resolved to the published file.
 
