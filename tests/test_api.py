@@ -248,3 +248,16 @@ def test_the_quickstart_runner_runs_a_quickstart_and_fails_without_one(tmp_path,
     readme.write_text(f"{QUICKSTART_HEADING}\n\n```python\nimport vqlib\nvqlib.load_pretrained('NOPE')\n```\n")
     with pytest.raises(CheckpointError):
         run_quickstart(readme, capsys)
+
+
+def test_read_only_and_strided_arrays_are_taken_as_they_are(vqvae, test_images):
+    import warnings
+
+    images = test_images[0][:2].numpy()
+    frozen = images.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it is handed a read-only array
+        assert torch.equal(vqvae.encode(frozen), vqvae.encode(images))
+    flipped = images[:, :, ::-1]
+    assert torch.equal(vqvae.encode(flipped), vqvae.encode(np.ascontiguousarray(flipped)))

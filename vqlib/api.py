@@ -76,7 +76,10 @@ def _as_tensor(value, what: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         if value.dtype == object or not (np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.bool_)):
             raise InputError(f"{what} must be numbers, not a numpy array of {value.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(value))
+        # A copy where torch could not share the memory: read-only or strided arrays (a flipped view, say).
+        if not value.flags.writeable or not value.flags.c_contiguous:
+            value = np.array(value, order="C")
+        return torch.from_numpy(value)
     raise InputError(f"{what} must be a numpy array or a torch tensor, not {type(value).__name__}")
 
 
@@ -108,7 +111,8 @@ def as_images(images, what: str = "images") -> torch.Tensor:
         raise InputError(f"{what} holds NaN or infinite values; images are uint8 in [0, 255] or float in [0, 1]")
     low, high = x.min().item(), x.max().item()
     if low < 0.0 or high > 1.0:
-        hint = " (uint8 pixels stored as float? pass them as uint8, or divide by 255)" if high <= 255.0 else ""
+        stored = low >= 0.0 and high <= 255.0  # uint8 pixels held as float
+        hint = " (uint8 pixels stored as float? pass them as uint8, or divide by 255)" if stored else ""
         raise InputError(f"float {what} must lie in [0, 1], but they range from {low:g} to {high:g}{hint}")
     return x
 
