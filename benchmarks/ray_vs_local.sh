@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="$PWD/.venv/bin"
-OUT="${OUT:-$(mktemp -d /tmp/vqlib-ray-vs-local.XXXX)}"
+OUT="${OUT:-$(mktemp -d -t vqlib-ray-vs-local.XXXX)}"
 CPUS="$(nproc)"
 mkdir -p "$OUT"
 

@@ -142,7 +142,7 @@ def test_per_class_errors_sorted_and_consistent(model, sample):
     assert trouser == pytest.approx(errors[labels == 1].mean())
 
 
-# ----------------------------------------------------------------------------- the seed's claims
+# ----------------------------------------------------------------------------- the original study's claims
 
 
 def test_knn_correct_separates_islands_and_drops_only_itself():

@@ -329,7 +329,7 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
     assert list(frame.columns[:5]) == ["method", "labels_per_class", "seed", "val_acc", "test_acc"]
     # 5 per class: two seeds; 10 per class: one seed (above max_seeded_labels); five methods each.
     assert len(frame) == 5 * 3
-    assert set(frame["method"]) == {"vq_head", "vq_linear", "z_linear", "pixel_cnn", "pixel_linear"}
+    assert set(frame["method"]) == {"vq_head", "vq_linear", "z_linear", "pixel_convnet", "pixel_linear"}
     # Six steps are too few for the CNN from scratch (it may stay at chance); the logistic regressions must learn.
     assert frame["test_acc"].between(0, 1).all()
     assert (frame.loc[frame["method"].isin(["vq_linear", "z_linear", "pixel_linear"]), "test_acc"] > 0.3).all()
@@ -523,3 +523,22 @@ def test_label_efficiency_summary_counts_the_regressions_only():
     assert np.isnan(table.loc["vq_head", "not_converged"]) and np.isnan(table.loc["vq_head", "c_at_edge"])
     assert table.loc["vq_linear", "not_converged"] == 1 and table.loc["vq_linear", "c_at_edge"] == 2
     assert table.loc["vq_linear", "selection_images"] == 100
+
+
+def test_the_former_name_of_the_convnet_on_pixels_is_still_read(tmp_path):
+    """pixel_cnn became pixel_convnet: configs, the runs file and label_efficiency.csv (the published one too) still read."""
+    from vqlib.config import parse_methods
+    from vqlib.label_efficiency import RUNS_FILE, finished_runs, read_label_efficiency
+
+    assert parse_methods("vq_head,pixel_cnn") == ["vq_head", "pixel_convnet"]
+    published = read_label_efficiency(
+        REPO / "results" / "published" / "classifier" / "K100_D64_all_frozen" / "label_efficiency.csv"
+    )
+    assert "pixel_convnet" in set(published["method"]) and "pixel_cnn" not in set(published["method"])
+    fingerprint = {"vqvae_sha256": "x"}
+    row = {"method": "pixel_cnn", "labels_per_class": 10, "seed": 0, "test_acc": 0.5}
+    (tmp_path / RUNS_FILE).write_text(json.dumps({"fingerprint": fingerprint, "row": row}) + "\n")
+    done = finished_runs(tmp_path, fingerprint)
+    assert list(done) == [("pixel_convnet", 10, 0)] and done[("pixel_convnet", 10, 0)]["method"] == "pixel_convnet"
+    with pytest.raises(ConfigError, match="pixel_convnet"):
+        parse_methods("pixel_rnn")

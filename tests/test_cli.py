@@ -124,3 +124,79 @@ def test_grid_options_override_only_what_they_name():
     assert profile["grid"] == {"jobs": 2} and profile["vqvae"] == {}
     args = build_parser().parse_args(["grid", "--profile", "full"])
     assert _profile_overrides(args, get_profile("full")) == get_profile("full")
+
+
+# ----------------------------------------------------------------------------- what a new user meets first
+
+
+def test_version_is_the_packages(capsys):
+    import importlib.metadata
+
+    import vqlib
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"vqlib {vqlib.__version__}"
+    # One source: pyproject reads vqlib.__version__ (the installed metadata says the same after `pip install -e .`).
+    assert importlib.metadata.version("vqlib") == vqlib.__version__
+
+
+def test_every_device_option_says_what_it_does_and_its_default():
+    import argparse
+
+    from vqlib.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    with_device = {}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if "--device" in action.option_strings:
+                with_device[name] = action.help or ""
+    assert len(with_device) >= 5
+    for name, text in with_device.items():
+        assert "default:" in text and "cpu" in text, f"vqlib {name} --device: {text!r}"
+
+
+def test_run_help_states_the_measured_time_of_the_quick_profile(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "about 19 minutes on a 2-core CPU" in out and "10 minutes" not in out
+
+
+@pytest.fixture
+def published_copy(project, monkeypatch):
+    """A project root holding the published K100_D64 and its classifier, the way a fresh clone has them; the
+    command runs from an unrelated folder."""
+    import shutil
+
+    from .conftest import REPO
+
+    for name in ("K100_D64", "K100_D64_all_frozen"):
+        shutil.copytree(REPO / "checkpoints" / "pretrained" / name, project / "checkpoints" / "pretrained" / name)
+    elsewhere = project / "somewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return project
+
+
+def test_infer_vqvae_names_its_folder_after_the_run(published_copy, capsys):
+    assert main(["infer-vqvae", "--checkpoint", "pretrained:K100_D64", "--num-images", "2"]) == 0
+    assert (published_copy / "results" / "vqvae" / "K100_D64" / "reconstructions.png").is_file()
+    assert not (published_copy / "results" / "vqvae" / "somewhere").exists()
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_an_unknown_pretrained_vqvae_offers_only_vqvaes(published_copy, capsys):
+    assert main(["infer-vqvae", "--checkpoint", "pretrained:NOPE"]) == 2
+    err = capsys.readouterr().err
+    assert "no pretrained VQ-VAE checkpoint 'NOPE'; the published ones are pretrained:K100_D64" in err
+    assert "K100_D64_all_frozen" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_publish_on_a_fresh_clone_says_once_that_there_is_nothing_new(project, capsys):
+    assert main(["publish"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("nothing new to publish: results/grid holds no finished grid run")

@@ -350,6 +350,23 @@ def test_a_classifier_of_another_vqvae_is_refused_in_the_widget(data, other_vqva
     assert explorer_ui({"split": "validation"}, data).status.value.count("split must be one of") == 1
 
 
+def test_a_published_vqvae_opens_with_its_published_classifier(data, monkeypatch):
+    """On a fresh clone the classifier panel works at once: the published VQ-VAE brings its published classifier."""
+    from vqlib.explore_ui import explorer_ui
+
+    monkeypatch.delenv("VQLIB_ROOT", raising=False)
+    ui = explorer_ui({"vqvae_checkpoint": "pretrained:K100_D64", **SMALL}, data)
+    assert ui.explorer.classifier is not None and "classifier pretrained:K100_D64_all_frozen" in ui.status.value
+    assert (
+        ui.classifier_path.value.endswith("K100_D64_all_frozen/best.pt")
+        and "no classifier" not in ui.probabilities.value
+    )
+    # 'none' opts out; a published VQ-VAE without a published classifier opens without one.
+    config = ExplorerConfig(vqvae_checkpoint="pretrained:K100_D64", classifier_checkpoint="none", **SMALL)
+    assert open_explorer(config, data).classifier is None
+    assert open_explorer(ExplorerConfig(vqvae_checkpoint="pretrained:K25_D16", **SMALL), data).classifier is None
+
+
 # ----------------------------------------------------------------------------- notebook and Makefile
 
 

@@ -1,4 +1,4 @@
-"""Every reader of outside data, fuzzed (issue #15): each bad input ends in a VqlibError, never another exception.
+"""Every reader of outside data, fuzzed: each bad input ends in a VqlibError, never another exception.
 
 Property-based tests with Hypothesis over the IDX reader (gzip and raw), the photo
 loader, the checkpoint loader, the readers of the project's own result files

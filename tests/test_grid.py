@@ -433,6 +433,10 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     assert not (root / "checkpoints" / "pretrained" / "K8_D4" / "last.pt").exists()
     model, ckpt = load_vqvae("pretrained:K8_D4")
     assert (model.config.num_embeddings, model.config.embedding_dim) == (8, 4)
+    # No path of the machine that trained it: not in the checkpoint's config, not in the executed notebook.
+    assert ckpt["train_config"]["checkpoint_dir"] is None and ckpt["train_config"]["results_dir"] is None
+    notebook = (root / "results" / "published" / "grid" / "K8_D4" / vqnotebooks.TRAIN_NOTEBOOK).read_text()
+    assert str(root) not in notebook and '"checkpoints/grid/K8_D4"' in notebook
     with pytest.raises(CheckpointError, match="pretrained:K8_D4"):
         load_vqvae("pretrained:K9_D9")
 

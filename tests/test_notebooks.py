@@ -319,6 +319,11 @@ def test_publish_copies_every_stage_after_the_grid_without_machine_paths(publish
     assert len(published_json) >= 8
     for path in published_json:
         assert str(root) not in path.read_text() and '"/' not in path.read_text(), path
+    # Nor in the executed notebooks and HTML reports, which print configs and folders as text.
+    texts = [*(out / "reports").glob("*.html"), *(out / "grid").rglob("*.ipynb")]
+    assert len(texts) >= 6
+    for path in texts:
+        assert str(root) not in path.read_text(), path
     # The published classifier loads by name, paired with the published VQ-VAE it reads, and no other.
     model, ckpt = load_classifier("pretrained:K8_D4_30pc_frozen", vqvae_checkpoint="pretrained:K8_D4")
     assert ckpt["vqvae_checkpoint"] == "pretrained:K8_D4" and ckpt["results_dir"] is None

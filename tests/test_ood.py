@@ -115,7 +115,7 @@ def test_infer_cls_reports_the_score_the_flag_and_a_plain_sentence(data, fitted,
     # Uniform noise as an IDX file (taken as it is; a noise photo is cropped and rescaled first).
     noise = ood.synthetic_images("noise", data.test_images, 2, seed=3).numpy()
     (tmp_path / "noise-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, 2, 28, 28) + noise.tobytes())
-    Image.new("L", (1, 1), 255).save(tmp_path / "blank.png")  # issue #15: called "Sandal" with probability 0.84
+    Image.new("L", (1, 1), 255).save(tmp_path / "blank.png")  # once called "Sandal" with probability 0.84
     inputs = [str(tmp_path / n) for n in ("garment.png", "noise-idx3-ubyte", "blank.png")]
     result = subprocess.run(
         [*VQLIB, "infer-cls", "--checkpoint", str(classifier), *inputs, "--output", str(tmp_path / "p.csv")],

@@ -22,7 +22,7 @@ from torch import nn
 from .data import CLASS_NAMES, NUM_CLASSES, to_float
 from .errors import ConfigError
 
-# The seed's reading of its per-class reconstruction errors (its README, "Key Findings").
+# The original study's reading of its per-class reconstruction errors (its README, "Key Findings").
 SEED_BEST_CLASSES = ("Trouser", "Ankle boot")
 SEED_WORST_CLASSES = ("Shirt", "Pullover")
 
@@ -395,9 +395,9 @@ def specific_code_patches(
     return rows, row_labels
 
 
-# ----------------------------------------------------------------------------- the seed's claims, measured
+# ----------------------------------------------------------------------------- the original study's claims, measured
 #
-# Each claim of the seed's README ("Key Findings") becomes a dict: name, the seed's words, the numbers,
+# Each claim of the original study's README ("Key Findings") becomes a dict: name, the original study's words, the numbers,
 # the definition the verdict applies, a verdict in VERDICTS and one generated sentence. The verdicts are
 # strict on purpose: a claim counts only where it holds beyond the noise of the sample (a bootstrap
 # interval, a label-shuffle baseline, or a stated tolerance), and "partly" says where only some of it does.
@@ -558,7 +558,7 @@ def tsne_claim(
         f"their class as the majority of their {k} nearest neighbours (pixels' map: {acc['pixel_map']:.2f}; "
         f"difference {acc['code_map'] - acc['pixel_map']:+.3f}, {confidence:.0%} interval {low:+.3f} to "
         f"{high:+.3f}; chance {chance:.2f}); in the 50-D spaces before t-SNE, code {acc['code_space']:.2f} "
-        f"and pixels {acc['pixel_space']:.2f}. The code {comparison} the raw pixels, so the seed's "
+        f"and pixels {acc['pixel_space']:.2f}. The code {comparison} the raw pixels, so the original study's "
         f'"clear clustering" {verdict}'
         + (
             " (the clustering is already in the pixels; the code keeps it)."
@@ -658,7 +658,7 @@ def codebook_usage_claim(
         f"{special_share:.0%} of all cells; the most class-specific code has P(class | code) = {top:.2f} "
         f"(shuffled: {np.nanmax(shuffled[0][2]) if shuffles else float('nan'):.2f}; chance {1 / NUM_CLASSES:.2f}). "
         f"Distinct usage patterns {'hold' if distinct else 'do not hold'}, "
-        f"specialised codes {'exist' if specialised else 'do not stand out from chance'}: the seed's claim {verdict}."
+        f"specialised codes {'exist' if specialised else 'do not stand out from chance'}: the original study's claim {verdict}."
     )
     numbers = {
         "nmi": nmi,
@@ -780,7 +780,7 @@ def interpolation_claim(
             if coherent
             else "The intermediate images are not shown to be more coherent than a blend of the two ends"
         )
-        + f": the seed's claim {verdict}."
+        + f": the original study's claim {verdict}."
     )
     numbers = {
         "paths": len(paths),
@@ -875,7 +875,7 @@ def reconstruction_claim(
 
     best_parts, worst_parts = {}, {}
     # A class inside the band is compared with the class just outside it; one outside, with the band's edge
-    # (how far it is from getting in). Either way a positive margin means "on the seed's side" of the other.
+    # (how far it is from getting in). Either way a positive margin means "on the original study's side" of the other.
     for c in best:
         inside = rank[c] <= band
         other = outside_best if inside else inside_best
@@ -934,7 +934,7 @@ def reconstruction_claim(
         + f"; {' and '.join(worst)} vary {group_cv_ratio:.2f}x as much as {' and '.join(best)} on average, and "
         f"{len(held)} of {len(variability_parts)} pairs differ beyond the noise"
         + (f" ({', '.join(held)})" if held and len(held) < len(variability_parts) else "")
-        + f". The seed's claim {verdict}. Best class overall: {names[order[0]]}; worst: {names[order[-1]]}."
+        + f". The original study's claim {verdict}. Best class overall: {names[order[0]]}; worst: {names[order[-1]]}."
     )
     numbers = {
         "band": band,
@@ -959,7 +959,7 @@ def reconstruction_claim(
 
 
 def claims_table(claims: Sequence[dict]) -> pd.DataFrame:
-    """One row per claim: its name, the seed's words, the verdict and the sentence (the notebook's overview)."""
+    """One row per claim: its name, the original study's words, the verdict and the sentence (the notebook's overview)."""
     return pd.DataFrame(
         [{k: c[k] for k in ("name", "seed_words", "verdict", "sentence")} for c in claims],
         columns=["name", "seed_words", "verdict", "sentence"],

@@ -29,26 +29,70 @@ PRETRAINED_PREFIX = "pretrained:"
 BEST_FILE = "best.json"  # the grid's choice: written by notebook 02 beside the run folders
 
 
-def pretrained_names() -> list[str]:
-    """Names of the published checkpoints (``pretrained:NAME``), sorted."""
-    return sorted(p.parent.name for p in paths.pretrained_dir().glob("*/best.pt"))
+# How a message names each kind of checkpoint.
+KIND_NAMES = {"vqvae": "VQ-VAE", "classifier": "classifier"}
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint path as given, or ``pretrained:NAME`` resolved to the published file."""
+def pretrained_kind(name: str) -> Optional[str]:
+    """'vqvae' or 'classifier' for a published checkpoint, read from its config.json (no weights loaded);
+    None when the name is not published."""
+    folder = paths.pretrained_dir() / name
+    if not (folder / "best.pt").is_file():
+        return None
+    try:
+        config = read_json(folder / "config.json")
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict) and ("classifier" in config or "model" in config):
+        return "classifier" if "classifier" in config else "vqvae"
+    kind = load_checkpoint(folder / "best.pt")["kind"]  # a folder without its config.json: ask the file
+    return kind
+
+
+def pretrained_names(kind: Optional[str] = None) -> list[str]:
+    """Names of the published checkpoints (``pretrained:NAME``), of one kind ('vqvae', 'classifier') or all, sorted."""
+    names = sorted(p.parent.name for p in paths.pretrained_dir().glob("*/best.pt"))
+    return names if kind is None else [n for n in names if pretrained_kind(n) == kind]
+
+
+def paired_pretrained_classifier(vqvae_checkpoint: str | os.PathLike) -> Optional[str]:
+    """``pretrained:NAME`` of the published classifier trained on this VQ-VAE, when the VQ-VAE is a
+    published one and such a classifier is published; else None. Read from the classifiers' config.json."""
+    try:
+        found = resolve_checkpoint(vqvae_checkpoint).resolve()
+        vqvae_name = found.relative_to(paths.pretrained_dir().resolve()).parts[0]
+    except (ValueError, IndexError, CheckpointError):
+        return None
+    for name in pretrained_names("classifier"):
+        try:
+            recorded = read_json(paths.pretrained_dir() / name / "config.json").get("vqvae_checkpoint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded == PRETRAINED_PREFIX + vqvae_name:
+            return PRETRAINED_PREFIX + name
+    return None
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None) -> Path:
+    """A checkpoint path as given, or ``pretrained:NAME`` resolved to the published file.
+
+    An unknown name is a CheckpointError that lists the published names of `kind`
+    (all of them when `kind` is None), so that a user is offered only names that would load.
+    """
     text = os.fspath(path)
     if not text.startswith(PRETRAINED_PREFIX):
         return Path(text)
     name = text[len(PRETRAINED_PREFIX) :]
     found = paths.pretrained_dir() / name / "best.pt"
     if not name or "/" in name or not found.is_file():
-        names = pretrained_names()
+        names = pretrained_names(kind)
+        what = f"{KIND_NAMES.get(kind, kind)} checkpoint" if kind else "checkpoint"
         raise CheckpointError(
-            f"there is no pretrained checkpoint {name!r}; "
+            f"there is no pretrained {what} {name!r}; "
             + (
                 f"the published ones are {', '.join(PRETRAINED_PREFIX + n for n in names)}"
                 if names
-                else f"none is published under {paths.pretrained_dir()}"
+                else f"none is published under {paths.shown(paths.pretrained_dir())}"
             )
         )
     return found
@@ -75,7 +119,7 @@ def resolve_vqvae_checkpoint(checkpoint: Optional[str | os.PathLike] = None) -> 
     """The VQ-VAE a stage works on: `checkpoint` itself, else the grid's best (results/grid/best.json),
     else the published study's best, so that a fresh clone works without training."""
     if checkpoint:
-        return resolve_checkpoint(checkpoint)
+        return resolve_checkpoint(checkpoint, kind="vqvae")
     for folder in (paths.grid_dir(), paths.published_dir() / "grid"):
         if (folder / BEST_FILE).is_file():
             found = resolve_checkpoint(read_best(folder)["checkpoint"])
@@ -102,7 +146,7 @@ def load_checkpoint(
     example the K and D of a grid point); a checkpoint of another
     configuration is refused.
     """
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, kind=kind)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train one first or check the path")
     try:

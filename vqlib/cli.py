@@ -71,6 +71,15 @@ def config_from_args(cls: type, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where to compute: auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu or cuda (default: auto)",
+    )
+
+
 def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
@@ -142,19 +151,20 @@ def _configure_infer_vqvae(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a VQ-VAE checkpoint (best.pt or last.pt)")
     p.add_argument("--num-images", type=int, default=20, help="test images to reconstruct (default: 20)")
     p.add_argument("--output", default=None, help="PNG to write (default: results/vqvae/<run>/reconstructions.png)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _device_option(p)
     _data_option(p)
 
 
 @command("infer-vqvae", "reconstruct test images into a PNG grid and print the test metrics", _configure_infer_vqvae)
 def cmd_infer_vqvae(args: argparse.Namespace) -> int:
     from . import paths
+    from .checkpoints import resolve_checkpoint
     from .infer import infer_vqvae
 
-    output = (
-        args.output
-        or paths.results_dir() / "vqvae" / Path(args.checkpoint).resolve().parent.name / "reconstructions.png"
-    )
+    # The run's folder name (K100_D64 for pretrained:K100_D64 or checkpoints/grid/K100_D64/best.pt), not the
+    # folder of whatever path was typed: resolved first, so that pretrained:NAME names its run too.
+    run = resolve_checkpoint(args.checkpoint, kind="vqvae").resolve().parent.name
+    output = args.output or paths.results_dir() / "vqvae" / run / "reconstructions.png"
     metrics = infer_vqvae(
         args.checkpoint, output, num_images=args.num_images, data=_load_data(args), device=args.device
     )
@@ -191,7 +201,7 @@ def _configure_ablation(p: argparse.ArgumentParser) -> None:
         type=_parse_config,
         default=list(SEED_GRID_EXTREMES),
         metavar="KxD",
-        help="codebook sizes K x D to compare (default: the seed grid's extremes 25x16 100x64)",
+        help="codebook sizes K x D to compare (default: the original grid's extremes 25x16 100x64)",
     )
     p.add_argument(
         "--variants",
@@ -217,7 +227,7 @@ def _configure_ablation(p: argparse.ArgumentParser) -> None:
         help="training images (stratified; 'all' uses 55,000) (default: 6400)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _device_option(p)
     p.add_argument(
         "--results-dir", default=None, help="where ablation.csv and ablation.png go (default: results/ablation)"
     )
@@ -311,7 +321,7 @@ def _configure_eval_cls(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--results-dir", default=None, help="where the metrics, CSVs and PNG go (default: results/classifier/<run>)"
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _device_option(p)
     _data_option(p)
 
 
@@ -360,7 +370,7 @@ def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
         help="the VQ-VAE the classifier was trained on, for the out-of-distribution score "
         "(default: the path the classifier recorded)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _device_option(p)
 
 
 @command(
@@ -397,7 +407,7 @@ def _configure_ood_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--results-dir", default=None, help="where ood_eval.csv and ood_selection.csv go (default: results/ood)"
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _device_option(p)
     _data_option(p)
 
 
@@ -459,7 +469,7 @@ def _configure_label_efficiency(p: argparse.ArgumentParser) -> None:
 @command(
     "label-efficiency",
     "test accuracy against labels per class: frozen-VQ head, linear probes on the quantized and the continuous "
-    "latents, pixel CNN, pixel logistic regression, all selected on the same labels (--selection); "
+    "latents, a ConvNet on pixels, pixel logistic regression, all selected on the same labels (--selection); "
     "writes label_efficiency.csv and .png",
     _configure_label_efficiency,
 )
@@ -551,7 +561,8 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
         "--profile",
         choices=list(PROFILES),
         default="quick",
-        help="quick: about 10 minutes on a 2-core CPU; full: the seed's protocol, hours on a CPU (default: quick)",
+        help="quick: about 19 minutes on a 2-core CPU (the study about 1,100 s, plus set-up); full: the original "
+        "study's protocol, hours on a CPU (default: quick)",
     )
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
     add_config_options(
@@ -636,9 +647,12 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
     _configure_publish,
 )
 def cmd_publish(args: argparse.Namespace) -> int:
+    from .checkpoints import BEST_FILE
     from .grid import checkpoint_root, grid_dir
+    from .paths import shown
     from .publish import (
         PUBLISHED_LIMIT_BYTES,
+        finished_runs,
         publish_runs,
         publish_seed_spread,
         publish_stages,
@@ -664,10 +678,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
             print(f"restored the finished label-efficiency rows of {name}: notebook 03 continues from them")
         return 0
     names = publish_runs(folder, checkpoints)
+    snapshots = snapshot_unfinished(folder, checkpoints)
+    if not names and not snapshots and not finished_runs(folder) and not (folder / BEST_FILE).is_file():
+        # A fresh clone: the published study is all there is, and there is nothing of this checkout's to add.
+        rows = snapshot_label_efficiency()
+        if not rows:
+            print(
+                f"nothing new to publish: {shown(folder)} holds no finished grid run (train one with `vqlib run` "
+                f"or `vqlib grid`); the published study ({published_bytes() / 1e6:.1f} MB) is unchanged"
+            )
+            return 0
     print(f"published {len(names)} new or updated run(s): {', '.join(names) or 'all up to date'}")
-    for name, epochs in snapshot_unfinished(folder, checkpoints).items():
+    for name, epochs in snapshots.items():
         print(f"snapshot of {name}, still training: {epochs} epochs done (checkpoints/inprogress/{name})")
-    for stage in publish_stages(folder):
+    for stage in publish_stages(folder, checkpoints):
         print(stage.line())
     # After the stages: a classifier published just now needs no snapshot of its rows.
     for name, rows in snapshot_label_efficiency().items():
@@ -752,6 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="vqlib: a VQ-VAE that learns a discrete code for FashionMNIST, and a classifier that reads it.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"vqlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, configure, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)

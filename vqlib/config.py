@@ -168,7 +168,17 @@ def changed_fields(saved: dict[str, Any], wanted: dict[str, Any], ignore: Any = 
 # The training split holds 6,000 images of each class minus the 500 of each class
 # carved out for validation (data.VALIDATION_SIZE / 10).
 LABELS_PER_CLASS_AVAILABLE = 5500
-CLASSIFIER_METHODS = ("vq_head", "vq_linear", "z_linear", "pixel_cnn", "pixel_linear")
+CLASSIFIER_METHODS = ("vq_head", "vq_linear", "z_linear", "pixel_convnet", "pixel_linear")
+# Earlier names of the methods, still read in configs and in result files (label_efficiency.csv, the runs
+# file): the ConvNet on pixels was "pixel_cnn", a name readers took for the generative PixelCNN.
+LEGACY_METHODS = {"pixel_cnn": "pixel_convnet"}
+
+
+def canonical_method(name: str) -> str:
+    """A label-efficiency method's current name (an earlier name mapped, see LEGACY_METHODS)."""
+    return LEGACY_METHODS.get(name, name)
+
+
 # How label efficiency chooses epochs and C: on a validation subset of the labelled budget, or on all of it.
 SELECTIONS = ("matched", "full_val")
 
@@ -258,7 +268,7 @@ def parse_label_counts(text: str) -> list[Optional[int]]:
 
 
 def parse_methods(text: str) -> list[str]:
-    methods = [m.strip() for m in str(text).split(",") if m.strip()]
+    methods = [canonical_method(m.strip()) for m in str(text).split(",") if m.strip()]
     for m in methods:
         _check_choice("each of methods", m, CLASSIFIER_METHODS)
     _check(len(methods) > 0, "methods must name at least one method")
@@ -293,8 +303,8 @@ class LabelEfficiencyConfig:
     methods: str = _opt(
         ",".join(CLASSIFIER_METHODS),
         "comma-separated: vq_head, vq_linear (logistic regression on the quantized latents), z_linear (the same "
-        "on the encoder's continuous output before quantization), pixel_cnn (encoder-shaped CNN + head from "
-        "scratch), pixel_linear",
+        "on the encoder's continuous output before quantization), pixel_convnet (a ConvNet of the encoder's shape + "
+        "the head, from scratch on pixels; formerly pixel_cnn), pixel_linear",
     )
     selection: str = _opt(
         "matched",
@@ -305,7 +315,7 @@ class LabelEfficiencyConfig:
     num_seeds: int = _opt(3, "seeds (label subsets and initialisations) per label count up to max_seeded_labels")
     max_seeded_labels: int = _opt(1000, "label counts above this (and 'all') run one seed only")
     cnn_epochs_all: int = _opt(
-        3, "maximum epochs of pixel_cnn on all labels (it runs the CNN on every image, every step)"
+        3, "maximum epochs of pixel_convnet on all labels (it runs the ConvNet on every image, every step)"
     )
     # Measured: on standardised features the best C was the smallest of 0.01,0.1,1 in 14 of 18 fits
     # (full-settings K100_D16, 10-1,000 labels, 3 seeds); with 0.0003-0.01 the code's probe chose 0.003.
@@ -533,7 +543,9 @@ class ExplorerConfig:
         None, "VQ-VAE checkpoint (or pretrained:NAME); None: the grid's best, else the published best"
     )
     classifier_checkpoint: Optional[str] = _opt(
-        None, "classifier checkpoint trained on that VQ-VAE; None: no classifier panel"
+        None,
+        "classifier checkpoint trained on that VQ-VAE; None: the published classifier paired with a published "
+        "VQ-VAE, when there is one; 'none': no classifier until one is loaded",
     )
     split: str = _opt("test", "the split whose images are explored: 'train', 'val' or 'test'", choices=SPLITS)
     image_index: int = _opt(0, "the image shown first, an index into the split")

@@ -338,7 +338,13 @@ def subset(
 
 
 def to_float(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], on `device`."""
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], on `device`.
+
+    Float images (N, 28, 28), already in [0, 1], only gain the channel axis: the
+    Python API (vqlib.api) passes them through the same functions as uint8 ones.
+    """
+    if images.dtype.is_floating_point:
+        return images.to(device, torch.float32).unsqueeze(1)
     return images.to(device).unsqueeze(1).float().div_(255.0)
 
 

@@ -31,6 +31,10 @@ class TrainingError(VqlibError):
     """Training could not go on (for example, the loss became NaN or infinite)."""
 
 
+class InputError(VqlibError, ValueError):
+    """Images or codes passed to the Python API (vqlib.api) have the wrong shape, type or range."""
+
+
 class ResultFileError(VqlibError, ValueError):
     """One of the project's own files (a JSON record, a CSV table) is missing, unreadable or corrupt.
 

@@ -30,7 +30,7 @@ from .analysis import (
     receptive_field,
     stratified_sample,
 )
-from .checkpoints import load_vqvae, resolve_checkpoint, resolve_vqvae_checkpoint
+from .checkpoints import load_vqvae, paired_pretrained_classifier, resolve_checkpoint, resolve_vqvae_checkpoint
 from .classify import encode_codes, load_classifier
 from .config import ExplorerConfig
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
@@ -377,6 +377,17 @@ class Explorer:
         return values.view(LATENT_SIZE, LATENT_SIZE).numpy(), predicted
 
 
+NO_CLASSIFIER = "none"
+
+
+def classifier_choice(config: ExplorerConfig, vqvae_path: str | os.PathLike) -> Optional[str]:
+    """The classifier an explorer opens with: the config's, or (None) the published classifier paired with a
+    published VQ-VAE, so that a fresh clone shows the classifier panel at once; "none": no classifier."""
+    if config.classifier_checkpoint is None:
+        return paired_pretrained_classifier(vqvae_path)
+    return None if config.classifier_checkpoint.strip().lower() == NO_CLASSIFIER else config.classifier_checkpoint
+
+
 def open_explorer(config: ExplorerConfig, data: Optional[FashionMNIST] = None) -> Explorer:
     """An `Explorer` on the config's VQ-VAE (default: the grid's best, else the published one) and classifier."""
     device = resolve_device(config.device)
@@ -396,6 +407,7 @@ def open_explorer(config: ExplorerConfig, data: Optional[FashionMNIST] = None) -
         seed=config.seed,
     )
     explorer.select(config.image_index)
-    if config.classifier_checkpoint:
-        explorer.attach_classifier(config.classifier_checkpoint)
+    classifier = classifier_choice(config, vqvae_path)
+    if classifier:
+        explorer.attach_classifier(classifier)
     return explorer

@@ -17,7 +17,7 @@ import numpy as np
 from .config import ExplorerConfig, from_dict
 from .data import CLASS_NAMES, FashionMNIST
 from .errors import ConfigError, VqlibError
-from .explore import Explorer, open_explorer
+from .explore import NO_CLASSIFIER, Explorer, classifier_choice, open_explorer
 from .plots import (
     change_rgb,
     code_colors,
@@ -443,7 +443,7 @@ def explorer_ui(parameters: dict, data: Optional[FashionMNIST] = None) -> Explor
     """
     try:
         config = from_dict(ExplorerConfig, parameters)
-        explorer = open_explorer(dataclasses.replace(config, classifier_checkpoint=None, image_index=0), data)
+        explorer = open_explorer(dataclasses.replace(config, classifier_checkpoint=NO_CLASSIFIER, image_index=0), data)
     except VqlibError as exc:
         return ExplorerUI(None, error_html(exc))
     messages = [
@@ -455,15 +455,16 @@ def explorer_ui(parameters: dict, data: Optional[FashionMNIST] = None) -> Explor
         explorer.select(config.image_index)
     except VqlibError as exc:
         problems["pick"] = error_html(exc)
-    if config.classifier_checkpoint:
+    classifier = classifier_choice(config, explorer.vqvae_checkpoint)
+    if classifier:
         try:
-            explorer.attach_classifier(config.classifier_checkpoint)
-            messages.append(f"classifier {explorer.classifier_checkpoint}")
+            explorer.attach_classifier(classifier)
+            messages.append(f"classifier {classifier}")
         except VqlibError as exc:
             problems["classifier"] = error_html(exc)
     ui = ExplorerUI(explorer, "; ".join(html.escape(m) for m in messages))
-    if config.classifier_checkpoint and explorer.classifier is None:
-        ui.classifier_path.value = config.classifier_checkpoint
+    if classifier and explorer.classifier is None:
+        ui.classifier_path.value = classifier
     for panel, message in problems.items():
         getattr(ui, f"{panel}_message").value = message
     return ui

@@ -34,7 +34,7 @@ from .train import METRICS_FILE, configs_from_parameters
 
 RUN_FILE = "run.json"  # written by the grid: status, error, wall time, executor, node and attempts of the run
 SUMMARY_FILE = "summary.csv"
-# Selection happens on validation MSE (the seed's find_best_model_params), averaged over
+# Selection happens on validation MSE (the original study's find_best_model_params), averaged over
 # seeds when there are several; the test split is measured for the chosen configuration only.
 SELECTION_METRIC = "val_mse"
 
@@ -356,7 +356,7 @@ def with_seed_statistics(frame: pd.DataFrame, metric: str = SELECTION_METRIC) ->
     """`frame` with, on every row, the mean, standard deviation and count over the seeds of its K x D.
 
     Only successful runs count. With one seed the std is NaN: a spread cannot be
-    measured from one run (the seed's findings have no error bars; several
+    measured from one run (the original study's findings have no error bars; several
     seeds give them).
     """
     ok = frame[metric].where(frame["status"] == "success")
@@ -458,7 +458,7 @@ def soak_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_losses(folder: Optional[str | os.PathLike] = None) -> dict[str, pd.DataFrame]:
-    """The seed's `load_losses`: per-epoch history of every successful grid run, by run name."""
+    """The original study's `load_losses`: per-epoch history of every successful grid run, by run name."""
     frame = collect_grid(folder)
     return {
         row.name: pd.DataFrame(row.history) for row in frame.itertuples() if row.status == "success" and row.history
@@ -466,7 +466,7 @@ def load_losses(folder: Optional[str | os.PathLike] = None) -> dict[str, pd.Data
 
 
 def find_best_model_params(frame: pd.DataFrame, *, metric: str = SELECTION_METRIC) -> dict:
-    """The seed's `find_best_model_params`: the configuration with the lowest validation MSE, as a dict.
+    """The original study's `find_best_model_params`: the configuration with the lowest validation MSE, as a dict.
 
     With several seeds per K x D the configuration is chosen on the mean over its
     seeds, and its checkpoint is that of its seed with the lowest validation MSE.

@@ -84,7 +84,7 @@ def _is_idx(path: Path) -> bool:
 
 # The largest photo decoded: Pillow's own bomb threshold (89.5 megapixels, about 270 MB as
 # RGB), where Pillow only warns and decodes anyway; here it is a refusal. A 30 kB PNG can
-# declare 16,000 x 16,000 pixels (issue #15): the size in the header is checked before
+# declare 16,000 x 16,000 pixels: the size in the header is checked before
 # anything is decoded. Kept as vqlib's own number in case another library changes Pillow's.
 MAX_PHOTO_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 # fashion_mnist_like works in float32 on the whole photo; the result has 28 x 28 pixels, so
@@ -234,11 +234,11 @@ def classifier_vqvae(ckpt: dict, vqvae_checkpoint: Optional[str | os.PathLike] =
     from .checkpoints import resolve_checkpoint
 
     if vqvae_checkpoint:
-        return resolve_checkpoint(vqvae_checkpoint)
+        return resolve_checkpoint(vqvae_checkpoint, kind="vqvae")
     recorded = ckpt.get("vqvae_checkpoint")
     if not isinstance(recorded, str) or not recorded:
         raise CheckpointError("the classifier does not record the VQ-VAE it was trained on; pass --vqvae-checkpoint")
-    found = resolve_checkpoint(recorded)
+    found = resolve_checkpoint(recorded, kind="vqvae")
     if not found.is_file() and not found.is_absolute() and (paths.project_root() / found).is_file():
         found = paths.project_root() / found
     return found

@@ -27,15 +27,16 @@ from .config import (
     SELECTIONS,
     ClassifierConfig,
     LabelEfficiencyConfig,
+    canonical_method,
     parse_floats,
     parse_label_counts,
     parse_methods,
 )
 from .data import NUM_CLASSES, FashionMNIST, load_fashion_mnist, stratified_subset, to_float
 from .device import cpu_cores, resolve_device, seed_everything
-from .errors import ConfigError
+from .errors import ConfigError, ResultFileError
 from .files import _plain, ensure_dir, save_figure, write_csv
-from .models import ClassificationHead, PixelCNN
+from .models import ClassificationHead, PixelConvNet
 from .progress import progress_bar
 
 
@@ -56,8 +57,7 @@ def logistic_regression(
 
     A tie in validation accuracy (frequent when the selection set is small) goes
     to the lower validation log-loss. Convergence is recorded, not silenced: a
-    fit that stops at `max_iter` mixes C's effect with an early stop (issue #13,
-    point 6). Returns val_acc, test_acc, chosen, c, converged (the chosen fit),
+    fit that stops at `max_iter` mixes C's effect with an early stop. Returns val_acc, test_acc, chosen, c, converged (the chosen fit),
     fits_not_converged (over the grid), iterations (of the chosen fit) and
     c_at_edge (the chosen C is the grid's smallest or largest, so the best C
     may lie outside it).
@@ -116,7 +116,7 @@ def continuous_features(model, images: torch.Tensor, *, batch_size: int = 1000) 
 
     The probe on these features against the probe on the quantized code
     separates what quantization costs from what the reconstruction objective
-    costs (issue #13, point 5).
+    costs.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -150,6 +150,22 @@ def selection_subset(data: FashionMNIST, labels_per_class: Optional[int], select
 
 
 RUNS_FILE = "label_efficiency.runs.jsonl"
+RESULTS_FILE = "label_efficiency.csv"
+
+
+def read_label_efficiency(path: str | os.PathLike):
+    """A label_efficiency.csv as a DataFrame, methods under their current names (older files name pixel_cnn)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise ResultFileError(f"cannot read {path} as a label-efficiency table ({exc})") from None
+    if "method" not in frame:
+        raise ResultFileError(f"{path} is not a label-efficiency table: it has no column 'method'")
+    return frame.assign(method=frame["method"].map(canonical_method))
+
+
 # Fields that choose which rows run, or where they go, but not what a row measures.
 _NOT_IN_FINGERPRINT = {"label_counts", "methods", "num_seeds", "max_seeded_labels", "seed", "results_dir"}
 
@@ -190,6 +206,7 @@ def finished_runs(folder: Path, fingerprint: dict) -> dict[tuple, dict]:
             entry = json.loads(line)
             row = entry["row"]
             if entry["fingerprint"] == fingerprint:
+                row = {**row, "method": canonical_method(row["method"])}  # rows of a method's former name
                 done[(row["method"], int(row["labels_per_class"]), int(row["seed"]))] = row
         except (ValueError, KeyError, TypeError):
             continue
@@ -219,8 +236,9 @@ def label_efficiency(
     Methods: vq_head (the head on the frozen code, from the index cache),
     vq_linear (logistic regression on the flattened quantized latents),
     z_linear (logistic regression on the encoder's continuous output before
-    quantization), pixel_cnn (an encoder-shaped CNN and the same head, from
-    scratch on pixels, the same size as the fine-tuned classifier),
+    quantization), pixel_convnet (a ConvNet of the encoder's shape and the same
+    head, from scratch on pixels, the same size as the fine-tuned classifier;
+    rows of its former name, pixel_cnn, are read under the new one),
     pixel_linear (logistic regression on pixels). Every method sees the same
     labelled subset and the same selection set for a (label count, seed);
     `config.selection` says which (`selection_subset`). Each row records the
@@ -312,7 +330,7 @@ def label_efficiency(
                     bar.write(f"{method:>12} {per_class:>5}/class seed {seed}: reused from {RUNS_FILE}")
                 continue
             started = time.perf_counter()
-            if method in ("vq_head", "pixel_cnn"):
+            if method in ("vq_head", "pixel_convnet"):
                 seed_everything(seed)
                 head = ClassificationHead.from_config(classifier, vqvae.config.embedding_dim).to(device)
                 if method == "vq_head":
@@ -324,7 +342,7 @@ def label_efficiency(
                     )
                     epochs = classifier.epochs
                 else:
-                    model = PixelCNN(vqvae.config, head).to(device)
+                    model = PixelConvNet(vqvae.config, head).to(device)
                     train = Inputs(data.train_images[idx].to(device), labels["train"][didx], to_input)
                     val = Inputs(data.val_images[sel].to(device), labels["val"][dsel], to_input)
                     test = Inputs(data.test_images.to(device), labels["test"], to_input)
@@ -401,7 +419,7 @@ def label_efficiency(
                 )
     bar.close()
     frame = pd.DataFrame(rows)
-    write_csv(out / "label_efficiency.csv", frame)
+    write_csv(out / RESULTS_FILE, frame)
     fig = label_efficiency_figure(frame)
     save_figure(fig, out / "label_efficiency.png")
     import matplotlib.pyplot as plt

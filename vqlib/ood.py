@@ -4,7 +4,7 @@ A classifier answers every input with a class; this module says which answers
 to distrust. Every signal comes from the frozen VQ-VAE:
 
 - ``mse``: reconstruction error. Fails on simple images: digits reconstruct
-  better than clothes (issue #15: AUROC 0.06), the failure Nalisnick et al. 2019
+  better than clothes (measured: AUROC 0.06), the failure Nalisnick et al. 2019
   describe for likelihoods.
 - ``mahalanobis``: class-conditional Mahalanobis distance of the flattened
   quantized code after PCA to 50 dimensions, shared covariance (Lee et al. 2018).
@@ -52,7 +52,7 @@ KIND = "ood"
 SIGNALS = ("mse", "mahalanobis", "code_nll", "serra")
 # Candidate combinations: every non-empty subset of the signals. Chosen on validation + synthetic sets.
 CANDIDATES = tuple("+".join(c) for r in range(1, len(SIGNALS) + 1) for c in itertools.combinations(SIGNALS, r))
-PCA_DIMS = 50  # issue #15's Mahalanobis baseline: PCA to 50, shared covariance
+PCA_DIMS = 50  # the first Mahalanobis baseline measured: PCA to 50, shared covariance
 FIT_IMAGES = 10_000  # training images the signals are fitted on (stratified)
 THRESHOLD_PERCENTILE = 99.0  # flag above the validation 99th percentile: a 1% false-positive target
 SYNTHETIC_SETS = ("noise", "blank", "inverted")

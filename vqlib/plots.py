@@ -2,7 +2,8 @@
 
 Each function draws into a new figure and returns it; saving is the caller's
 choice (`vqlib.files.save_figure` writes atomically). Images are drawn with
-plain matplotlib: no torchvision (ENVIRONMENT.md).
+plain matplotlib: no torchvision, whose wheels for torch 2.13 are CUDA builds that
+fail to import beside the CPU build of torch.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ LABEL_EFFICIENCY_NAMES = {
     "vq_head": "frozen VQ code + conv head",
     "vq_linear": "frozen VQ code + logistic regression",
     "z_linear": "encoder output before quantization + logistic regression",
-    "pixel_cnn": "CNN from scratch on pixels",
+    "pixel_convnet": "ConvNet from scratch on pixels",
     "pixel_linear": "logistic regression on pixels",
 }
 
@@ -214,6 +215,9 @@ def label_efficiency_figure(frame, *, title: Optional[str] = None, references: O
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, (name, accuracy) in enumerate((references or {}).items()):
         ax.axhline(100 * accuracy, color="k", linestyle=(0, (4, 2 + 2 * i)), linewidth=1, label=name)
+    from .config import canonical_method
+
+    frame = frame.assign(method=frame["method"].map(canonical_method))  # older files name pixel_cnn
     for method, rows in frame.groupby("method", sort=False):
         stats = rows.groupby("labels_per_class")["test_acc"].agg(["mean", "min", "max"]).sort_index()
         x = stats.index.to_numpy()
@@ -265,7 +269,7 @@ def _grid_line_styles(names: Sequence[str]) -> list[dict]:
 
 
 def plot_losses(losses, *, title: Optional[str] = "Training of every grid configuration"):
-    """The seed's `plot_losses`: training and validation MSE per epoch, one line per configuration.
+    """The original study's `plot_losses`: training and validation MSE per epoch, one line per configuration.
 
     `losses` maps a run name (K{K}_D{D}) to its per-epoch history
     (`vqlib.grid.load_losses`).
@@ -615,7 +619,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-# ----------------------------------------------------------------------------- the seed's claims (notebook 04)
+# ----------------------------------------------------------------------------- the original study's claims (notebook 04)
 
 
 def tsne_comparison(
@@ -712,7 +716,7 @@ def reconstruction_claim_figure(claim: dict, *, title: Optional[str] = None):
     axes[0].axvline(band - 0.5, color="k", linestyle="--", linewidth=1)
     axes[0].axvline(len(rows) - band - 0.5, color="k", linestyle="--", linewidth=1)
     axes[0].set_title(
-        f"Classes by reconstruction error (green: seed's best, red: seed's worst; dashes: the {band} best / worst)",
+        f"Classes by reconstruction error (green: the original study's best, red: its worst; dashes: the {band} best / worst)",
         fontsize=9,
     )
     axes[1].set_title(f"Variability relative to the mean ({numbers['confidence']:.0%} bootstrap intervals)", fontsize=9)

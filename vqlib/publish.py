@@ -43,6 +43,7 @@ become ``pretrained:NAME``, other paths inside the project become relative.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -137,6 +138,38 @@ def portable(value: Any, renames: Optional[dict[str, str]] = None) -> Any:
         return path.name
 
 
+def portable_text(text: str, renames: Optional[dict[str, str]] = None, root: Optional[str | os.PathLike] = None) -> str:
+    """Text (an executed notebook, an HTML report) with no path of this machine in it: every string of
+    `renames` (a checkpoint's path) replaced by its published name, longest first, then every path under
+    `root` (the project root by default) by its path relative to it.
+
+    The same rule as `portable`, for files whose paths sit inside free text: a printed
+    config, a parameters cell, papermill's metadata.
+    """
+    for old in sorted(renames or {}, key=len, reverse=True):
+        text = text.replace(old, renames[old])
+    root = os.fspath(root or paths.project_root()).rstrip("/")
+    # A path under the root loses the root; the root alone becomes "."; a sibling folder whose name merely
+    # starts with the root's (study2 beside study) is left alone.
+    text = text.replace(root + "/", "")
+    return re.sub(re.escape(root) + r"(?![\w.-])", ".", text)
+
+
+def run_renames(checkpoint_root: str | os.PathLike, names: list[str]) -> dict[str, str]:
+    """{path of a grid run's best.pt, as the grid writes it: pretrained:NAME} for published runs."""
+    root = Path(checkpoint_root).resolve()
+    return {str(root / name / "best.pt"): PRETRAINED_PREFIX + name for name in names}
+
+
+def portable_vqvae_payload(ckpt: dict) -> dict:
+    """A VQ-VAE checkpoint's entries (kind and format left out) with its TrainConfig's folders dropped:
+    they name folders of the machine that trained it, and nothing reads them back (grid.PLACEMENT_FIELDS)."""
+    payload = {k: v for k, v in ckpt.items() if k not in ("kind", "format_version")}
+    if isinstance(payload.get("train_config"), dict):
+        payload["train_config"] = {**payload["train_config"], "checkpoint_dir": None, "results_dir": None}
+    return payload
+
+
 class _Writer:
     """Writes published files atomically, and only those whose content changed (no churn in git)."""
 
@@ -155,6 +188,10 @@ class _Writer:
 
     def copy(self, source: Path, target: Path) -> None:
         self._bytes(target, source.read_bytes())
+
+    def text(self, source: Path, target: Path, renames: Optional[dict[str, str]] = None) -> None:
+        """Copy a text file (notebook, HTML) with the machine's paths made portable (`portable_text`)."""
+        self._bytes(target, portable_text(source.read_text(encoding="utf-8"), renames).encode("utf-8"))
 
     def json(self, target: Path, value: Any) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -227,6 +264,8 @@ def publish_runs(
     folders go to `published` (default: the study's grid, whose summary and
     choice are published too; the protocol's extra seeds go to their own folder).
     """
+    from .checkpoints import load_checkpoint
+
     grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
     study = published is None
     published = published_grid_dir() if study else Path(published)
@@ -244,13 +283,20 @@ def publish_runs(
         for file in CHECKPOINT_FILES:
             if not (checkpoint_root / name / file).is_file():
                 raise OutputError(f"cannot publish {name}: {checkpoint_root / name / file} is missing")
+        writer = _Writer()
         for file in CHECKPOINT_FILES:
             if file.endswith(".json"):  # config.json names the folders it was trained in
                 write_json(paths.pretrained_dir() / name / file, portable(read_json(checkpoint_root / name / file)))
-            else:
-                _copy(checkpoint_root / name / file, paths.pretrained_dir() / name / file)
+            else:  # best.pt: the same weights, without the folders its TrainConfig names
+                ckpt = load_checkpoint(checkpoint_root / name / file, kind="vqvae")
+                writer.checkpoint(paths.pretrained_dir() / name / file, "vqvae", portable_vqvae_payload(ckpt))
         if (grid_folder / name / TRAIN_NOTEBOOK).is_file():
-            _copy(grid_folder / name / TRAIN_NOTEBOOK, published / name / TRAIN_NOTEBOOK)
+            # The executed notebook prints its config and folders, and papermill records its paths.
+            writer.text(
+                grid_folder / name / TRAIN_NOTEBOOK,
+                published / name / TRAIN_NOTEBOOK,
+                run_renames(checkpoint_root, [name]),
+            )
         if (grid_folder / name / RUN_FILE).is_file():
             write_json(published / name / RUN_FILE, portable(read_json(grid_folder / name / RUN_FILE)))
         metrics = read_json(source_metrics)
@@ -500,7 +546,9 @@ def _missing(files: list[Path]) -> Optional[str]:
     return f"{paths.shown(absent[0])}{more} missing"
 
 
-def publish_stages(grid_folder: str | os.PathLike) -> list[StageResult]:
+def publish_stages(
+    grid_folder: str | os.PathLike, checkpoint_root: Optional[str | os.PathLike] = None
+) -> list[StageResult]:
     """Publish the grid summary's figures, the chosen classifier, the analysis and the reports,
     each only when the grid's best.json names a published run and all the stage's outputs exist."""
     grid_folder = Path(grid_folder)
@@ -514,7 +562,7 @@ def publish_stages(grid_folder: str | os.PathLike) -> list[StageResult]:
         why = f"the grid's best configuration, {name}, is not a published run"
         return [StageResult(stage, False, why) for stage in stages]
     done = [_publish_summary(grid_folder), _publish_classifier(name, checkpoint), _publish_analysis(name, checkpoint)]
-    return [*done, _publish_reports(grid_folder, done)]
+    return [*done, _publish_reports(grid_folder, done, Path(checkpoint_root) if checkpoint_root else None)]
 
 
 def _publish_summary(grid_folder: Path) -> StageResult:
@@ -630,7 +678,9 @@ def _publish_analysis(vqvae_name: str, vqvae_checkpoint: str) -> StageResult:
     )
 
 
-def _publish_reports(grid_folder: Path, earlier: list[StageResult]) -> StageResult:
+def _publish_reports(
+    grid_folder: Path, earlier: list[StageResult], checkpoint_root: Optional[Path] = None
+) -> StageResult:
     from .reports import executed_notebooks
 
     stage = "reports"
@@ -654,8 +704,10 @@ def _publish_reports(grid_folder: Path, earlier: list[StageResult]) -> StageResu
         )
     writer = _Writer()
     target = published_reports_dir()
+    # The reports print checkpoints and folders: the runs' checkpoints become pretrained:NAME.
+    renames = run_renames(checkpoint_root or paths.checkpoints_dir() / "grid", finished_runs(published_grid_dir()))
     for report, _ in reports:
-        writer.copy(report, target / report.name)
-    writer.copy(index, target / index.name)  # last: the index names the reports
+        writer.text(report, target / report.name, renames)
+    writer.text(index, target / index.name, renames)  # last: the index names the reports
     writer.remove_others(target, "*.html")
     return StageResult(stage, True, writer.note(f"{len(reports)} reports and index.html in {paths.shown(target)}"))

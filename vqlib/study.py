@@ -35,22 +35,23 @@ from .notebooks import (
 from .reports import write_reports
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # A CPU laptop: the whole study in <= 10 minutes on 2 cores. Each grid point sees
+    # A CPU laptop: `make run` on a fresh clone took about 19 minutes on 2 cores (the study itself
+    # 1,122 s, the rest creating the venv and checking the data). Each grid point sees
     # 10,000 training images twice (about 30 s with its kernel start); the code is still
     # good enough for the classifier to pass 85 % test accuracy.
     "quick": {
-        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 10 minutes on a 2-core CPU",
+        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 19 minutes on a 2-core CPU (the study about 1,100 s, plus set-up)",
         "vqvae": {},
         "train": {"epochs": 2, "train_subset": 10_000},
         "grid": {},
         "summary": {},
-        # Label efficiency without the pixel CNN (the slowest baseline) and with one seed.
+        # Label efficiency without the ConvNet on pixels (the slowest baseline) and with one seed.
         # C = 1 was never chosen on validation in a measured quick run, and costs the most iterations;
         # 0.01 was chosen in 5 of 6 fits, so the grid reaches below it. The probe on the continuous
         # latents (z_linear) stays: beside vq_linear it is what quantization costs. The iteration cap
         # stays at 100 to keep the profile quick; the rows record which fits stop there. Measured on the
         # K100_D16 quick model: 300 iterations make the probe on the code converge at 10 and 100 labels per
-        # class, but not at 1,000, where its fit took 156 s instead of 40 s (docs/README-claims.md).
+        # class, but not at 1,000, where its fit took 156 s instead of 40 s.
         "classifier": {
             "label_counts": "10,100,1000",
             "num_seeds": 1,
@@ -60,15 +61,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "analysis": {"tsne_points": 2000},
     },
-    # The seed's protocol: 50 epochs on all 55,000 training images. About 7-10 hours on a
+    # The protocol of the original study: 50 epochs on all 55,000 training images. About 7-10 hours on a
     # 2-core CPU (two configurations at once, one thread each); minutes per configuration on a GPU.
     "full": {
-        "description": "the seed's protocol: 50 epochs on all training data, 3 x 3 grid; hours on a CPU, a GPU job",
+        "description": "the original study's protocol: 50 epochs on all training data, 3 x 3 grid; hours on a CPU, a GPU job",
         "vqvae": {},
         "train": {"epochs": 50, "train_subset": None},
         "grid": {},
         "summary": {},
-        # The protocol of issue #13: the frozen head and the fine-tuned classifier, and label efficiency
+        # The protocol: the frozen head and the fine-tuned classifier, and label efficiency
         # for the five methods at 10 / 100 / 1,000 / all labels x 3 seeds.
         "classifier": {"label_counts": "10,100,1000,all", "num_seeds": 3, "compare_finetune": True},
         "analysis": {"tsne_points": 10_000},

@@ -69,7 +69,8 @@ def default_results_dir(model_config: VQVAEConfig) -> Path:
 
 
 def amp_enabled(train_config: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast: 'auto' means CUDA only; bf16 has no hardware support on the project's CPU (ENVIRONMENT.md)."""
+    """bf16 autocast: 'auto' means CUDA only; on a CPU bf16 is fast only with bf16 units (AVX-512 BF16), which
+    vary between machines of the same kind, so it is asked for with 'on'."""
     return train_config.amp == "on" or (train_config.amp == "auto" and device.type == "cuda")
 
 

@@ -1,6 +1,6 @@
 """Neural network modules: the vector quantizer, the VQ-VAE and the classifier."""
 
-from .classifier import ClassificationHead, PixelCNN, VQVAEClassifier
+from .classifier import ClassificationHead, PixelConvNet, VQVAEClassifier
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
 
@@ -13,5 +13,5 @@ __all__ = [
     "VQVAEOutput",
     "ClassificationHead",
     "VQVAEClassifier",
-    "PixelCNN",
+    "PixelConvNet",
 ]

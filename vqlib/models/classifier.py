@@ -125,8 +125,11 @@ class VQVAEClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-class PixelCNN(nn.Module):
-    """The from-scratch baseline: an encoder of the VQ-VAE's shape and the same head, on pixels, no codebook."""
+class PixelConvNet(nn.Module):
+    """The from-scratch baseline: an encoder of the VQ-VAE's shape and the same head, on pixels, no codebook.
+
+    A discriminative ConvNet, not the generative PixelCNN (van den Oord et al. 2016): hence the name.
+    """
 
     def __init__(self, vqvae_config, head: ClassificationHead):
         super().__init__()
