@@ -328,8 +328,12 @@ def _publish_choice(grid_folder: Path) -> None:
 
 
 def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> dict[str, int]:
-    """Snapshot every unfinished run with a last.pt into checkpoints/inprogress/; return {name: epochs done}."""
-    from .checkpoints import load_checkpoint
+    """Snapshot every unfinished run with a last.pt into checkpoints/inprogress/; return {name: epochs done}.
+
+    The snapshot holds no path of the machine: the checkpoints' TrainConfig folders are dropped and
+    config.json made portable (a resumed run may change its folders: train.RESUMABLE_CHANGES).
+    """
+    from .checkpoints import load_checkpoint, save_checkpoint
 
     done = set(finished_runs(grid_folder))
     taken = {}
@@ -339,8 +343,16 @@ def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | o
             continue
         # last.pt first: copied before best.pt, the snapshot never holds a last.pt newer than its best.pt.
         for file in SNAPSHOT_FILES:
-            if (folder / file).is_file():
-                _copy(folder / file, inprogress_dir() / name / file)
+            source, target = folder / file, inprogress_dir() / name / file
+            if not source.is_file():
+                continue
+            ensure_dir(target.parent)
+            if file.endswith(".pt"):
+                save_checkpoint(target, "vqvae", portable_vqvae_payload(load_checkpoint(source, kind="vqvae")))
+            elif file == "config.json":
+                write_json(target, portable(read_json(source)))
+            else:
+                _copy(source, target)
         taken[name] = load_checkpoint(inprogress_dir() / name / "last.pt")["epoch"]
     return taken
 
