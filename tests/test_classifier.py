@@ -339,6 +339,18 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
     assert (tmp_path / "cls" / "best.pt").is_file() and (tmp_path / "cls_finetune" / "best.pt").is_file()
     comparison = pd.DataFrame(metrics["comparison"])
     assert comparison["classifier"].tolist()[:2] == ["head on the frozen code", "fine-tuned encoder + head"]
+    # Every network records where it stopped and why; the regressions record no such thing.
+    reasons = ("early stopping: no validation improvement", "cap of 2 epochs reached")
+    assert metrics["stop_reason"].startswith(reasons) and 1 <= metrics["stopped_epoch"] <= 2
+    assert all(r.startswith(reasons) for r in comparison["stop_reason"].iloc[:2])
+    networks = frame["method"].isin(["vq_head", "pixel_cnn"])
+    assert frame.loc[networks, "stop_reason"].str.startswith(reasons).all()
+    assert frame.loc[~networks, "stop_reason"].isna().all()
+    # Each method against the head, paired by seed: an interval at 5 per class (two seeds), none at 10 (one).
+    paired = pd.DataFrame(metrics["label_efficiency_paired_differences"])
+    assert set(paired["method"]) == {"vq_linear", "z_linear", "pixel_cnn", "pixel_linear"}
+    assert (paired["reference"] == "vq_head").all() and len(paired) == 2 * 4
+    assert paired.set_index("labels_per_class").loc[5, "seeds"].eq(2).all()
     assert (
         comparison["test_accuracy"].iloc[-1] == pytest.approx(0.934)
         and metrics["label_efficiency_selection"] == "matched"

@@ -163,7 +163,10 @@ def fit(
     Returns (history, best state_dict, best epoch). An epoch is one pass over the
     labelled images or `min_steps_per_epoch` steps, whichever is longer: with 10
     labels per class one pass is a single step, far too few between two
-    validation checks.
+    validation checks. The cosine decay spans `epochs`, the cap: with a
+    generous cap, patience on validation ends the run while the learning rate
+    is still high, and the kept state is the best epoch's, not the last.
+    `stopping` says afterwards which of the two ended it.
 
     `on_epoch` receives, after every epoch, what training needs to go on
     (optimiser, schedule, history, best so far, RNG states); `resume_from` is
