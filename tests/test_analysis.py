@@ -54,6 +54,8 @@ def test_tsne_embedding_is_2d_and_seeded(model, sample):
     a = analysis.tsne_embedding(pooled, seed=1, perplexity=30)
     assert a.shape == (60, 2) and np.isfinite(a).all()
     np.testing.assert_allclose(a, analysis.tsne_embedding(pooled, seed=1, perplexity=30))
+    # Another seed is another t-SNE run (with PCA initialisation seeds 1 and 2 gave the same map).
+    assert not np.allclose(a, analysis.tsne_embedding(pooled, seed=2, perplexity=30))
     with pytest.raises(ConfigError):
         analysis.tsne_embedding(pooled[:3])
 
@@ -209,6 +211,30 @@ def test_codebook_usage_claim_against_shuffled_labels():
     assert analysis.codebook_usage_claim(shared, labels, 20, shuffles=20)["verdict"] == "disagrees"
 
 
+def test_codebook_usage_baseline_of_the_most_specific_code_is_the_largest_over_all_shuffles():
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(NUM_CLASSES), 3)
+    indices = torch.from_numpy(rng.integers(0, 40, (30, 12, 12)))
+    claim = analysis.codebook_usage_claim(indices, labels, 40, shuffles=30, seed=1)
+    # The same shuffles, drawn as the claim draws them.
+    shuffle_rng = np.random.Generator(np.random.PCG64(1))
+    tops = [
+        np.nanmax(
+            analysis.code_class_specificity(
+                analysis.code_counts_per_class(indices, shuffle_rng.permutation(labels), 40)
+            )
+        )
+        for _ in range(30)
+    ]
+    assert max(tops) > tops[0]  # the first shuffle is not the largest: the case tells the two apart
+    numbers = claim["numbers"]
+    assert numbers["max_specificity_shuffled_max"] == pytest.approx(max(tops))
+    assert numbers["max_specificity_shuffled_mean"] == pytest.approx(np.mean(tops))
+    assert f"largest over the 30 shuffles: {max(tops):.2f}" in claim["sentence"]
+    with pytest.raises(ConfigError, match="shuffle"):
+        analysis.codebook_usage_claim(indices, labels, 40, shuffles=0)
+
+
 def _images(values) -> np.ndarray:
     return np.stack([np.full((1, 28, 28), v) for v in values])
 
@@ -226,12 +252,33 @@ def test_interpolation_numbers_of_a_crossfade_and_of_a_jump():
     numbers = analysis.interpolation_path_numbers(jump, reference)
     # nn_path: RMS distances computed through a matrix product, exact only to about 1e-8.
     assert numbers["step_ratio"] == pytest.approx(4.0) and numbers["nn_path"] == pytest.approx(0.0, abs=1e-6)
-    fades = analysis.interpolation_claim([fade, fade, fade], reference)
+    # The reference is the two ends themselves here: nothing is left out of the search.
+    fades = analysis.interpolation_claim([fade, fade, fade], reference, ends=None)
     assert fades["verdict"] == "partly" and "close to a cross-fade" in fades["sentence"]
-    jumps = analysis.interpolation_claim([jump, jump, jump], reference)
+    jumps = analysis.interpolation_claim([jump, jump, jump], reference, ends=None)
     assert jumps["verdict"] == "partly" and "not smooth" in jumps["sentence"]
     with pytest.raises(ConfigError):
-        analysis.interpolation_claim([fade], reference)
+        analysis.interpolation_claim([fade], reference, ends=None)
+
+
+def test_interpolation_nearest_real_image_leaves_out_the_paths_own_ends():
+    rng = np.random.default_rng(6)
+    a, b, other = (rng.random((1, 28, 28)) for _ in range(3))
+    # A path that lingers at its ends: each interior frame is one of its own two end images.
+    path = np.stack([a, a, a, b, b])
+    reference = np.stack([x.reshape(-1) for x in (a, b, other)])
+    with_ends = analysis.interpolation_path_numbers(path, reference)
+    assert with_ends["nn_path"] == pytest.approx(0.0, abs=1e-6)  # the old reference: the frames find themselves
+    without = analysis.interpolation_path_numbers(path, reference, exclude=(0, 1))
+    to_other = [float(np.sqrt(((x - other) ** 2).mean())) for x in (a, a, b)]
+    assert without["nn_path"] == pytest.approx(np.mean(to_other), rel=1e-6)
+    claim = analysis.interpolation_claim([path, path], reference, ends=[(0, 1), (0, 1)], n_boot=50)
+    assert claim["numbers"]["per_path"][0]["nn_path"] == pytest.approx(without["nn_path"])
+    assert claim["numbers"]["nn_reference_excludes_ends"] and "own two ends left out" in claim["sentence"]
+    with pytest.raises(ConfigError, match="ends"):
+        analysis.interpolation_claim([path, path], reference, ends=[(0, 1)])
+    with pytest.raises(ConfigError, match="own ends"):
+        analysis.interpolation_path_numbers(path, reference[:2], exclude=(0, 1))
 
 
 def _errors(means: dict, cv: dict, per_class: int = 400, seed: int = 0):
@@ -280,6 +327,36 @@ def test_reconstruction_claim_counts_ties_rounding_and_the_mean_in_the_spread():
         analysis.reconstruction_claim(errors[labels != 6], labels[labels != 6])
 
 
+def test_holm_adjusted_p_values():
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then the running maximum (Holm 1979).
+    np.testing.assert_allclose(analysis.holm_adjusted([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(analysis.holm_adjusted([0.5, 0.9]), [1.0, 1.0])
+    assert analysis.bootstrap_p_value(0.0, np.array([-1.0, 1.0])) == pytest.approx(1.0)
+    assert analysis.bootstrap_p_value(1.96, np.array([-1.0, 1.0]) / np.std([-1.0, 1.0], ddof=1)) == pytest.approx(
+        0.05, abs=1e-3
+    )
+
+
+def test_reconstruction_claim_corrects_its_eight_parts_for_multiple_comparisons():
+    # Shirt and Pullover vary a little more than Trouser and Ankle boot: each of the four pairs' own 95% interval
+    # lies above 0 (p 0.017 to 0.033), so uncorrected all eight parts hold; Holm's correction over the eight
+    # leaves none of the four pairs.
+    means = {name: 0.002 * (i + 1) for i, name in enumerate(ORDER)}
+    cv = {"Shirt": 0.47, "Pullover": 0.47, "Trouser": 0.4, "Ankle boot": 0.4}
+    errors, labels = _errors(means, cv, seed=1)
+    claim = analysis.reconstruction_claim(errors, labels, n_boot=1000)
+    numbers = claim["numbers"]
+    pairs = numbers["variability_pairs"].values()
+    assert all(p["holds_unadjusted"] and p["interval"][0] > 0 for p in pairs)
+    assert not any(p["holds"] for p in pairs) and all(p["p_holm"] >= 0.05 for p in pairs)
+    assert numbers["parts_holding_unadjusted"] == 8 and numbers["parts_holding"] == 4
+    assert claim["verdict"] == "partly" and "Holm's correction" in claim["sentence"]
+    assert "4 parts that an uncorrected 95% interval would count do not count" in claim["sentence"]
+    parts = analysis.reconstruction_parts(claim)
+    assert len(parts) == 8 and parts["holds_unadjusted"].all() and parts["holds"].sum() == 4
+    assert (parts["p_holm"] >= parts["p_value"]).all()
+
+
 def test_claims_on_a_real_model_are_recorded_as_plain_json(model, sample):
     import json
 
@@ -297,6 +374,7 @@ def test_claims_on_a_real_model_are_recorded_as_plain_json(model, sample):
         analysis.interpolation_claim(
             [analysis.interpolate(model, images[i], images[j], steps=4).quantized for i, j in ((0, 150), (1, 250))],
             analysis.pixel_features(images),
+            ends=[(0, 150), (1, 250)],
         ),
         analysis.reconstruction_claim(analysis.per_image_mse(model, images), labels, n_boot=100),
     ]

@@ -339,6 +339,18 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
     assert (tmp_path / "cls" / "best.pt").is_file() and (tmp_path / "cls_finetune" / "best.pt").is_file()
     comparison = pd.DataFrame(metrics["comparison"])
     assert comparison["classifier"].tolist()[:2] == ["head on the frozen code", "fine-tuned encoder + head"]
+    # Every network records where it stopped and why; the regressions record no such thing.
+    reasons = ("early stopping: no validation improvement", "cap of 2 epochs reached")
+    assert metrics["stop_reason"].startswith(reasons) and 1 <= metrics["stopped_epoch"] <= 2
+    assert all(r.startswith(reasons) for r in comparison["stop_reason"].iloc[:2])
+    networks = frame["method"].isin(["vq_head", "pixel_convnet"])
+    assert frame.loc[networks, "stop_reason"].str.startswith(reasons).all()
+    assert frame.loc[~networks, "stop_reason"].isna().all()
+    # Each method against the head, paired by seed: an interval at 5 per class (two seeds), none at 10 (one).
+    paired = pd.DataFrame(metrics["label_efficiency_paired_differences"])
+    assert set(paired["method"]) == {"vq_linear", "z_linear", "pixel_convnet", "pixel_linear"}
+    assert (paired["reference"] == "vq_head").all() and len(paired) == 2 * 4
+    assert paired.set_index("labels_per_class").loc[5, "seeds"].eq(2).all()
     assert (
         comparison["test_accuracy"].iloc[-1] == pytest.approx(0.934)
         and metrics["label_efficiency_selection"] == "matched"
@@ -542,3 +554,123 @@ def test_the_former_name_of_the_convnet_on_pixels_is_still_read(tmp_path):
     assert list(done) == [("pixel_convnet", 10, 0)] and done[("pixel_convnet", 10, 0)]["method"] == "pixel_convnet"
     with pytest.raises(ConfigError, match="pixel_convnet"):
         parse_methods("pixel_rnn")
+
+
+def _efficiency_row(method: str, labels_per_class: int, seed: int, test_acc: float) -> dict:
+    """One row as label_efficiency writes it (the regressions' columns left empty where a network would)."""
+    return {
+        "method": method,
+        "labels_per_class": labels_per_class,
+        "seed": seed,
+        "val_acc": test_acc + 0.01,
+        "test_acc": test_acc,
+        "train_images": 10 * labels_per_class,
+        "selected": "epoch 3 of 8" if method == "vq_head" else "C=0.01",
+        "selection": "matched",
+        "selection_images": 10 * min(labels_per_class, 500),
+        "converged": None if method == "vq_head" else True,
+        "fits_not_converged": None if method == "vq_head" else 0,
+        "iterations": None if method == "vq_head" else 120,
+        "c_at_edge": None if method == "vq_head" else False,
+        "seconds": 1.0,
+    }
+
+
+def test_paired_differences_see_a_consistent_gap_that_unpaired_spreads_hide():
+    from scipy import stats
+
+    from vqlib.label_efficiency import label_efficiency_summary, paired_differences
+
+    # The seeds' subsets differ in difficulty (0.70 to 0.78), and the code's regression beats the head on each
+    # by 0.010 to 0.014: the unpaired standard deviations (0.04) swamp the 0.012 gap; the paired ones do not.
+    head = [0.70, 0.78, 0.74]
+    gap = [0.010, 0.014, 0.012]
+    rows = [_efficiency_row("vq_head", 10, s, head[s]) for s in range(3)]
+    rows += [_efficiency_row("vq_linear", 10, s, head[s] + gap[s]) for s in range(3)]
+    rows += [_efficiency_row("pixel_linear", 10, s, head[s] - 0.1 + 0.05 * (s - 1)) for s in range(3)]
+    rows += [_efficiency_row(m, 5500, 0, 0.9) for m in ("vq_head", "vq_linear", "pixel_linear")]
+    frame = pd.DataFrame(rows)
+
+    summary = label_efficiency_summary(frame).set_index(["method", "labels_per_class"])
+    unpaired_gap = summary.loc[("vq_linear", 10), "mean"] - summary.loc[("vq_head", 10), "mean"]
+    assert unpaired_gap == pytest.approx(0.012)
+    # Unpaired: one standard deviation around each mean overlaps the other mean; Welch's test agrees.
+    assert summary.loc[("vq_head", 10), "std"] > unpaired_gap
+    assert stats.ttest_ind([h + g for h, g in zip(head, gap, strict=True)], head, equal_var=False).pvalue > 0.5
+
+    paired = paired_differences(frame).set_index(["labels_per_class", "method"])
+    row = paired.loc[(10, "vq_linear")]
+    half = stats.t.ppf(0.975, df=2) * np.std(gap, ddof=1) / np.sqrt(3)
+    assert row["reference"] == "vq_head" and row["seeds"] == 3
+    assert row["mean_difference"] == pytest.approx(0.012)
+    assert (row["low"], row["high"]) == (pytest.approx(0.012 - half), pytest.approx(0.012 + half))
+    assert row["low"] > 0 and row["excludes_zero"]  # paired: the gap is real on these seeds
+    # A gap that moves with the seed more than its mean: no conclusion, either way.
+    assert not paired.loc[(10, "pixel_linear"), "excludes_zero"]
+    # One seed on all labels: a difference without an interval.
+    single = paired.loc[(5500, "vq_linear")]
+    assert single["seeds"] == 1 and np.isnan(single["low"]) and not single["excludes_zero"]
+
+    every_pair = paired_differences(frame, reference=None)
+    assert len(every_pair) == 2 * 3  # two label counts x three pairs of methods
+    with pytest.raises(ConfigError, match="reference"):
+        paired_differences(frame, reference="pixel_convnet")
+    with pytest.raises(ConfigError, match="more than once"):
+        paired_differences(pd.concat([frame, frame.iloc[:1]]))
+
+
+def test_stopping_says_early_stopping_or_the_cap():
+    history = [{"epoch": e} for e in range(1, 9)]
+    assert classify.stopping(history, 3, max_epochs=20, patience=5) == {
+        "stopped_epoch": 8,
+        "best_epoch": 3,
+        "max_epochs": 20,
+        "patience": 5,
+        "early_stopping": True,
+        "reason": "early stopping: no validation improvement for 5 epochs",
+    }
+    capped = classify.stopping(history, 7, max_epochs=8, patience=5)
+    assert not capped["early_stopping"] and capped["reason"] == "cap of 8 epochs reached"
+
+
+def test_a_run_that_stops_early_records_it_and_one_at_the_cap_records_the_cap(data, vqvae_checkpoint, tmp_path):
+    early = classify.train_classifier(
+        small_config(vqvae_checkpoint, tmp_path / "early", epochs=40, patience=1), data, progress=False
+    )
+    assert len(early.history) < 40
+    assert early.stopping["reason"] == "early stopping: no validation improvement for 1 epoch"
+    assert early.stopping["stopped_epoch"] == len(early.history) == early.best_epoch + 1
+    on_disk = json.loads((tmp_path / "early" / "cls" / "stopping.json").read_text())
+    assert on_disk == early.stopping
+    assert load_checkpoint(early.best_checkpoint, kind="classifier")["stopping"] == early.stopping
+
+    capped = classify.train_classifier(
+        small_config(vqvae_checkpoint, tmp_path / "capped", epochs=2, patience=5), data, progress=False
+    )
+    assert capped.stopping["stopped_epoch"] == len(capped.history) == 2
+    assert capped.stopping["reason"] == "cap of 2 epochs reached" and not capped.stopping["early_stopping"]
+    evaluation = classify.evaluate_classifier(capped, data, split="val", write=False)
+    path = classify.record_classifier_results(tmp_path, capped, evaluation)
+    recorded = json.loads(path.read_text())
+    assert recorded["stopped_epoch"] == 2 and recorded["stop_reason"] == "cap of 2 epochs reached"
+
+
+def test_changing_only_the_networks_settings_keeps_the_regressions_rows(vqvae_checkpoint, tmp_path):
+    """The runs file's reuse: the logistic regressions never read the head's settings or the networks' cap."""
+    from vqlib.label_efficiency import _record_run, finished_runs, run_fingerprint
+
+    config = LabelEfficiencyConfig(vqvae_checkpoint=str(vqvae_checkpoint), cnn_epochs_all=3)
+    head = ClassifierConfig(epochs=8, patience=3)
+    fingerprint = run_fingerprint(config, head, vqvae_checkpoint)
+    for method in ("vq_head", "vq_linear", "z_linear", "pixel_linear"):
+        _record_run(tmp_path, fingerprint, _efficiency_row(method, 10, 0, 0.7))
+
+    def reused(config, head):
+        return sorted(m for m, _, _ in finished_runs(tmp_path, run_fingerprint(config, head, vqvae_checkpoint)))
+
+    assert reused(config, head) == ["pixel_linear", "vq_head", "vq_linear", "z_linear"]
+    longer = dataclasses.replace(head, epochs=100, patience=5, hidden_units=64)
+    assert reused(dataclasses.replace(config, cnn_epochs_all=100), longer) == ["pixel_linear", "vq_linear", "z_linear"]
+    # The regressions' own settings still measure them again (and leave the networks' rows alone).
+    assert reused(dataclasses.replace(config, linear_c="0.1"), head) == ["vq_head"]
+    assert reused(dataclasses.replace(config, selection="full_val"), head) == []

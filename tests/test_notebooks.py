@@ -205,6 +205,14 @@ def test_notebook_04_writes_figures_and_analysis(study):
     tsne = summary["claims"][0]["numbers"]
     assert tsne["images"] == 100 and set(tsne["knn_accuracy"]) == {"code_map", "code_space", "pixel_map", "pixel_space"}
     assert summary["claims"][2]["numbers"]["paths"] == 6
+    # The corrected metrics: each path's own ends out of its nearest-image search, the largest shuffle as the
+    # baseline of the most class-specific code, the reconstruction's eight parts under Holm's correction.
+    assert summary["claims"][2]["numbers"]["nn_reference_excludes_ends"]
+    usage = summary["claims"][1]["numbers"]
+    assert usage["max_specificity_shuffled_max"] >= usage["max_specificity_shuffled_mean"]
+    reconstruction = summary["claims"][3]["numbers"]
+    assert reconstruction["parts_tested"] == 8 and reconstruction["alpha_familywise"] == 0.05
+    assert all("p_holm" in p for p in reconstruction["variability_pairs"].values())
     nb = nbformat.read(folder / vqnotebooks.ANALYSIS_NOTEBOOK, as_version=4)
     markdown = [
         o["data"]["text/markdown"]

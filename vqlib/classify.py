@@ -163,7 +163,10 @@ def fit(
     Returns (history, best state_dict, best epoch). An epoch is one pass over the
     labelled images or `min_steps_per_epoch` steps, whichever is longer: with 10
     labels per class one pass is a single step, far too few between two
-    validation checks.
+    validation checks. The cosine decay spans `epochs`, the cap: with a
+    generous cap, patience on validation ends the run while the learning rate
+    is still high, and the kept state is the best epoch's, not the last.
+    `stopping` says afterwards which of the two ended it.
 
     `on_epoch` receives, after every epoch, what training needs to go on
     (optimiser, schedule, history, best so far, RNG states); `resume_from` is
@@ -263,6 +266,31 @@ def fit(
     return history, best_state, best_epoch
 
 
+def stopping(history: list[dict], best_epoch: int, *, max_epochs: int, patience: int) -> dict:
+    """How a run of `fit` ended: its last epoch, the epoch kept, and why it stopped there.
+
+    `fit` stops when `patience` epochs in a row brought no better validation
+    accuracy (early stopping: training had converged on what validation
+    measures), else at `max_epochs` (the cap: it may still have been
+    improving, and a larger cap could change the result). A run whose last
+    epoch is both the cap and the end of its patience counts as early stopping.
+    """
+    epochs = len(history)
+    early = epochs - best_epoch >= patience
+    return {
+        "stopped_epoch": epochs,
+        "best_epoch": best_epoch,
+        "max_epochs": max_epochs,
+        "patience": patience,
+        "early_stopping": bool(early),
+        "reason": (
+            f"early stopping: no validation improvement for {patience} epoch{'s' if patience != 1 else ''}"
+            if early
+            else f"cap of {max_epochs} epochs reached"
+        ),
+    }
+
+
 def _epoch_batches(n: int, batch_size: int, steps: int, generator: torch.Generator, device) -> list[torch.Tensor]:
     """`steps` batches from as many shuffled passes over range(n) as needed."""
     out: list[torch.Tensor] = []
@@ -300,6 +328,7 @@ class ClassifierRun:
     encode_seconds: float  # the one-off encoding of train and validation splits (0 without the cache)
     train_images: int = 0
     extra: dict = field(default_factory=dict)
+    stopping: dict = field(default_factory=dict)  # `stopping`: the last epoch and why training ended there
 
     @property
     def best_checkpoint(self) -> Path:
@@ -404,15 +433,17 @@ def train_classifier(
     train_seconds = time.perf_counter() - started
     model.eval()
     best = history[best_epoch - 1]
+    stop = stopping(history, best_epoch, max_epochs=config.epochs, patience=config.patience)
     save_checkpoint(
         ckpt_dir / "best.pt",
         "classifier",
-        {**about, "state_dict": model.state_dict(), "epoch": best_epoch, "history": history},
+        {**about, "state_dict": model.state_dict(), "epoch": best_epoch, "history": history, "stopping": stop},
     )
+    write_json(ckpt_dir / "stopping.json", stop)
     if progress:
         print(
-            f"best validation accuracy {best['val_acc']:.4f} at epoch {best_epoch} of {len(history)}; "
-            f"{len(idx)} training images, head training {train_seconds:.1f} s"
+            f"best validation accuracy {best['val_acc']:.4f} at epoch {best_epoch} of {len(history)} "
+            f"({stop['reason']}); {len(idx)} training images, head training {train_seconds:.1f} s"
             + (f" (+ {encode_seconds:.1f} s encoding once)" if encode_seconds else "")
         )
     return ClassifierRun(
@@ -427,6 +458,7 @@ def train_classifier(
         train_seconds=train_seconds,
         encode_seconds=encode_seconds,
         train_images=len(idx),
+        stopping=stop,
     )
 
 
@@ -648,7 +680,8 @@ def compare_classifiers(
     one, or the reverse) into sibling folders (`<folder>_finetune` or
     `<folder>_frozen` when the folders were given) and evaluated on the test
     split. Returns rows: classifier, labels_per_class, val_accuracy,
-    test_accuracy, source; the references carry only a test accuracy.
+    test_accuracy, source, stopped_epoch, stop_reason; the references carry
+    only a test accuracy.
     """
     import pandas as pd
 
@@ -662,6 +695,8 @@ def compare_classifiers(
             "val_accuracy": r.best_val_acc,
             "test_accuracy": ev["accuracy"],
             "source": f"this run ({r.checkpoint_dir.name})",
+            "stopped_epoch": r.stopping.get("stopped_epoch"),
+            "stop_reason": r.stopping.get("reason"),
         }
 
     rows = [row(run, evaluation)]
@@ -684,9 +719,13 @@ def compare_classifiers(
                 "val_accuracy": math.nan,
                 "test_accuracy": accuracy,
                 "source": "published",
+                "stopped_epoch": None,
+                "stop_reason": None,
             }
         )
-    return pd.DataFrame(rows, columns=["classifier", "labels_per_class", "val_accuracy", "test_accuracy", "source"])
+    columns = ["classifier", "labels_per_class", "val_accuracy", "test_accuracy", "source"]
+    # Where training stopped and why: the cap, or patience on validation.
+    return pd.DataFrame(rows, columns=[*columns, "stopped_epoch", "stop_reason"])
 
 
 # ----------------------------------------------------------------------------- record
@@ -702,6 +741,8 @@ def record_classifier_results(results_dir: str | os.PathLike, run: ClassifierRun
         "train_images": run.train_images,
         "epochs_run": len(run.history),
         "best_epoch": run.best_epoch,
+        "stopped_epoch": run.stopping.get("stopped_epoch"),
+        "stop_reason": run.stopping.get("reason"),
         "val_accuracy": run.best_val_acc,
         "train_seconds": run.train_seconds,
         "encode_seconds": run.encode_seconds,

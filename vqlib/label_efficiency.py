@@ -21,7 +21,7 @@ import torch
 
 from . import paths
 from .checkpoints import load_vqvae, resolve_vqvae_checkpoint
-from .classify import Inputs, build_classifier, code_lookup, encode_codes, evaluate_logits, fit, label_subset
+from .classify import Inputs, build_classifier, code_lookup, encode_codes, evaluate_logits, fit, label_subset, stopping
 from .config import (
     LABELS_PER_CLASS_AVAILABLE,
     SELECTIONS,
@@ -168,6 +168,12 @@ def read_label_efficiency(path: str | os.PathLike):
 
 # Fields that choose which rows run, or where they go, but not what a row measures.
 _NOT_IN_FINGERPRINT = {"label_counts", "methods", "num_seeds", "max_seeded_labels", "seed", "results_dir"}
+# The logistic regressions; every other method is a network trained by `classify.fit`.
+REGRESSION_METHODS = ("vq_linear", "z_linear", "pixel_linear")
+# What one kind of method never reads: a regression neither the head's settings nor the networks' epoch cap,
+# a network not the regressions' C grid and iteration cap. Changing only those keeps the other kind's rows.
+_NETWORK_ONLY = {"cnn_epochs_all"}
+_REGRESSION_ONLY = {"linear_c", "linear_max_iter"}
 
 
 def run_fingerprint(config: LabelEfficiencyConfig, classifier: ClassifierConfig, vqvae_path: Path) -> dict:
@@ -190,11 +196,28 @@ def run_fingerprint(config: LabelEfficiencyConfig, classifier: ClassifierConfig,
     return json.loads(json.dumps(_plain({"label_efficiency": settings, "head": head, "vqvae_sha256": digest})))
 
 
+def method_fingerprint(fingerprint: dict, method: str) -> dict:
+    """The part of a `run_fingerprint` that a row of `method` depends on.
+
+    A logistic regression reads neither the head's settings nor the networks'
+    epoch cap, so a study that changes only how the networks train (their
+    epochs, patience, head size) reuses every regression row; a network row
+    does not depend on the regressions' C grid and iteration cap.
+    """
+    regression = method in REGRESSION_METHODS
+    drop = _NETWORK_ONLY if regression else _REGRESSION_ONLY
+    part = {k: v for k, v in fingerprint.items() if not (regression and k == "head")}
+    part["label_efficiency"] = {k: v for k, v in fingerprint.get("label_efficiency", {}).items() if k not in drop}
+    return part
+
+
 def finished_runs(folder: Path, fingerprint: dict) -> dict[tuple, dict]:
     """Rows already measured with this fingerprint, keyed by (method, labels_per_class, seed).
 
     The runs file is appended one line per finished row; a line cut short by an
     interruption, or measured with other settings or another model, is ignored.
+    Settings are compared as far as the row's method depends on them
+    (`method_fingerprint`).
     """
     done = {}
     try:
@@ -205,7 +228,9 @@ def finished_runs(folder: Path, fingerprint: dict) -> dict[tuple, dict]:
         try:
             entry = json.loads(line)
             row = entry["row"]
-            if entry["fingerprint"] == fingerprint:
+            if method_fingerprint(entry["fingerprint"], row["method"]) == method_fingerprint(
+                fingerprint, row["method"]
+            ):
                 row = {**row, "method": canonical_method(row["method"])}  # rows of a method's former name
                 done[(row["method"], int(row["labels_per_class"]), int(row["seed"]))] = row
         except (ValueError, KeyError, TypeError):
@@ -366,10 +391,13 @@ def label_efficiency(
                     progress=progress,
                 )
                 test_logits = evaluate_logits(model, test)
+                stop = stopping(history, best_epoch, max_epochs=epochs, patience=classifier.patience)
                 result = {
                     "val_acc": history[best_epoch - 1]["val_acc"],
                     "test_acc": (test_logits.argmax(1) == test.labels).float().mean().item(),
                     "chosen": f"epoch {best_epoch} of {len(history)}",
+                    "stopped_epoch": stop["stopped_epoch"],
+                    "stop_reason": stop["reason"],
                 }
             else:
                 val_x, test_x = fixed[method]
@@ -401,6 +429,9 @@ def label_efficiency(
                     "fits_not_converged": result.get("fits_not_converged"),
                     "iterations": result.get("iterations"),
                     "c_at_edge": result.get("c_at_edge"),
+                    # Networks only: the last epoch and why training ended there (`classify.stopping`).
+                    "stopped_epoch": result.get("stopped_epoch"),
+                    "stop_reason": result.get("stop_reason"),
                     "seconds": time.perf_counter() - started,
                 }
             )
@@ -412,6 +443,8 @@ def label_efficiency(
                     note = (", converged" if result["converged"] else ", NOT converged") + (
                         ", C on the grid's edge" if result["c_at_edge"] else ""
                     )
+                elif "stop_reason" in result:
+                    note = f", {result['stop_reason']}"
                 bar.write(
                     f"{method:>12} {per_class:>5}/class seed {seed}: val {result['val_acc']:.4f} "
                     f"({len(sel)} images), test {result['test_acc']:.4f} ({result['chosen']}{note}, "
@@ -445,4 +478,96 @@ def label_efficiency_summary(frame):
             table[name] = groups[column].agg(
                 lambda s, flag=flag: int(s.dropna().eq(flag).sum()) if s.notna().any() else None
             )
+    if "stop_reason" in frame:
+        # Networks only: how many seeds ended at the epoch cap rather than by patience on validation.
+        table["stopped_at_cap"] = groups["stop_reason"].agg(
+            lambda s: int(s.dropna().str.startswith("cap").sum()) if s.notna().any() else None
+        )
     return table.reset_index()
+
+
+def stopping_table(frame):
+    """The networks' rows: where each stopped and why (early stopping on validation, or the epoch cap).
+
+    Rows measured before the reason was recorded show it as missing.
+    """
+    columns = ["method", "labels_per_class", "seed", "selected", "stopped_epoch", "stop_reason"]
+    networks = frame[~frame["method"].isin(REGRESSION_METHODS)]
+    return networks.reindex(columns=columns).reset_index(drop=True)
+
+
+def paired_differences(frame, *, reference: Optional[str] = "vq_head", confidence: float = 0.95):
+    """Each method's test accuracy minus the reference's, paired by seed, with a t-interval over the seeds.
+
+    Every method of a (label count, seed) trains on the same labelled subset and
+    chooses on the same selection set, so the seeds pair the methods: the
+    subset's luck (an easy or a hard draw) moves all of them together, and the
+    per-seed difference removes it. Comparing the methods' means with their
+    unpaired standard deviations (`label_efficiency_summary`) keeps that luck
+    in the noise and can miss a consistent gap, or the reverse. With
+    `reference=None` every pair of methods is compared (the second minus the
+    first, in the frame's order of methods).
+
+    Returns one row per label count and pair: labels_per_class, method,
+    reference, seeds (paired seeds), mean_difference, std_difference,
+    low, high (the `confidence` t-interval, scipy.stats.t with seeds - 1
+    degrees of freedom; NaN with one seed) and excludes_zero.
+    """
+    import pandas as pd
+    from scipy import stats
+
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must lie in (0, 1), not {confidence}")
+    missing = {"method", "labels_per_class", "seed", "test_acc"} - set(frame.columns)
+    if missing:
+        raise ConfigError(f"the label-efficiency frame lacks the columns {', '.join(sorted(missing))}")
+    if frame.duplicated(["method", "labels_per_class", "seed"]).any():
+        raise ConfigError("the label-efficiency frame holds a (method, labels_per_class, seed) more than once")
+    methods = list(dict.fromkeys(frame["method"]))
+    if reference is not None and reference not in methods:
+        raise ConfigError(f"the reference method {reference!r} is not in the frame (methods: {', '.join(methods)})")
+    pairs = (
+        [(reference, m) for m in methods if m != reference]
+        if reference is not None
+        else [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
+    )
+    wide = frame.pivot(index=["labels_per_class", "seed"], columns="method", values="test_acc")
+    rows = []
+    for count, per_seed in wide.groupby(level="labels_per_class", sort=True):
+        for ref, method in pairs:
+            d = (per_seed[method] - per_seed[ref]).dropna().to_numpy(dtype=np.float64)
+            n = len(d)
+            if n == 0:
+                continue
+            mean = float(d.mean())
+            std = float(d.std(ddof=1)) if n > 1 else float("nan")
+            if n > 1:
+                half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / np.sqrt(n)
+                low, high = mean - half, mean + half
+            else:
+                low = high = float("nan")
+            rows.append(
+                {
+                    "labels_per_class": count,
+                    "method": method,
+                    "reference": ref,
+                    "seeds": n,
+                    "mean_difference": mean,
+                    "std_difference": std,
+                    "low": low,
+                    "high": high,
+                    "excludes_zero": bool(n > 1 and (low > 0 or high < 0)),
+                }
+            )
+    columns = [
+        "labels_per_class",
+        "method",
+        "reference",
+        "seeds",
+        "mean_difference",
+        "std_difference",
+        "low",
+        "high",
+        "excludes_zero",
+    ]
+    return pd.DataFrame(rows, columns=columns)

@@ -52,7 +52,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         # stays at 100 to keep the profile quick; the rows record which fits stop there. Measured on the
         # K100_D16 quick model: 300 iterations make the probe on the code converge at 10 and 100 labels per
         # class, but not at 1,000, where its fit took 156 s instead of 40 s.
+        # The classifiers keep the short caps of the first studies (8 epochs, patience 3); each records
+        # whether it stopped by patience or at the cap.
         "classifier": {
+            "epochs": 8,
+            "patience": 3,
             "label_counts": "10,100,1000",
             "num_seeds": 1,
             "methods": "vq_head,vq_linear,z_linear,pixel_linear",
@@ -71,7 +75,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "summary": {},
         # The protocol: the frozen head and the fine-tuned classifier, and label efficiency
         # for the five methods at 10 / 100 / 1,000 / all labels x 3 seeds.
-        "classifier": {"label_counts": "10,100,1000,all", "num_seeds": 3, "compare_finetune": True},
+        # The networks (head, fine-tuned classifier, pixel CNN) train until 5 epochs bring no better validation
+        # accuracy, within a cap of 100 that only bounds a run gone wrong.
+        "classifier": {
+            "label_counts": "10,100,1000,all",
+            "num_seeds": 3,
+            "compare_finetune": True,
+            "epochs": 100,
+            "patience": 5,
+            "cnn_epochs_all": 100,
+        },
         "analysis": {"tsne_points": 10_000},
     },
 }
