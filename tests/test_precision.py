@@ -68,11 +68,11 @@ def test_the_fallback_and_the_forced_bf16_say_so_once(fresh_notices, capsys):
     resolve_precision("auto", "cpu")
     resolve_precision("auto", "cpu")
     resolve_precision("auto", "cuda")  # CUDA: bf16, nothing to say
-    lines = capsys.readouterr().err.splitlines()
+    lines = capsys.readouterr().out.splitlines()
     assert lines == ([] if native_bf16_cpu() else [FALLBACK])
     resolve_precision("bf16", "cpu")
     resolve_precision("bf16", "cpu")
-    lines = capsys.readouterr().err.splitlines()
+    lines = capsys.readouterr().out.splitlines()
     if native_bf16_cpu():
         assert lines == []
     else:

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import os
 import random
-import sys
 from typing import Optional
 
 import numpy as np
@@ -115,10 +114,14 @@ _NOTICES: set[str] = set()
 
 
 def _notice(text: str) -> None:
-    """Print `text` on stderr once per process (every run of a grid or a notebook would repeat it)."""
+    """Print `text` once per process (every run of a grid or a notebook would repeat it).
+
+    On stdout, with what a command reports: stderr carries a failed command's one
+    sentence, and a notice printed before it would make that two lines.
+    """
     if text not in _NOTICES:
         _NOTICES.add(text)
-        print(text, file=sys.stderr)
+        print(text, flush=True)
 
 
 NO_BF16_UNITS = f"this CPU has no native bfloat16 units: no {' or '.join(BF16_CPU_FLAGS)}"

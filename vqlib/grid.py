@@ -306,7 +306,7 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
                 "run_seconds": _number(record.get("seconds")),
                 "images_per_s": _number(metrics.get("images_per_s")),
                 # Runs recorded before precision was recorded trained in fp32.
-                "precision": metrics.get("precision", "fp32") if ok else "",
+                "precision": _text(metrics.get("precision", "fp32")) if ok else "",
                 "peak_rss_mb": _number(metrics.get("peak_rss_mb")),
                 "threads": record.get("threads"),
                 "code": " ".join(map(str, code)) if isinstance(code, list) else "",
@@ -343,6 +343,11 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
         "history",
     ]
     return with_seed_statistics(pd.DataFrame(rows, columns=columns))
+
+
+def _text(value: Any) -> str:
+    """A recorded name as it is; anything else read from a damaged record is an empty string."""
+    return value if isinstance(value, str) else ""
 
 
 def _number(value: Any) -> float | int:
