@@ -26,6 +26,15 @@ Prints a table and writes results/bench/bench.json (atomically):
 9. The label-efficiency regressions (`vqlib.label_efficiency.logistic_regression`,
    three values of C) on the encoder's continuous output at D = 64, after torch has
    run in the same process, with every core's BLAS threads and with one.
+10. The bf16 roof: bf16 matmul and 3x3 conv GFLOP/s beside the fp32 ones, and the
+   default training step in fp32 and in bf16, each as a share of its own
+   precision's matmul roof (docs/precision.md). Measured only where the CPU has
+   native bf16 units (`vqlib.device.native_bf16_cpu`) or on CUDA, unless
+   --force-bf16; `--only-bf16` runs this section alone.
+
+Every training row runs in the precision `TrainConfig().precision` resolves to
+here ('auto': bf16 on CUDA and on a CPU with native bf16 units, else fp32), and
+its MFU is a share of that precision's matmul roof.
 
 Timings are medians over repeats; the load average before and after each
 section is recorded, because other processes on a 2-core machine change every
@@ -51,13 +60,13 @@ from vqlib import paths
 from vqlib.checkpoints import save_checkpoint
 from vqlib.config import GridConfig, TrainConfig, VQVAEConfig
 from vqlib.data import FashionMNIST, load_fashion_mnist, to_float
-from vqlib.device import cpu_cores, resolve_device, seed_everything
+from vqlib.device import autocast, cpu_cores, native_bf16_cpu, resolve_device, resolve_precision, seed_everything
 from vqlib.errors import VqlibError
 from vqlib.files import write_json
 from vqlib.models import VQVAE
 from vqlib.models.quantizer import code_histogram, perplexity_and_usage
 from vqlib.progress import progress_bar
-from vqlib.train import amp_enabled, apply_speed_switches, autocast, make_optimizer, train_step, train_vqvae
+from vqlib.train import apply_speed_switches, make_optimizer, train_step, train_vqvae
 
 LATENT_POSITIONS = 12 * 12
 
@@ -85,6 +94,7 @@ class Profile:
     regression_images: int = 1000  # labelled images of the timed logistic regressions (100 per class)
     regression_dim: int = 64  # D of the encoder whose continuous output they read (12 x 12 x D features)
     regression_max_iter: int = 100  # L-BFGS iterations at most (the quick profile's linear_max_iter)
+    conv_shape: tuple[int, int, int] = (64, 128, 14)  # batch, channels in = out, side of the roof's 3x3 conv
 
 
 SMOKE = Profile(
@@ -107,6 +117,7 @@ SMOKE = Profile(
     regression_images=50,
     regression_dim=16,
     regression_max_iter=10,
+    conv_shape=(4, 16, 8),
 )
 
 
@@ -171,7 +182,7 @@ def flops_per_image(
     seed_everything(0)
     model = VQVAE(model_config).to(device).train()
     x = images[: train_config.batch_size]
-    with autocast(train_config, device):
+    with autocast(resolve_precision(train_config.precision, device), device):
         model(x)
         with FlopCounterMode(display=False) as counter:
             out = model(x)
@@ -225,7 +236,7 @@ def train_row(
         "batch_size": train_config.batch_size,
         "channels_last": train_config.channels_last,
         "compile": train_config.compile,
-        "amp": train_config.amp,
+        "precision": resolve_precision(train_config.precision, device),
         "gflop_per_image": flops / 1e9,
         **speed,
         "load_before": load_before,
@@ -233,9 +244,15 @@ def train_row(
     }
 
 
-def add_mfu(row: dict, peak_gflops: float) -> dict:
-    """Model FLOP utilisation: FLOPs per image x images/s / the matmul peak."""
-    row["mfu"] = row["gflop_per_image"] * row["images_per_s"] / peak_gflops
+def add_mfu(row: dict, peak_gflops: float | dict[str, Optional[float]]) -> dict:
+    """Model FLOP utilisation: FLOPs per image x images/s / the matmul peak.
+
+    `peak_gflops` is one peak, or the roof of each precision ({'fp32': ..., 'bf16': ...}),
+    of which the row's own precision is taken; a roof not measured leaves the MFU None.
+    """
+    if isinstance(peak_gflops, dict):
+        peak_gflops = peak_gflops.get(row.get("precision", "fp32"))
+    row["mfu"] = row["gflop_per_image"] * row["images_per_s"] / peak_gflops if peak_gflops else None
     return row
 
 
@@ -720,6 +737,91 @@ def explorer_latency(model_config: VQVAEConfig, data: FashionMNIST, *, profile: 
     return result
 
 
+# ----------------------------------------------------------------------------- 10. bf16 roof
+
+BF16_SKIPPED = "no native bf16 on this CPU: bf16 roof not measured (--force-bf16 measures it emulated)"
+
+
+def conv_gflops(shape: tuple[int, int, int], *, repeats: int, device: torch.device, dtype: torch.dtype) -> float:
+    """GFLOP/s of a 3x3 conv (padding 1), channels-last, forward only: batch x C x side^2 in and out."""
+    batch, channels, side = shape
+    seed_everything(0)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device, dtype)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, side, side, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        seconds, _ = median_seconds(lambda: conv(x), repeats=repeats, device=device)
+    return 2 * batch * channels * channels * 9 * side * side / seconds / 1e9
+
+
+def bf16_roof(
+    model_config: VQVAEConfig,
+    train_config: TrainConfig,
+    images: torch.Tensor,
+    *,
+    profile: Profile,
+    device: torch.device,
+    force: bool = False,
+    matmul: Optional[dict] = None,
+) -> dict:
+    """The fp32 and bf16 roofs (matmul and 3x3 conv) and the default step in each precision, against its own roof.
+
+    `matmul` holds matmul peaks already measured this run (`matmul_gflops`,
+    `matmul_bf16_gflops`); those missing are measured here. bf16 is measured
+    only with native units (or CUDA), or with `force`: emulated bf16 runs
+    tens of times slower than fp32, which would make this section take minutes.
+    """
+    native = device.type == "cuda" or native_bf16_cpu()
+    result: dict[str, Any] = {"native_bf16": native, "forced": force and not native}
+    matmul = matmul or {}
+    result["matmul_fp32_gflops"] = matmul.get("matmul_gflops") or max(
+        matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device).values()
+    )
+    result["conv_fp32_gflops"] = conv_gflops(
+        profile.conv_shape, repeats=profile.repeats, device=device, dtype=torch.float32
+    )
+    fp32 = dataclasses.replace(train_config, precision="fp32")
+    steps = {"fp32": train_row("default, fp32", model_config, fp32, images, profile=profile, device=device)}
+    if native or force:
+        result["matmul_bf16_gflops"] = matmul.get("matmul_bf16_gflops") or max(
+            matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=torch.bfloat16).values()
+        )
+        result["conv_bf16_gflops"] = conv_gflops(
+            profile.conv_shape, repeats=profile.repeats, device=device, dtype=torch.bfloat16
+        )
+        bf16 = dataclasses.replace(train_config, precision="bf16")
+        steps["bf16"] = train_row("default, bf16", model_config, bf16, images, profile=profile, device=device)
+        result["matmul_bf16_over_fp32"] = result["matmul_bf16_gflops"] / result["matmul_fp32_gflops"]
+        result["conv_bf16_over_fp32"] = result["conv_bf16_gflops"] / result["conv_fp32_gflops"]
+        result["step_bf16_speedup"] = steps["bf16"]["images_per_s"] / steps["fp32"]["images_per_s"]
+    else:
+        result["skipped"] = BF16_SKIPPED
+    roofs = {"fp32": result["matmul_fp32_gflops"], "bf16": result.get("matmul_bf16_gflops")}
+    result["steps"] = [add_mfu(row, roofs) for row in steps.values()]
+    return result
+
+
+def print_bf16(r: dict, p) -> None:
+    native = "native bf16 units" if r["native_bf16"] else "NO native bf16 units"
+    p(f"\n10. bf16 roof ({native}{', bf16 forced: emulated' if r['forced'] else ''})")
+    bf16_matmul, bf16_conv = r.get("matmul_bf16_gflops"), r.get("conv_bf16_gflops")
+    p(f"   {'':<22}{'fp32':>10}{'bf16':>10}{'bf16/fp32':>11}")
+    for name, fp32, bf16 in (
+        ("matmul GFLOP/s", r["matmul_fp32_gflops"], bf16_matmul),
+        ("3x3 conv GFLOP/s", r["conv_fp32_gflops"], bf16_conv),
+    ):
+        ratio = f"{bf16 / fp32:.2f}x" if bf16 else ""
+        p(f"   {name:<22}{fp32:>10.1f}{_fmt(bf16):>10}{ratio:>11}")
+    if "skipped" in r:
+        p(f"   {r['skipped']}")
+    p(f"   {'training step':<22}{'images/s':>10}{'step ms':>9}{'of its roof':>13}")
+    for row in r["steps"]:
+        share = f"{row['mfu']:.0%}" if row["mfu"] is not None else "n/a"
+        p(f"   {row['name']:<22}{row['images_per_s']:>10.0f}{row['step_ms']:>9.1f}{share:>13}")
+    if "step_bf16_speedup" in r:
+        p(f"   bf16 step: {r['step_bf16_speedup']:.2f}x the fp32 step's images/s")
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -728,7 +830,7 @@ def grid_extremes() -> list[tuple[int, int]]:
     return [min(pairs), max(pairs)]
 
 
-def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
+def run_benchmark(profile: Profile, *, compile_variant: bool = False, force_bf16: bool = False) -> dict:
     device = resolve_device("auto")
     data = load_fashion_mnist(allow_download=False)
     base_model = VQVAEConfig()
@@ -764,6 +866,7 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
         "7. grid placement",
         "8. explorer",
         "9. regression threads",
+        "10. bf16 roof",
     ]
     bar = progress_bar(
         total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections"
@@ -779,7 +882,8 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     # The peak is measured before and after the training measurements, and the best of both
     # is used: a shared machine's speed drifts within a run, and a low peak would flatter the MFU.
     section()
-    peak_dtypes = {"matmul": torch.float32, **({"matmul_bf16": torch.bfloat16} if device.type == "cuda" else {})}
+    measure_bf16 = device.type == "cuda" or native_bf16_cpu() or force_bf16
+    peak_dtypes = {"matmul": torch.float32, **({"matmul_bf16": torch.bfloat16} if measure_bf16 else {})}
     for key, dtype in peak_dtypes.items():
         result[key] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
 
@@ -863,9 +967,11 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     for key, dtype in peak_dtypes.items():
         result[f"{key}_end"] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
         result[f"{key}_gflops"] = max(*result[key].values(), *result[f"{key}_end"].values())
-    peak = result["matmul_gflops_bf16"] if amp_enabled(base_train, device) else result["matmul_gflops"]
+    # Each row against the roof of the precision it ran in (the loop runs the default's).
+    loop["precision"] = default["precision"]
+    roofs = {"fp32": result["matmul_gflops"], "bf16": result.get("matmul_bf16_gflops")}
     for row in [*rows, *result["batch_sweep"], *result["width_sweep"], loop]:
-        add_mfu(row, peak)
+        add_mfu(row, roofs)
     result.update(
         train_images_per_s=default["images_per_s"],
         train_mfu=default["mfu"],
@@ -900,6 +1006,10 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False) -> dict:
     result["explorer_widget_image_ms"] = result["explorer"]["widget_edit_image"].get("median_ms")
     section()
     result["regression"] = regression_threads(data, profile=profile)
+    section()
+    result["bf16"] = bf16_roof(
+        base_model, base_train, images, profile=profile, device=device, force=force_bf16, matmul=result
+    )
     bar.update(1)
     bar.close()
     result["environment"]["load_end"] = load_average()
@@ -928,6 +1038,8 @@ def print_table(result: dict, out=sys.stdout) -> None:
     for n, g in result["matmul"].items():
         p(f"   {n:>5} x {n:<5} {g:8.1f} {result['matmul_end'][n]:8.1f} GFLOP/s")
     p(f"   peak        {result['matmul_gflops']:8.1f} GFLOP/s")
+    if result.get("matmul_bf16_gflops"):
+        p(f"   bf16 peak   {result['matmul_bf16_gflops']:8.1f} GFLOP/s (the roof of the rows that run in bf16)")
     header = (
         f"   {'configuration':<20}{'batch':>6}{'GFLOP/img':>10}{'images/s':>10}{'step ms':>9}{'MFU':>7}{'load':>11}"
     )
@@ -936,17 +1048,19 @@ def print_table(result: dict, out=sys.stdout) -> None:
         ("3a. batch size (default architecture)", "batch_sweep"),
         ("3b. hidden width (residual width = hidden / 2)", "width_sweep"),
     ):
-        p(f"\n{title}")
+        p(f"\n{title}, in {result[key][0]['precision']}; MFU of the {result[key][0]['precision']} roof")
         p(header)
         for r in result[key]:
+            mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "n/a"
             p(
                 f"   {r['name']:<20}{r['batch_size']:>6}{r['gflop_per_image']:>10.3f}{r['images_per_s']:>10.0f}"
-                f"{r['step_ms']:>9.1f}{r['mfu']:>7.0%}{_fmt(r['load_before']):>6}->{_fmt(r['load_after'])}"
+                f"{r['step_ms']:>9.1f}{mfu:>7}{_fmt(r['load_before']):>6}->{_fmt(r['load_after'])}"
             )
     loop = result["train_loop"]
     p(
         f"\n2b. train_vqvae loop (epoch 2 of 2 over {loop['images']} images): {loop['images_per_s']:.0f} images/s, "
-        f"MFU {loop['mfu']:.0%}, {loop['share_of_step_throughput']:.0%} of the bare step's throughput"
+        f"MFU {'n/a' if loop['mfu'] is None else format(loop['mfu'], '.0%')}, "
+        f"{loop['share_of_step_throughput']:.0%} of the bare step's throughput"
     )
     o = result["overhead"]
     p(f"2c. non-model parts of one step ({o['step_ms']:.1f} ms):")
@@ -993,6 +1107,7 @@ def print_table(result: dict, out=sys.stdout) -> None:
     print_placement(result, p)
     print_explorer(result["explorer"], out)
     print_regression(result["regression"], p)
+    print_bf16(result["bf16"], p)
 
 
 def print_placement(result: dict, p) -> None:
@@ -1069,6 +1184,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_true",
         help="section 9 alone (a minute), into regression.json beside bench.json unless --out is given",
     )
+    parser.add_argument(
+        "--only-bf16",
+        action="store_true",
+        help="section 10 alone (a minute with native bf16 units), into bf16.json beside bench.json unless --out is given",
+    )
+    parser.add_argument(
+        "--force-bf16",
+        action="store_true",
+        help="measure the bf16 roof even where the CPU has no native bf16 units (emulated: slow)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1106,7 +1231,30 @@ def main(argv: Optional[list[str]] = None) -> int:
         print_regression(result["regression"], print)
         print(f"\nwrote {out}")
         return 0
-    result = run_benchmark(profile, compile_variant=args.compile)
+    if args.only_bf16:
+        device = resolve_device("auto")
+        data = load_fashion_mnist(allow_download=False)
+        train_config = TrainConfig(device=device.type, batch_size=profile.batch_size or TrainConfig().batch_size)
+        images = to_float(data.train_images[: max(profile.train_images, train_config.batch_size)], device)
+        result = {
+            "environment": {
+                "torch": torch.__version__,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "smoke": args.smoke,
+                "load_start": load_average(),
+            },
+            "bf16": bf16_roof(
+                VQVAEConfig(), train_config, images, profile=profile, device=device, force=args.force_bf16
+            ),
+        }
+        result["environment"]["load_end"] = load_average()
+        out = Path(args.out) if args.out else paths.results_dir() / "bench" / "bf16.json"
+        write_json(out, result)
+        print_bf16(result["bf16"], print)
+        print(f"\nwrote {out}")
+        return 0
+    result = run_benchmark(profile, compile_variant=args.compile, force_bf16=args.force_bf16)
     out = Path(args.out) if args.out else paths.results_dir() / "bench" / "bench.json"
     write_json(out, result)
     print_table(result)

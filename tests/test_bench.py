@@ -20,14 +20,13 @@ import torch.nn.functional as F
 
 from vqlib.config import TrainConfig, VQVAEConfig
 from vqlib.data import to_float
+from vqlib.device import autocast, resolve_precision
 from vqlib.errors import ConfigError
 from vqlib.models import VQVAE
 from vqlib.train import (
     RESUMABLE_CHANGES,
     _config_problem,
-    amp_enabled,
     apply_speed_switches,
-    autocast,
     make_optimizer,
     train_step,
 )
@@ -96,7 +95,7 @@ def test_fast_step_equals_the_plain_step(batches, channels_last, codebook_update
     float noise alone, and the paths part ways for good reasons.
     """
     model_config = VQVAEConfig(codebook_update=codebook_update, **SMALL)
-    train_config = TrainConfig(channels_last=channels_last, amp="off")
+    train_config = TrainConfig(channels_last=channels_last, precision="fp32")
     start = _start_state(model_config, batches[0])
     compared = 0
     for x in batches[1:]:
@@ -156,23 +155,23 @@ def test_channels_last_is_the_default_and_its_flattening_a_view(data):
     assert z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).data_ptr() != z.data_ptr()
 
 
-def test_amp_defaults_to_cuda_only():
-    assert not amp_enabled(TrainConfig(), torch.device("cpu"))
-    assert amp_enabled(TrainConfig(), torch.device("cuda"))
-    assert amp_enabled(TrainConfig(amp="on"), torch.device("cpu"))
-    assert not amp_enabled(TrainConfig(amp="off"), torch.device("cuda"))
+def test_precision_auto_is_bf16_on_cuda_and_explicit_values_are_kept():
+    """The CPU's side of 'auto' depends on its bf16 units: tests/test_precision.py checks it."""
+    assert resolve_precision(TrainConfig().precision, torch.device("cuda")) == "bf16"
+    assert resolve_precision(TrainConfig(precision="fp32").precision, torch.device("cuda")) == "fp32"
+    assert resolve_precision(TrainConfig(precision="bf16").precision, torch.device("cpu")) == "bf16"
     assert not TrainConfig().compile
 
 
 def test_bf16_autocast_step_is_close_and_keeps_distances_float32(data):
-    """The CUDA path (bf16 convolutions, fp32 distances) run on the CPU, on 8 real images.
+    """The bf16 path (bf16 convolutions, fp32 distances) run on the CPU, on 8 real images.
 
-    bf16 has no hardware support on this CPU (a few GFLOP/s at best), so the
-    model and batch are tiny.
+    The CPU may lack native bf16 units (then bf16 runs emulated at about 1 GFLOP/s),
+    so the model and batch are tiny.
     """
     model_config = VQVAEConfig(hidden_channels=16, residual_channels=8, num_residual_blocks=1, embedding_dim=16)
     x = to_float(data.train_images[:8])
-    amp = TrainConfig(amp="on", channels_last=True)
+    amp = TrainConfig(precision="bf16", channels_last=True)
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = VQVAE(model_config)
@@ -181,7 +180,7 @@ def test_bf16_autocast_step_is_close_and_keeps_distances_float32(data):
     model.eval()
     with torch.no_grad():
         reference = model(x)
-        with autocast(amp, device):
+        with autocast("bf16", device):
             z = model.encoder(x)
             mixed = model(x)
     assert z.dtype == torch.bfloat16  # the convolutions did run in bf16
@@ -211,21 +210,25 @@ def test_compile_switch_keeps_the_checkpoint_keys():
 
 
 def test_speed_switches_may_change_on_resume_but_training_settings_may_not():
-    assert {"amp", "channels_last", "compile"} <= RESUMABLE_CHANGES
+    assert {"precision", "channels_last", "compile"} <= RESUMABLE_CHANGES
     model_config = VQVAEConfig()
     saved = TrainConfig()
     ckpt = {"model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(saved)}
     assert (
-        _config_problem(ckpt, model_config, dataclasses.replace(saved, channels_last=False, amp="on", compile=True))
+        _config_problem(
+            ckpt, model_config, dataclasses.replace(saved, channels_last=False, precision="bf16", compile=True)
+        )
         is None
     )
     # A checkpoint written before the switches existed still resumes.
-    old = {k: v for k, v in dataclasses.asdict(saved).items() if k not in ("amp", "channels_last", "compile")}
+    old = {k: v for k, v in dataclasses.asdict(saved).items() if k not in ("precision", "channels_last", "compile")}
     assert _config_problem({**ckpt, "train_config": old}, model_config, saved) is None
     assert "batch_size" in _config_problem(ckpt, model_config, dataclasses.replace(saved, batch_size=64))
 
 
-@pytest.mark.parametrize("values", [dict(amp="fast"), dict(channels_last="yes"), dict(compile=1)])
+@pytest.mark.parametrize(
+    "values", [dict(precision="fast"), dict(precision="on"), dict(channels_last="yes"), dict(compile=1)]
+)
 def test_bad_switch_values_are_refused(values):
     with pytest.raises(ConfigError):
         TrainConfig(**values)
@@ -281,6 +284,7 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         "7. grid placement",
         "8. explorer",
         "9. label-efficiency regression",
+        "10. bf16 roof",
     ):
         assert heading in proc.stdout
     # Both placements really ran with their threads, on the same number of images per process.
@@ -304,6 +308,13 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     assert all(r["seconds"] > 0 and 0 <= r["val_acc"] <= 1 for r in regression["rows"])
     # Three ways of fitting the same models: the same best validation accuracy.
     assert len({round(r["val_acc"], 6) for r in regression["rows"]}) == 1
+    # The bf16 roof: measured with native units, else skipped with its note, and the fp32 step beside it.
+    bf16 = result["bf16"]
+    assert bf16["conv_fp32_gflops"] > 0 and bf16["steps"][0]["precision"] == "fp32"
+    if bf16["native_bf16"]:
+        assert bf16["conv_bf16_gflops"] > 0 and bf16["steps"][1]["precision"] == "bf16"
+    else:
+        assert "bf16 roof not measured" in proc.stdout and "conv_bf16_gflops" not in bf16
 
 
 def test_code_histogram_equals_bincount():

@@ -185,6 +185,20 @@ def load_checkpoint(
     return ckpt
 
 
+def checkpoint_precision(ckpt: dict[str, Any], path: str | os.PathLike) -> str:
+    """The precision ('fp32' or 'bf16') a checkpoint's model was trained in.
+
+    A checkpoint written before precision was recorded (the published ones among
+    them) counts as fp32: amp was off on the CPUs that trained them.
+    """
+    from .device import RESOLVED_PRECISIONS
+
+    precision = ckpt.get("precision", "fp32")
+    if not isinstance(precision, str) or precision not in RESOLVED_PRECISIONS:
+        raise CheckpointError(f"{path} records the precision {_short(precision)}, not one of fp32 or bf16")
+    return precision
+
+
 def _short(value: Any, limit: int = 60) -> str:
     """A value for a one-sentence message: one line, at most `limit` characters, never empty."""
     text = value if isinstance(value, str) else (str(value) if isinstance(value, BaseException) else repr(value))

@@ -27,6 +27,7 @@ from torch import nn
 from . import paths
 from .checkpoints import (
     build_checked,
+    checkpoint_precision,
     config_from_checkpoint,
     load_checkpoint,
     load_vqvae,
@@ -48,7 +49,7 @@ from .data import (
     stratified_subset,
     to_float,
 )
-from .device import resolve_device, rng_state, seed_everything, set_rng_state
+from .device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, ConfigError, TrainingError
 from .files import ensure_dir, save_figure, write_csv, write_json
 from .models import VQVAE, ClassificationHead, VQVAEClassifier
@@ -58,8 +59,9 @@ from .progress import progress_bar
 # the dataset's repository (Xiao et al. 2017, github.com/zalandoresearch/fashion-mnist), all 60,000 labels.
 PUBLISHED_REFERENCES = {"2 conv + pool + BN on pixels (Fashion-MNIST benchmark)": 0.934}
 
-# What may differ between a last.pt and the run that continues it: where it runs and writes.
-CLASSIFIER_RESUMABLE_CHANGES = {"device", "checkpoint_dir", "results_dir"}
+# What may differ between a last.pt and the run that continues it: where it runs and writes, and the
+# precision asked for ('auto' against the 'fp32' it resolved to); the resolved precision may not differ.
+CLASSIFIER_RESUMABLE_CHANGES = {"device", "checkpoint_dir", "results_dir", "precision"}
 
 # ----------------------------------------------------------------------------- where things are
 
@@ -87,11 +89,15 @@ def code_dtype(num_embeddings: int) -> torch.dtype:
 
 
 @torch.inference_mode()
-def encode_codes(model: VQVAE | VQVAEClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def encode_codes(
+    model: VQVAE | VQVAEClassifier, images: torch.Tensor, batch_size: int = 1000, *, precision: str = "fp32"
+) -> torch.Tensor:
     """uint8 images (N, 28, 28) -> code indices (N, 12, 12) as uint8 (K <= 256) or int16, on the model's device.
 
     The model is put in eval mode for the pass and returned to its mode after:
-    in train mode the quantizer would update its codebook.
+    in train mode the quantizer would update its codebook. Under 'bf16' the
+    encoder runs in bf16 and the nearest-code search in fp32, so a position
+    whose two nearest codes are almost tied may get the other one.
     """
     device = next(model.parameters()).device
     quantizer = model.quantizer
@@ -101,7 +107,8 @@ def encode_codes(model: VQVAE | VQVAEClassifier, images: torch.Tensor, batch_siz
     dtype = code_dtype(quantizer.num_embeddings)
     out = []
     for start in range(0, len(images), batch_size):
-        z = encoder(to_float(images[start : start + batch_size], device))
+        with autocast(precision, device):
+            z = encoder(to_float(images[start : start + batch_size], device))
         b, d, h, w = z.shape
         out.append(quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w).to(dtype))
     model.train(was_training)
@@ -157,6 +164,7 @@ def fit(
     progress: bool,
     resume_from: Optional[dict] = None,
     on_epoch: Optional[Callable[[dict], None]] = None,
+    precision: str = "fp32",
 ) -> tuple[list[dict], dict, int]:
     """AdamW with cosine decay; the state of the best validation accuracy is kept (early stopping).
 
@@ -172,6 +180,9 @@ def fit(
     (optimiser, schedule, history, best so far, RNG states); `resume_from` is
     such a dict, and training continues after its epoch. The caller restores
     the model's weights of that epoch.
+
+    `precision` ('fp32' or 'bf16', resolved) is that of the training forward
+    passes; the loss is computed from fp32 logits and validation runs in fp32.
     """
     device = train.stored.device
     n = len(train.labels)
@@ -207,7 +218,9 @@ def fit(
         batches = _epoch_batches(n, batch_size, steps_per_epoch, generator, device)
         for idx in batches:
             x, y = train.batch(idx), train.labels[idx]
-            logits = model(x)
+            with autocast(precision, device):
+                logits = model(x)
+            logits = logits.float()
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -236,6 +249,7 @@ def fit(
             "val_acc": val_acc,
             "epoch_seconds": seconds,
             "images_per_s": seen / seconds,
+            "precision": precision,
         }
         history.append(row)
         bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", val_acc=f"{val_acc:.4f}")
@@ -329,6 +343,7 @@ class ClassifierRun:
     train_images: int = 0
     extra: dict = field(default_factory=dict)
     stopping: dict = field(default_factory=dict)  # `stopping`: the last epoch and why training ended there
+    precision: str = "fp32"  # what the head (and the code cache) trained in, as its checkpoints record
 
     @property
     def best_checkpoint(self) -> Path:
@@ -360,6 +375,11 @@ def train_classifier(
     results_dir = Path(config.results_dir or default_results_dir(config, vqvae_path))
     last_path = ckpt_dir / "last.pt"
     resumed = _resumable_classifier(last_path, config, vqvae_path, vqvae) if resume and last_path.is_file() else None
+    precision = (
+        resolve_precision(config.precision, device)
+        if resumed is None
+        else resolve_precision(config.precision, device, recorded=checkpoint_precision(resumed, last_path))
+    )
     write_json(
         ckpt_dir / "config.json",
         {
@@ -378,8 +398,12 @@ def train_classifier(
     encode_seconds = 0.0
     if config.cache_codes and not config.finetune:
         started = time.perf_counter()
-        train = Inputs(encode_codes(model, train_images), train_labels, code_lookup(model.quantizer))
-        val = Inputs(encode_codes(model, data.val_images), val_labels, code_lookup(model.quantizer))
+        train = Inputs(
+            encode_codes(model, train_images, precision=precision), train_labels, code_lookup(model.quantizer)
+        )
+        val = Inputs(
+            encode_codes(model, data.val_images, precision=precision), val_labels, code_lookup(model.quantizer)
+        )
         encode_seconds = time.perf_counter() - started
         trained, params = model.head, [{"params": model.head.parameters(), "lr": config.learning_rate}]
     else:
@@ -398,6 +422,7 @@ def train_classifier(
         "vqvae_checkpoint": str(vqvae_path),
         "run_name": name,
         "results_dir": str(results_dir),
+        "precision": precision,
     }
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
@@ -429,6 +454,7 @@ def train_classifier(
         progress=progress,
         resume_from=resumed["fit"] if resumed is not None else None,
         on_epoch=save_last,
+        precision=precision,
     )
     train_seconds = time.perf_counter() - started
     model.eval()
@@ -459,6 +485,7 @@ def train_classifier(
         encode_seconds=encode_seconds,
         train_images=len(idx),
         stopping=stop,
+        precision=precision,
     )
 
 
@@ -470,6 +497,10 @@ def _resumable_classifier(path: Path, config: ClassifierConfig, vqvae_path: Path
     diff = changed_fields(ckpt["model_config"], dataclasses.asdict(config), CLASSIFIER_RESUMABLE_CHANGES)
     if diff:
         raise CheckpointError(f"cannot resume from {path}: it was trained with other settings ({diff})")
+    try:
+        resolve_precision(config.precision, vqvae.quantizer.codebook.device, recorded=checkpoint_precision(ckpt, path))
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot resume from {path}: {exc}") from None
     # A fine-tuned encoder has moved away from the VQ-VAE's: only a frozen one can be compared.
     if Path(ckpt["vqvae_checkpoint"]) != vqvae_path or (
         not config.finetune and not _same_code(ckpt["state_dict"], vqvae.state_dict())
@@ -547,16 +578,18 @@ def _as_model(checkpoint_or_model, device) -> tuple[VQVAEClassifier, dict]:
 
 
 @torch.inference_mode()
-def predict(model: VQVAEClassifier, images: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
-    """uint8 images (N, 28, 28) -> class probabilities (N, 10), on the CPU."""
+def predict(
+    model: VQVAEClassifier, images: torch.Tensor, *, batch_size: int = 1000, precision: str = "fp32"
+) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> class probabilities (N, 10), on the CPU; the forward pass in `precision`."""
     device = next(model.parameters()).device
     model.eval()
-    return torch.cat(
-        [
-            F.softmax(model(to_float(images[s : s + batch_size], device)), dim=1).cpu()
-            for s in range(0, len(images), batch_size)
-        ]
-    )
+    out = []
+    for s in range(0, len(images), batch_size):
+        with autocast(precision, device):
+            logits = model(to_float(images[s : s + batch_size], device))
+        out.append(F.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out)
 
 
 def classification_report_frame(labels: np.ndarray, predicted: np.ndarray):
@@ -746,6 +779,7 @@ def record_classifier_results(results_dir: str | os.PathLike, run: ClassifierRun
         "val_accuracy": run.best_val_acc,
         "train_seconds": run.train_seconds,
         "encode_seconds": run.encode_seconds,
+        "precision": run.precision,
         "test_accuracy": evaluation["accuracy"],
         "test_macro_f1": evaluation["macro_f1"],
         "test_per_class_f1": dict(zip(evaluation["report"]["class"], evaluation["report"]["f1"], strict=True)),

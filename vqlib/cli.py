@@ -89,6 +89,18 @@ def _data_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _precision_option(parser: argparse.ArgumentParser, what: str) -> None:
+    from .config import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help=f"arithmetic of {what}: 'auto' (bf16 on CUDA and on a CPU with native bfloat16 units, AVX-512 BF16 "
+        "or AMX; fp32 elsewhere), 'fp32' or 'bf16' (default: auto; docs/precision.md)",
+    )
+
+
 def _load_data(args: argparse.Namespace):
     from .data import load_fashion_mnist
 
@@ -152,6 +164,7 @@ def _configure_infer_vqvae(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=int, default=20, help="test images to reconstruct (default: 20)")
     p.add_argument("--output", default=None, help="PNG to write (default: results/vqvae/<run>/reconstructions.png)")
     _device_option(p)
+    _precision_option(p, "the forward pass (the test metrics are computed in fp32 from its output)")
     _data_option(p)
 
 
@@ -166,12 +179,17 @@ def cmd_infer_vqvae(args: argparse.Namespace) -> int:
     run = resolve_checkpoint(args.checkpoint, kind="vqvae").resolve().parent.name
     output = args.output or paths.results_dir() / "vqvae" / run / "reconstructions.png"
     metrics = infer_vqvae(
-        args.checkpoint, output, num_images=args.num_images, data=_load_data(args), device=args.device
+        args.checkpoint,
+        output,
+        num_images=args.num_images,
+        data=_load_data(args),
+        device=args.device,
+        precision=args.precision,
     )
     print(
         f"test MSE {metrics['mse']:.5f}, PSNR of the mean MSE {metrics['psnr']:.2f} dB "
         f"(mean per-image PSNR {metrics['psnr_mean_per_image']:.2f} dB), perplexity {metrics['perplexity']:.2f}, "
-        f"codes used {metrics['codebook_usage']:.0%}"
+        f"codes used {metrics['codebook_usage']:.0%}, precision {metrics['precision']}"
     )
     print(f"reconstructions: {output}")
     return 0
@@ -371,6 +389,7 @@ def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
         "(default: the path the classifier recorded)",
     )
     _device_option(p)
+    _precision_option(p, "the classifier's forward pass (the OOD score stays fp32)")
 
 
 @command(
@@ -389,6 +408,7 @@ def cmd_infer_cls(args: argparse.Namespace) -> int:
         invert=args.invert,
         device=str(resolve_device(args.device)),
         vqvae_checkpoint=args.vqvae_checkpoint,
+        precision=args.precision,
     )
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(unreliable_sentence(frame))

@@ -34,7 +34,15 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("auto", "on", "off")
+PRECISIONS = ("auto", "fp32", "bf16")  # what may be asked for; vqlib.device.resolve_precision decides what runs
+PRECISION_HELP = (
+    "arithmetic of the convolutions: 'auto' (bf16 on CUDA and on a CPU with native bfloat16 units, AVX-512 BF16 or "
+    "AMX; fp32 on any other CPU), 'fp32' or 'bf16' (honoured on any CPU, slow without those units); the quantizer's "
+    "distances and EMA, losses, metrics, weights and Adam state stay fp32. With --resume, 'auto' keeps the run's "
+    "recorded precision and another explicit one is refused (docs/precision.md)"
+)
+# The option `precision` replaced: amp 'on' meant bf16 autocast everywhere, 'off' fp32, 'auto' bf16 on CUDA only.
+LEGACY_AMP = {"on": "bf16", "off": "fp32", "auto": "auto"}
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -101,12 +109,7 @@ class TrainConfig:
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
     checkpoint_dir: Optional[str] = _opt(None, "folder of best.pt/last.pt; None means checkpoints/vqvae/K{K}_D{D}")
     results_dir: Optional[str] = _opt(None, "folder of metrics and figures; None means results/vqvae/K{K}_D{D}")
-    amp: str = _opt(
-        "auto",
-        "bf16 autocast of the convolutions (quantizer distances stay fp32): 'auto' (on for CUDA, "
-        "off for CPU, where bf16 has no hardware support), 'on' or 'off'",
-        choices=AMP_MODES,
-    )
+    precision: str = _opt("auto", PRECISION_HELP, choices=PRECISIONS)
     channels_last: bool = _opt(True, "channels-last (NHWC) memory format for the convolutions")
     compile: bool = _opt(False, "torch.compile the encoder and decoder (slow first steps; pays off on long GPU runs)")
 
@@ -124,14 +127,31 @@ class TrainConfig:
             f"train_subset must be a positive integer or None, not {self.train_subset!r}",
         )
         _check_choice("device", self.device, DEVICES)
-        _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("channels_last", "compile"):
             _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, not {getattr(self, name)!r}")
 
+    @staticmethod
+    def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+        """A saved config from before `precision` replaced `amp`, in today's names (amp on -> bf16, off -> fp32,
+        auto -> auto); the precision a run actually used is recorded beside the config, and missing means fp32."""
+        if "amp" not in values:
+            return values
+        values = dict(values)
+        amp = values.pop("amp")
+        values.setdefault("precision", LEGACY_AMP.get(amp, amp) if isinstance(amp, str) else amp)
+        return values
+
+
+def _upgrade(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    upgrade = getattr(cls, "upgrade", None)
+    return upgrade(values) if upgrade is not None and isinstance(values, dict) else values
+
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """Build `cls` from a dict, refusing unknown keys with a clear message."""
+    values = _upgrade(cls, values)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -142,7 +162,7 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
 def split_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """The entries of `values` that are fields of `cls`."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
+    return {k: v for k, v in _upgrade(cls, values).items() if k in names}
 
 
 def with_defaults(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +171,9 @@ def with_defaults(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
     A checkpoint or metrics file written before a field existed then compares
     equal to a config that leaves the new field at its default.
     """
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING} | saved
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING} | _upgrade(
+        cls, saved
+    )
 
 
 def changed_fields(saved: dict[str, Any], wanted: dict[str, Any], ignore: Any = ()) -> dict[str, Any]:
@@ -223,6 +245,14 @@ class ClassifierConfig:
     cache_codes: bool = _opt(True, "encode the training set once into code indices (frozen encoder only)")
     seed: int = _opt(0, "seed of the label subset, weights and shuffling")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+    precision: str = _opt(
+        "auto",
+        "arithmetic of the encoder (the code-index cache too) and the head: 'auto' (bf16 on CUDA and on a CPU with "
+        "native bfloat16 units, AVX-512 BF16 or AMX; fp32 on any other CPU), 'fp32' or 'bf16' (slow without those "
+        "units); the quantizer's distances, losses, validation, weights and AdamW state stay fp32. With --resume, "
+        "'auto' keeps the run's recorded precision and another explicit one is refused",
+        choices=PRECISIONS,
+    )
     checkpoint_dir: Optional[str] = _opt(
         None, "folder of best.pt; None means checkpoints/classifier/<VQ-VAE run>_<labels>_<frozen|finetune>"
     )
@@ -247,6 +277,7 @@ class ClassifierConfig:
         )
         _check(self.weight_decay >= 0, f"weight_decay must be 0 or more, not {self.weight_decay}")
         _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
 
 
 def parse_label_counts(text: str) -> list[Optional[int]]:

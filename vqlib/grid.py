@@ -82,7 +82,9 @@ def grid_parameters(
 
 # Where and how fast a point ran, not what it computed: a finished point is reused
 # whatever these were (another machine's folders, CUDA, speed switches).
-PLACEMENT_FIELDS = ("device", "checkpoint_dir", "results_dir", "amp", "channels_last", "compile")
+# The precision is among them: a finished fp32 point is reused by a run that asks for 'auto' on a
+# bf16 machine; its metrics (and the summary's precision column) say what it ran in.
+PLACEMENT_FIELDS = ("device", "checkpoint_dir", "results_dir", "precision", "channels_last", "compile")
 
 
 def is_complete(folder: str | os.PathLike, parameters: dict[str, Any]) -> bool:
@@ -233,6 +235,9 @@ def run_grid(
             record.update(
                 status="failed", error=f"{TRAIN_NOTEBOOK} ended without recording success in {folder / METRICS_FILE}"
             )
+        if record["status"] == "success":
+            # What the point trained in, beside where and how long: 'auto' resolves per machine.
+            record["precision"] = read_json_or_empty(folder / METRICS_FILE).get("precision", "fp32")
         write_json(folder / RUN_FILE, record)
         ended.append(record["name"])
         bar.set_description_str(f"grid: {len(ended)}/{len(specs)} configs done", refresh=False)
@@ -300,6 +305,8 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
                 "train_seconds": _number(metrics.get("train_seconds")),
                 "run_seconds": _number(record.get("seconds")),
                 "images_per_s": _number(metrics.get("images_per_s")),
+                # Runs recorded before precision was recorded trained in fp32.
+                "precision": _text(metrics.get("precision", "fp32")) if ok else "",
                 "peak_rss_mb": _number(metrics.get("peak_rss_mb")),
                 "threads": record.get("threads"),
                 "code": " ".join(map(str, code)) if isinstance(code, list) else "",
@@ -327,6 +334,7 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
         "train_seconds",
         "run_seconds",
         "images_per_s",
+        "precision",
         "peak_rss_mb",
         "threads",
         "code",
@@ -335,6 +343,11 @@ def collect_grid(folder: Optional[str | os.PathLike] = None, *, names: Optional[
         "history",
     ]
     return with_seed_statistics(pd.DataFrame(rows, columns=columns))
+
+
+def _text(value: Any) -> str:
+    """A recorded name as it is; anything else read from a damaged record is an empty string."""
+    return value if isinstance(value, str) else ""
 
 
 def _number(value: Any) -> float | int:

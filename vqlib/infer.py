@@ -17,7 +17,7 @@ import torch
 from .checkpoints import load_vqvae
 from .classify import load_classifier, predict
 from .data import CLASS_NAMES, IMAGE_SIZE, FashionMNIST, load_fashion_mnist, read_idx, to_float
-from .device import resolve_device
+from .device import autocast, resolve_device, resolve_precision
 from .errors import CheckpointError, ConfigError, DataError
 from .files import save_figure, write_csv, write_json
 from .plots import reconstruction_figure
@@ -25,16 +25,15 @@ from .train import evaluate_vqvae
 
 
 @torch.inference_mode()
-def reconstruct(model, images: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
-    """uint8 images (N, 28, 28) -> reconstructions (N, 1, 28, 28) in [0, 1], on the CPU."""
+def reconstruct(model, images: torch.Tensor, *, batch_size: int = 1000, precision: str = "fp32") -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> reconstructions (N, 1, 28, 28) in [0, 1], fp32 on the CPU; the forward in `precision`."""
     device = next(model.parameters()).device
     model.eval()
-    return torch.cat(
-        [
-            model(to_float(images[i : i + batch_size], device)).reconstruction.cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    out = []
+    for i in range(0, len(images), batch_size):
+        with autocast(precision, device):
+            out.append(model(to_float(images[i : i + batch_size], device)).reconstruction.float().cpu())
+    return torch.cat(out)
 
 
 def infer_vqvae(
@@ -44,24 +43,30 @@ def infer_vqvae(
     num_images: int = 20,
     data: Optional[FashionMNIST] = None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> dict:
     """Reconstruct the first `num_images` test images into a PNG grid; return test metrics.
 
-    Writes `output` (the PNG) and, beside it, the metrics as JSON.
+    Writes `output` (the PNG) and, beside it, the metrics as JSON. `precision`
+    ('auto', 'fp32', 'bf16') is resolved by `vqlib.device.resolve_precision` and
+    recorded in the metrics.
     """
     if num_images < 1:
         raise ConfigError(f"num_images must be at least 1, not {num_images}")
     data = data or load_fashion_mnist()
-    model, _ = load_vqvae(checkpoint, device=resolve_device(device))
+    resolved = resolve_device(device)
+    precision = resolve_precision(precision, resolved)
+    model, _ = load_vqvae(checkpoint, device=resolved)
     images, labels = data.test_images[:num_images], data.test_labels[:num_images]
     fig = reconstruction_figure(
         images,
-        reconstruct(model, images),
+        reconstruct(model, images, precision=precision),
         labels=[CLASS_NAMES[int(c)] for c in labels],
         title=f"VQ-VAE K={model.config.num_embeddings}, D={model.config.embedding_dim}: test images",
     )
     output = save_figure(fig, output)
-    metrics = evaluate_vqvae(model, data.test_images, data.test_labels)
+    metrics = evaluate_vqvae(model, data.test_images, data.test_labels, precision=precision)
+    metrics["precision"] = precision
     write_json(Path(output).with_suffix(".json"), {"checkpoint": str(checkpoint), "split": "test", **metrics})
     return metrics
 
@@ -286,6 +291,7 @@ def infer_images(
     invert: Optional[bool] = None,
     device: str = "auto",
     vqvae_checkpoint: Optional[str | os.PathLike] = None,
+    precision: str = "auto",
 ):
     """Predict the class of each input image; returns a DataFrame (input, predicted, probability, ood_score,
     ood_flag, one column per class).
@@ -296,7 +302,9 @@ def infer_images(
     99th percentile), whose predictions are unreliable. ``frame.attrs`` holds
     the threshold and, when no score could be computed, the reason.
 
-    With `output`, also writes it as CSV or JSON (by the suffix).
+    With `output`, also writes it as CSV or JSON (by the suffix). `precision`
+    ('auto', 'fp32', 'bf16') is that of the classifier's forward pass (resolved by
+    `vqlib.device.resolve_precision`, kept in ``frame.attrs``); the OOD score stays fp32.
     """
     import pandas as pd
 
@@ -305,9 +313,10 @@ def infer_images(
     if output is not None and Path(output).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"the output must end in .csv or .json, not {Path(output).name!r}")
     resolved = resolve_device(device)
+    precision = resolve_precision(precision, resolved)
     model, ckpt = load_classifier(checkpoint, device=resolved)
     images, names = load_images(inputs, invert=invert)
-    probabilities = predict(model, images).numpy()
+    probabilities = predict(model, images, precision=precision).numpy()
     predicted = probabilities.argmax(1)
     score, flag, note = ood_scores(ckpt, images, vqvae_checkpoint=vqvae_checkpoint, device=resolved)
     frame = pd.DataFrame(
@@ -321,7 +330,7 @@ def infer_images(
     )
     for c, name in enumerate(CLASS_NAMES):
         frame[name] = probabilities[:, c]
-    frame.attrs.update(ood_threshold_percentile=THRESHOLD_PERCENTILE, ood_note=note)
+    frame.attrs.update(ood_threshold_percentile=THRESHOLD_PERCENTILE, ood_note=note, precision=precision)
     if output is not None:
         if Path(output).suffix.lower() == ".csv":
             write_csv(output, frame)

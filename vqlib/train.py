@@ -8,7 +8,6 @@ training device as one float tensor; a batch is an index tensor into it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -22,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from . import paths
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import checkpoint_precision, load_checkpoint, save_checkpoint
 from .config import TrainConfig, VQVAEConfig, changed_fields, from_dict, split_fields, with_defaults
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset, to_float
-from .device import resolve_device, rng_state, seed_everything, set_rng_state
-from .errors import CheckpointError, TrainingError
+from .device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
+from .errors import CheckpointError, ConfigError, TrainingError
 from .files import ensure_dir, utc_timestamp, write_json
 from .models import VQVAE
 from .models.quantizer import code_histogram, perplexity_and_usage
@@ -34,8 +33,9 @@ from .progress import progress_bar
 
 # Fields of TrainConfig that may differ between a run and its resumption: where it
 # runs and how fast, not what it computes (the speed switches change results only
-# within float tolerance, or within bf16 tolerance for amp).
-RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_dir", "results_dir", "amp", "channels_last", "compile"}
+# within float tolerance). The precision asked for may differ too ('auto' against
+# the 'fp32' it resolved to), but the resolved precision may not: `read_last` checks it.
+RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_dir", "results_dir", "precision", "channels_last", "compile"}
 
 
 @dataclass
@@ -47,6 +47,7 @@ class VQVAERun:
     checkpoint_dir: Path
     model_config: VQVAEConfig
     train_config: TrainConfig
+    precision: str = "fp32"  # what the run trained in (vqlib.device.resolve_precision), as its checkpoints record
 
     @property
     def best_checkpoint(self) -> Path:
@@ -66,22 +67,6 @@ def default_results_dir(model_config: VQVAEConfig) -> Path:
 
 
 # ----------------------------------------------------------------------------- speed switches
-
-
-def amp_enabled(train_config: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast: 'auto' means CUDA only; on a CPU bf16 is fast only with bf16 units (AVX-512 BF16), which
-    vary between machines of the same kind, so it is asked for with 'on'."""
-    return train_config.amp == "on" or (train_config.amp == "auto" and device.type == "cuda")
-
-
-def autocast(train_config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """The forward pass's autocast context: bf16 convolutions when `amp_enabled`, else a no-op.
-
-    The same code path runs on CPU and CUDA (device_type comes from the device),
-    so the CPU tests exercise what a GPU run does. The quantizer's distances stay
-    fp32 under it (`VectorQuantizer.nearest` turns autocast off).
-    """
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_enabled(train_config, device))
 
 
 def apply_speed_switches(model: VQVAE, train_config: TrainConfig) -> VQVAE:
@@ -121,15 +106,25 @@ def learning_rate_at(train_config: TrainConfig, step: int, total_steps: int) -> 
 
 
 def train_step(
-    model: VQVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, train_config: TrainConfig, device: torch.device
+    model: VQVAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    train_config: TrainConfig,
+    device: torch.device,
+    *,
+    precision: Optional[str] = None,
 ) -> torch.Tensor:
-    """One Adam step on the batch `x` (float, on the device).
+    """One Adam step on the batch `x` (float, on the device), in `precision` ('fp32' or 'bf16';
+    None resolves `train_config.precision` for `device`).
 
     Returns (reconstruction MSE, VQ loss, perplexity, usage) of the batch as one
     detached tensor, without reading it back: the caller decides when to sync.
-    The benchmark times this same function.
+    The benchmark times this same function. Under bf16 only the forward's
+    convolutions run in bf16: the loss is computed from fp32 copies, the
+    quantizer's loss and statistics are fp32 already, weights and Adam stay fp32.
     """
-    with autocast(train_config, device):
+    precision = precision or resolve_precision(train_config.precision, device)
+    with autocast(precision, device):
         out = model(x)
     recon = F.mse_loss(out.reconstruction.float(), x)
     loss = recon + out.vq.loss
@@ -144,7 +139,12 @@ def train_step(
 
 @torch.inference_mode()
 def evaluate_vqvae(
-    model: VQVAE, images: torch.Tensor, labels: Optional[torch.Tensor] = None, *, batch_size: int = 1000
+    model: VQVAE,
+    images: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    *,
+    batch_size: int = 1000,
+    precision: str = "fp32",
 ) -> dict:
     """Reconstruction MSE, PSNR (two definitions), perplexity and codebook usage on a split (uint8 images).
 
@@ -155,7 +155,8 @@ def evaluate_vqvae(
     "psnr_mean_per_image" is the mean over images of each image's 10 log10(1 / MSE),
     the average many papers report. Perplexity and usage come from the code histogram of the
     whole split, so they do not depend on the batch size. With `labels`, also the
-    MSE of each class.
+    MSE of each class. `precision` is that of the forward pass ('fp32' or 'bf16'); the
+    errors are computed in fp32 from its output either way.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -165,8 +166,9 @@ def evaluate_vqvae(
     counts = torch.zeros(k, dtype=torch.long, device=device)
     for start in range(0, len(images), batch_size):
         x = to_float(images[start : start + batch_size], device)
-        out = model(x)
-        per_image.append(F.mse_loss(out.reconstruction, x, reduction="none").mean(dim=(1, 2, 3)))
+        with autocast(precision, device):
+            out = model(x)
+        per_image.append(F.mse_loss(out.reconstruction.float(), x, reduction="none").mean(dim=(1, 2, 3)))
         counts += code_histogram(out.vq.indices, k)
     model.train(was_training)
     per_image = torch.cat(per_image).cpu()
@@ -191,14 +193,30 @@ def evaluate_vqvae(
 
 
 def read_last(path: str | os.PathLike, model_config: VQVAEConfig, train_config: TrainConfig) -> dict:
-    """last.pt at `path`, checked to continue a run of these configs; a CheckpointError says why not."""
+    """last.pt at `path`, checked to continue a run of these configs; a CheckpointError says why not.
+
+    The precision the run continues in is the checkpoint's ('auto' keeps it, see
+    `resume_precision`); an explicit other one is refused here.
+    """
     ckpt = load_checkpoint(path, kind="vqvae")
     if "optimizer" not in ckpt or "rng" not in ckpt:
         raise CheckpointError(f"cannot resume from {path}: it is not a last.pt (it has no optimiser or RNG state)")
     problem = _config_problem(ckpt, model_config, train_config)
     if problem:
         raise CheckpointError(f"cannot resume from {path}: {problem}")
+    # The device only decides whether a bf16 run would be slow here (resolve_device would refuse a missing GPU).
+    device = torch.device("cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    resume_precision(ckpt, path, train_config.precision, device)
     return ckpt
+
+
+def resume_precision(ckpt: dict, path: str | os.PathLike, requested: str, device: torch.device) -> str:
+    """The precision a resumed run continues in: the checkpoint's own (missing: fp32), whatever
+    'auto' would choose on this machine; another explicit precision is a CheckpointError."""
+    try:
+        return resolve_precision(requested, device, recorded=checkpoint_precision(ckpt, path))
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot resume from {path}: {exc}") from None
 
 
 def _config_problem(ckpt: dict, model_config: VQVAEConfig, train_config: TrainConfig) -> Optional[str]:
@@ -270,10 +288,13 @@ def train_vqvae(
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if resume and last_path.is_file():
         ckpt = read_last(last_path, model_config, train_config)
+        precision = resume_precision(ckpt, last_path, train_config.precision, device)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, start_epoch = ckpt["history"], ckpt["epoch"]
         set_rng_state(ckpt["rng"])
+    else:
+        precision = resolve_precision(train_config.precision, device)
     write_json(
         ckpt_dir / "config.json", {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}
     )
@@ -299,7 +320,7 @@ def train_vqvae(
                 rate = learning_rate_at(train_config, epoch * steps_per_epoch + step, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = rate
-            sums += train_step(model, optimizer, train_x[idx], train_config, device)
+            sums += train_step(model, optimizer, train_x[idx], train_config, device, precision=precision)
             if step % 25 == 0 or step == steps_per_epoch - 1:
                 # Reading the loss back is a device sync: do it every 25 steps, not every step.
                 current = sums / (step + 1)
@@ -324,7 +345,7 @@ def train_vqvae(
                 f"the training loss became non-finite in epoch {epoch + 1}; "
                 f"lower the learning rate (last good checkpoint: {last_path})"
             )
-        # Validation runs in fp32 even with amp: it picks the best checkpoint, and bf16
+        # Validation runs in fp32 even in bf16: it picks the best checkpoint, and bf16
         # rounding (~0.4%) would be noise on that choice; it is 5,000 images, cheap.
         val = evaluate_vqvae(model, val_images, batch_size=1000)
         row = {
@@ -341,6 +362,7 @@ def train_vqvae(
             "learning_rate": optimizer.param_groups[0]["lr"],  # of the epoch's last step
             "epoch_seconds": seconds,
             "images_per_s": n / seconds,
+            "precision": precision,
         }
         row["rss_mb"], row["peak_rss_mb"] = memory_mb()
         # The machine's 1-minute load: a slow epoch on a busy machine is not a slow program.
@@ -355,6 +377,7 @@ def train_vqvae(
             "state_dict": model.state_dict(),
             "epoch": epoch + 1,
             "history": history,
+            "precision": precision,
         }
         if row["val_mse"] < best_mse:
             best_mse = row["val_mse"]
@@ -373,7 +396,12 @@ def train_vqvae(
         model.load_state_dict(load_checkpoint(best_path, kind="vqvae")["state_dict"])
     model.eval()
     return VQVAERun(
-        model=model, history=history, checkpoint_dir=ckpt_dir, model_config=model_config, train_config=train_config
+        model=model,
+        history=history,
+        checkpoint_dir=ckpt_dir,
+        model_config=model_config,
+        train_config=train_config,
+        precision=precision,
     )
 
 
@@ -410,6 +438,8 @@ def record_vqvae_run(run, results_dir: str | os.PathLike) -> dict:
         "num_embeddings": run.model_config.num_embeddings,
         "embedding_dim": run.model_config.embedding_dim,
         "seed": run.train_config.seed,
+        # What the run trained in ('auto' resolved on its machine); older runs were fp32.
+        "precision": getattr(run, "precision", "fp32"),
         "best_epoch": best["epoch"],
         "val_mse": best["val_mse"],
         "val_psnr": best["val_psnr"],
