@@ -357,9 +357,10 @@ def test_a_published_vqvae_opens_with_its_published_classifier(data, monkeypatch
     monkeypatch.delenv("VQLIB_ROOT", raising=False)
     ui = explorer_ui({"vqvae_checkpoint": "pretrained:K100_D64", **SMALL}, data)
     assert ui.explorer.classifier is not None and "classifier pretrained:K100_D64_all_frozen" in ui.status.value
+    # Published models are named as such, never by the machine's path (the README's screenshot shows them).
+    assert "VQ-VAE pretrained:K100_D64 " in ui.status.value and str(REPO) not in ui.status.value
     assert (
-        ui.classifier_path.value.endswith("K100_D64_all_frozen/best.pt")
-        and "no classifier" not in ui.probabilities.value
+        ui.classifier_path.value == "pretrained:K100_D64_all_frozen" and "no classifier" not in ui.probabilities.value
     )
     # 'none' opts out; a published VQ-VAE without a published classifier opens without one.
     config = ExplorerConfig(vqvae_checkpoint="pretrained:K100_D64", classifier_checkpoint="none", **SMALL)

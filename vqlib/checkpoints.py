@@ -73,6 +73,19 @@ def paired_pretrained_classifier(vqvae_checkpoint: str | os.PathLike) -> Optiona
     return None
 
 
+def checkpoint_label(path: str | os.PathLike) -> str:
+    """How a message names a checkpoint: ``pretrained:NAME`` for a published one (by name or by its file),
+    a path relative to the project inside it, else the path as given: never a machine's absolute path
+    where a shorter, portable name exists."""
+    text = os.fspath(path)
+    if text.startswith(PRETRAINED_PREFIX):
+        return text
+    file = Path(text).resolve()
+    if file.name == "best.pt" and file.parent.parent == paths.pretrained_dir().resolve():
+        return PRETRAINED_PREFIX + file.parent.name
+    return paths.shown(text)
+
+
 def resolve_checkpoint(path: str | os.PathLike, *, kind: Optional[str] = None) -> Path:
     """A checkpoint path as given, or ``pretrained:NAME`` resolved to the published file.
 

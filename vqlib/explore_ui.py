@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .checkpoints import checkpoint_label
 from .config import ExplorerConfig, from_dict
 from .data import CLASS_NAMES, FashionMNIST
 from .errors import ConfigError, VqlibError
@@ -233,7 +234,7 @@ class ExplorerUI:
         # 5. classifier response
         self.classifier_message = self._message("classifier")
         self.classifier_path = w.Text(
-            value=str(ex.classifier_checkpoint or ""),
+            value=checkpoint_label(ex.classifier_checkpoint) if ex.classifier_checkpoint else "",
             description="classifier",
             placeholder="path of a classifier checkpoint (best.pt)",
             layout=w.Layout(width="520px"),
@@ -447,7 +448,7 @@ def explorer_ui(parameters: dict, data: Optional[FashionMNIST] = None) -> Explor
     except VqlibError as exc:
         return ExplorerUI(None, error_html(exc))
     messages = [
-        f"VQ-VAE {explorer.vqvae_checkpoint} (K={explorer.num_codes}, D={explorer.model.config.embedding_dim}) "
+        f"VQ-VAE {checkpoint_label(explorer.vqvae_checkpoint)} (K={explorer.num_codes}, D={explorer.model.config.embedding_dim}) "
         f"on the {explorer.split} split"
     ]
     problems: dict[str, str] = {}
@@ -459,7 +460,7 @@ def explorer_ui(parameters: dict, data: Optional[FashionMNIST] = None) -> Explor
     if classifier:
         try:
             explorer.attach_classifier(classifier)
-            messages.append(f"classifier {classifier}")
+            messages.append(f"classifier {checkpoint_label(classifier)}")
         except VqlibError as exc:
             problems["classifier"] = error_html(exc)
     ui = ExplorerUI(explorer, "; ".join(html.escape(m) for m in messages))
