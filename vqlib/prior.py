@@ -251,7 +251,7 @@ def train_prior(
         # Shuffling depends on (seed, epoch) alone, so a resumed run sees the same batches.
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         loss_sum = torch.zeros((), device=device)
-        epoch_started = time.perf_counter()
+        epoch_started, cpu_started = time.perf_counter(), time.process_time()
         steps = cut = 0
         for step, idx in enumerate(batch_indices(n, config.batch_size, generator=generator, device=device)):
             # Linear warm-up from the global step: a function of (epoch, step), nothing to save.
@@ -292,6 +292,8 @@ def train_prior(
                 cut = 1
                 break
         seconds = time.perf_counter() - epoch_started
+        # CPU seconds beside wall seconds: on a shared machine they say how much of the wall time was this run's.
+        cpu_seconds = time.process_time() - cpu_started
         val_started = time.perf_counter()
         val_nll = mean_nll(model, val_codes, val_classes)
         row = {
@@ -303,6 +305,7 @@ def train_prior(
             "val_bits_per_image": val_nll / LN2 * model.length,
             "epoch_seconds": seconds,
             "sequences_per_s": min(steps * config.batch_size, n) / seconds,
+            "cpu_seconds": cpu_seconds,
             "val_seconds": time.perf_counter() - val_started,
             "cut_by_max_seconds": bool(cut),
             "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
