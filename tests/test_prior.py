@@ -159,6 +159,7 @@ def test_completion_keeps_the_image_rows(data, tiny_prior):
     images, codes = complete(prior, vqvae, image, 5, num=3, seed=0)
     own = encode_codes(vqvae, image[None]).long()[0]
     assert images.shape == (3, 1, 28, 28) and torch.equal(codes[:, :5], own[:5].expand(3, 5, 12))
+    assert torch.equal(complete(prior, vqvae, image, 12, num=2)[1], own.expand(2, 12, 12))  # nothing left to sample
     images, codes = sample_images(prior, vqvae, 2, classes="Trouser", seed=0)
     assert images.shape == (2, 1, 28, 28) and float(images.min()) >= 0 and float(images.max()) <= 1
 

@@ -127,6 +127,8 @@ class _Prior(nn.Module):
             if known > self.length:
                 raise ValueError(f"the prefix holds {known} codes, more than the {self.length} positions")
             out[:, :known] = prefix.expand(num, known)
+        if known == self.length:  # nothing left to sample
+            return out.view(num, *self.grid_size)
         was_training = self.training
         self.eval()
         state = self._start(num, classes)
