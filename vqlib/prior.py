@@ -227,7 +227,12 @@ def train_prior(
     about = {
         "model_config": dataclasses.asdict(config),
         "network": {"num_codes": k, "grid_size": list(grid), "num_classes": NUM_CLASSES},
-        "vqvae_checkpoint": config.vqvae_checkpoint or str(vqvae_path),
+        # pretrained:NAME as given (it resolves in any clone); a path made absolute, so the prior finds it from anywhere.
+        "vqvae_checkpoint": (
+            config.vqvae_checkpoint
+            if str(config.vqvae_checkpoint or "").startswith("pretrained:")
+            else str(vqvae_path.resolve())
+        ),
         "vqvae_config": dataclasses.asdict(vqvae.config),
         "vqvae_digest": digest,
         "run_name": run_name(config, vqvae_path),
