@@ -34,6 +34,10 @@ def _parse_optional_int(text: str) -> Optional[int]:
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def _parse_optional_float(text: str) -> Optional[float]:
+    return None if text.lower() == "none" else float(text)
+
+
 def add_config_options(
     parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (), profile: bool = False
 ) -> None:
@@ -60,6 +64,8 @@ def add_config_options(
             kwargs["type"] = kind
         elif kind == Optional[int]:
             kwargs["type"] = _parse_optional_int
+        elif kind == Optional[float]:
+            kwargs["type"] = _parse_optional_float
         else:  # Optional[str]
             kwargs["type"] = str
         if "choices" in f.metadata:
@@ -768,6 +774,142 @@ def cmd_figures(args: argparse.Namespace) -> int:
     )
     for line in result.skipped:
         print(f"skipped {line}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- prior over the code
+
+
+def _configure_train_prior(p: argparse.ArgumentParser) -> None:
+    from .config import PriorConfig
+
+    add_config_options(p, PriorConfig)
+    _data_option(p)
+    p.add_argument("--resume", action="store_true", help="continue from last.pt in the checkpoint folder")
+
+
+@command(
+    "train-prior",
+    "train the autoregressive prior over a frozen VQ-VAE's code; writes checkpoints/prior/<run>/best.pt, last.pt",
+    _configure_train_prior,
+)
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    from .config import PriorConfig
+    from .prior import train_prior
+
+    run = train_prior(config_from_args(PriorConfig, args), _load_data(args), resume=args.resume)
+    best = run.history[run.best_epoch - 1]
+    print(
+        f"validation {best['val_bits_per_image']:.1f} bits per image ({best['val_bits_per_code']:.3f} bits per code) "
+        f"at epoch {run.best_epoch} of {len(run.history)}"
+    )
+    print(f"checkpoint: {run.best_checkpoint}")
+    return 0
+
+
+def _configure_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", required=True, help="a prior checkpoint (best.pt) or pretrained:NAME")
+    p.add_argument(
+        "--vqvae-checkpoint",
+        default=None,
+        help="the VQ-VAE that decodes the codes (default: the one the prior was trained on; another is refused)",
+    )
+    p.add_argument("--num", type=int, default=64, help="samples to draw (default: 64)")
+    p.add_argument("--class", dest="class_name", default=None, help="class to sample (name or 0-9; default: none)")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes only (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    p.add_argument(
+        "--complete",
+        default=None,
+        metavar="IMAGE",
+        help="complete this image (a PNG/JPEG path, or test:INDEX for a test image) instead of sampling from nothing",
+    )
+    p.add_argument("--keep-rows", type=int, default=6, help="code rows of IMAGE kept by --complete (default: 6)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="PNG grid to write; the codes go beside it as .pt (default: results/prior/<prior run>/samples.png)",
+    )
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    _data_option(p)
+
+
+def _image_to_complete(text: str, args: argparse.Namespace):
+    from .errors import ConfigError
+
+    if text.lower().startswith("test:"):
+        data = _load_data(args)
+        try:
+            index = int(text[5:])
+        except ValueError:
+            index = -1
+        if not 0 <= index < len(data.test_images):
+            raise ConfigError(f"{text!r} names no test image; write test:INDEX with INDEX from 0 to 9999")
+        return data.test_images[index]
+    from .infer import load_images
+
+    images, _ = load_images([text])
+    return images[0]
+
+
+@command(
+    "sample",
+    "draw codes from a prior, decode them into a PNG grid (codes beside it as .pt); --complete fills in an image",
+    _configure_sample,
+)
+def cmd_sample(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from . import paths
+    from .device import resolve_device
+    from .errors import ConfigError
+    from .files import atomic_path, save_figure
+    from .plots import image_grid
+    from .prior import class_index, complete, load_pair, sample_images, sampling_record
+
+    class_id = None if args.class_name is None else class_index(args.class_name)
+    if args.num < 1:
+        raise ConfigError(f"--num must be a positive integer, not {args.num}")
+    prior, vqvae, ckpt = load_pair(args.prior, args.vqvae_checkpoint, device=resolve_device(args.device))
+    settings = dict(num=args.num, temperature=args.temperature, top_k=args.top_k, seed=args.seed, class_id=class_id)
+    started = time.perf_counter()
+    if args.complete:
+        image = _image_to_complete(args.complete, args)
+        images, codes = complete(
+            prior,
+            vqvae,
+            image,
+            args.keep_rows,
+            num=args.num,
+            classes=class_id,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+        )
+        settings.update(complete=args.complete, keep_rows=args.keep_rows)
+    else:
+        images, codes = sample_images(
+            prior, vqvae, args.num, classes=class_id, temperature=args.temperature, top_k=args.top_k, seed=args.seed
+        )
+    seconds = time.perf_counter() - started
+    output = Path(args.output or paths.results_dir() / "prior" / str(ckpt.get("run_name") or "prior") / "samples.png")
+    per_row = 8 if len(images) > 8 else len(images)
+    rows = [images[i : i + per_row] for i in range(0, len(images), per_row)]
+    if args.complete:
+        from .data import to_float
+
+        # First row: the image and its reconstruction from its whole code, what the completions are read against.
+        with torch.inference_mode():
+            x = to_float(image.reshape(1, 28, 28), next(vqvae.parameters()).device)
+            rows = [torch.cat([x, vqvae(x).reconstruction.clamp(0, 1)]).cpu(), *rows]
+    save_figure(image_grid(rows, scale=0.8), output)
+    codes_path = output.with_suffix(".pt")
+    with atomic_path(codes_path) as tmp:
+        torch.save({"codes": codes, **sampling_record(ckpt, **settings)}, tmp)
+    print(f"{len(codes)} samples in {seconds:.2f} s: {output} (codes: {codes_path})")
     return 0
 
 

@@ -604,3 +604,80 @@ class ExplorerConfig:
             f"interpolation_steps must be an integer of at least 2, not {self.interpolation_steps!r}",
         )
         _check_choice("device", self.device, DEVICES)
+
+
+PRIOR_ARCHITECTURES = ("transformer", "pixelcnn")
+
+
+@dataclass
+class PriorConfig:
+    """The autoregressive prior over a frozen VQ-VAE's code (the VQ-VAE's second stage), and how it is trained."""
+
+    vqvae_checkpoint: Optional[str] = _opt(
+        None, "VQ-VAE checkpoint (or pretrained:NAME) whose code the prior models; None: the grid's best"
+    )
+    architecture: str = _opt(
+        "transformer",
+        "'transformer' (causal, key-value cached sampling) or 'pixelcnn' (gated PixelCNN, the VQ-VAE paper's)",
+        choices=PRIOR_ARCHITECTURES,
+    )
+    class_conditional: bool = _opt(
+        False, "condition on the class; class_dropout of the sequences see 'no class', so it also samples without one"
+    )
+    class_dropout: float = _opt(0.1, "share of training sequences shown 'no class' when class_conditional is on")
+    layers: int = _opt(4, "transformer blocks (or gated PixelCNN layers)")
+    heads: int = _opt(4, "attention heads per block (transformer only)")
+    width: int = _opt(128, "embedding width (transformer) or channels (PixelCNN)")
+    kernel: int = _opt(5, "kernel size of the gated PixelCNN's layers (pixelcnn only)")
+    dropout: float = _opt(0.1, "dropout on embeddings, attention and MLP outputs (transformer only)")
+    batch_size: int = _opt(64, "codes per optimiser step")
+    learning_rate: float = _opt(1e-3, "Adam learning rate (after a linear warm-up)")
+    warmup_steps: int = _opt(200, "steps of linear learning-rate warm-up from 0")
+    epochs: int = _opt(20, "maximum passes over the training codes (early stopping may end sooner)")
+    patience: int = _opt(3, "stop after this many epochs without a lower validation NLL")
+    max_seconds: Optional[float] = _opt(
+        None,
+        "stop training after this many seconds of steps, then validate and keep the model (for equal-time "
+        "comparisons; a run cut this way is not resumable bit for bit); None: no limit",
+    )
+    train_subset: Optional[int] = _opt(
+        None, "train on this many codes of the training split (stratified); None uses all 55,000"
+    )
+    val_subset: Optional[int] = _opt(
+        None, "validate on this many codes of the validation split (stratified); None uses all 5,000"
+    )
+    seed: int = _opt(0, "seed of weights, shuffling, dropout and class dropout")
+    device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+    checkpoint_dir: Optional[str] = _opt(
+        None, "folder of best.pt/last.pt; None means checkpoints/prior/<VQ-VAE run>_<architecture>_<cond|uncond>"
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("architecture", self.architecture, PRIOR_ARCHITECTURES)
+        for name in ("layers", "heads", "width", "kernel", "batch_size", "epochs", "patience"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive integer, not {value!r}",
+            )
+        _check(self.width % self.heads == 0, f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        _check(self.kernel % 2 == 1, f"kernel must be odd, not {self.kernel}")
+        _check(
+            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            f"warmup_steps must be 0 or more, not {self.warmup_steps!r}",
+        )
+        _check(isinstance(self.class_conditional, bool), "class_conditional must be true or false")
+        _check(0.0 <= self.class_dropout < 1.0, f"class_dropout must lie in [0, 1), not {self.class_dropout}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), not {self.dropout}")
+        _check(self.learning_rate > 0, f"learning_rate must be positive, not {self.learning_rate}")
+        _check(
+            self.max_seconds is None or self.max_seconds > 0,
+            f"max_seconds must be positive or None, not {self.max_seconds}",
+        )
+        for name in ("train_subset", "val_subset"):
+            value = getattr(self, name)
+            _check(
+                value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 10),
+                f"{name} must be an integer of at least 10 (one per class) or None, not {value!r}",
+            )
+        _check_choice("device", self.device, DEVICES)

@@ -1,0 +1,195 @@
+"""The prior over the VQ-VAE's code: exact likelihoods, causality, sampling, resumption, the checkpoint and the CLI.
+
+Real data throughout: the published protocol VQ-VAE (K100_D64) encodes small
+subsets of FashionMNIST, and the priors are tiny so that each test takes seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from vqlib.config import PriorConfig
+from vqlib.errors import CheckpointError
+from vqlib.models.prior import GatedPixelCNN, PriorTransformer
+
+PROTOCOL = str(REPO / "checkpoints" / "pretrained" / "K100_D64" / "best.pt")
+OTHER_K = str(REPO / "checkpoints" / "pretrained" / "K50_D64" / "best.pt")
+SAME_K_OTHER_WEIGHTS = str(REPO / "checkpoints" / "pretrained" / "K100_D32" / "best.pt")
+ARCHITECTURES = {
+    "transformer": lambda k, grid: PriorTransformer(k, grid_size=grid, layers=2, heads=2, width=16, dropout=0.0),
+    "pixelcnn": lambda k, grid: GatedPixelCNN(k, grid_size=grid, layers=3, width=16, kernel=3),
+}
+
+
+def tiny_config(tmp_path, **overrides) -> PriorConfig:
+    values = dict(
+        vqvae_checkpoint=PROTOCOL,
+        layers=1,
+        heads=2,
+        width=32,
+        dropout=0.1,
+        batch_size=32,
+        warmup_steps=3,
+        epochs=1,
+        train_subset=160,
+        val_subset=40,
+        device="cpu",
+        checkpoint_dir=str(tmp_path / "prior"),
+    )
+    return PriorConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(data, tmp_path_factory):
+    """A class-conditional prior trained for one epoch on 160 real codes of the protocol VQ-VAE."""
+    from vqlib.prior import train_prior
+
+    folder = tmp_path_factory.mktemp("prior")
+    run = train_prior(tiny_config(folder, class_conditional=True), data, progress=False)
+    return run.best_checkpoint
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("cls", [None, 3])
+def test_probabilities_sum_to_one_over_every_code(architecture, cls):
+    torch.manual_seed(0)
+    model = ARCHITECTURES[architecture](3, (2, 2)).eval()
+    every = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 2, 2)
+    with torch.no_grad():
+        total = model.log_prob(every, cls).double().exp().sum().item()
+    assert total == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_later_cell_never_changes_an_earlier_conditional(architecture):
+    torch.manual_seed(0)
+    model = ARCHITECTURES[architecture](10, (4, 5)).eval()
+    codes = torch.randint(0, 10, (1, 20))
+    with torch.no_grad():
+        logits = model.logits(codes)
+        for j in range(20):
+            changed = codes.clone()
+            changed[0, j] = (changed[0, j] + 1) % 10
+            other = model.logits(changed)
+            assert torch.equal(logits[0, : j + 1], other[0, : j + 1]), f"position <= {j} saw position {j}"
+            if (j + 1) % 5:  # its right neighbour does depend on it: the test can tell a model that sees nothing
+                assert not torch.allclose(logits[0, j + 1], other[0, j + 1])
+
+
+def test_kv_cached_steps_give_the_uncached_logits():
+    torch.manual_seed(0)
+    model = PriorTransformer(10, grid_size=(3, 4), layers=2, heads=2, width=16, dropout=0.1).eval()
+    codes = torch.randint(0, 10, (2, 12))
+    classes = torch.tensor([4, 10])
+    with torch.no_grad():
+        full = model.logits(codes, classes)
+        for known in (0, 5):  # from the class token alone, and after a prefix fed in one piece
+            state = model._start(2, classes)
+            steps = [model._next_logits(state, codes[:, :known])]
+            for i in range(known, 11):
+                steps.append(model._next_logits(state, codes[:, i : i + 1]))
+            torch.testing.assert_close(torch.stack(steps, 1), full[:, known:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_seeded_sampling_is_reproducible_and_keeps_the_prefix(architecture):
+    torch.manual_seed(0)
+    model = ARCHITECTURES[architecture](10, (3, 4)).eval()
+    prefix = torch.tensor([[1, 2, 3, 4]])
+    draw = lambda seed: model.sample(  # noqa: E731
+        6, 2, generator=torch.Generator().manual_seed(seed), prefix=prefix, temperature=1.5
+    )
+    first = draw(1)
+    assert torch.equal(first, draw(1))
+    assert not torch.equal(first, draw(2))
+    assert first.shape == (6, 3, 4) and torch.equal(first.view(6, -1)[:, :4], prefix.expand(6, 4))
+    top1 = model.sample(3, generator=torch.Generator().manual_seed(0), top_k=1)
+    assert torch.equal(top1[0], top1[1])  # top_k=1 is greedy: every sample is the same
+
+
+def test_resume_after_an_interruption_is_bitwise_equal(data, tmp_path):
+    from vqlib.prior import train_prior
+
+    # Class-conditional with dropout: both draw from the RNG, which last.pt must carry over.
+    whole = train_prior(tiny_config(tmp_path / "a", epochs=2, class_conditional=True), data, progress=False)
+    train_prior(tiny_config(tmp_path / "b", epochs=1, class_conditional=True), data, progress=False)
+    resumed = train_prior(
+        tiny_config(tmp_path / "b", epochs=2, class_conditional=True), data, resume=True, progress=False
+    )
+    a = torch.load(tmp_path / "a" / "prior" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "prior" / "last.pt", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert [row["val_nll"] for row in whole.history] == [row["val_nll"] for row in resumed.history]
+    assert len(resumed.history) == 2 and math.isfinite(resumed.best_val_bits_per_image)
+
+
+def test_the_checkpoint_loads_weights_only_and_refuses_another_vqvae(tiny_prior):
+    from vqlib.checkpoints import load_vqvae
+    from vqlib.prior import bits_per_image, load_pair, load_prior
+
+    raw = torch.load(tiny_prior, weights_only=True)
+    assert raw["kind"] == "prior" and raw["network"] == {"num_codes": 100, "grid_size": [12, 12], "num_classes": 10}
+    vqvae, _ = load_vqvae(PROTOCOL)
+    prior, _ = load_prior(tiny_prior, vqvae=vqvae)
+    codes = prior.sample(3, generator=torch.Generator().manual_seed(0))
+    bits = bits_per_image(prior, codes)
+    assert bits.shape == (3,) and bool((bits > 0).all())
+    torch.testing.assert_close(bits, -prior.log_prob(codes).double() / math.log(2))
+    other, _ = load_vqvae(SAME_K_OTHER_WEIGHTS)
+    with pytest.raises(CheckpointError, match="weights differ") as refused:
+        load_prior(tiny_prior, vqvae=other)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(CheckpointError, match="K=100 .* K=50"):
+        load_pair(tiny_prior, OTHER_K)
+
+
+def test_completion_keeps_the_image_rows(data, tiny_prior):
+    from vqlib.classify import encode_codes
+    from vqlib.prior import complete, load_pair, sample_images
+
+    prior, vqvae, _ = load_pair(tiny_prior)
+    image = data.test_images[0]
+    images, codes = complete(prior, vqvae, image, 5, num=3, seed=0)
+    own = encode_codes(vqvae, image[None]).long()[0]
+    assert images.shape == (3, 1, 28, 28) and torch.equal(codes[:, :5], own[:5].expand(3, 5, 12))
+    assert torch.equal(complete(prior, vqvae, image, 12, num=2)[1], own.expand(2, 12, 12))  # nothing left to sample
+    images, codes = sample_images(prior, vqvae, 2, classes="Trouser", seed=0)
+    assert images.shape == (2, 1, 28, 28) and float(images.min()) >= 0 and float(images.max()) <= 1
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_cli_samples_and_completes(tiny_prior, tmp_path, capsys):
+    from vqlib.cli import main
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--prior", str(tiny_prior), "--num", "4", "--class", "trouser", "--output", str(out)]) == 0
+    saved = torch.load(out.with_suffix(".pt"), weights_only=True)
+    assert out.stat().st_size > 0 and saved["codes"].shape == (4, 12, 12) and saved["class_id"] == 1
+    out = tmp_path / "completed.png"
+    args = ["sample", "--prior", str(tiny_prior), "--num", "3", "--complete", "test:7", "--keep-rows", "4"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert torch.load(out.with_suffix(".pt"), weights_only=True)["keep_rows"] == 4
+
+
+def test_cli_refuses_a_bad_class_and_a_prior_of_another_k(tiny_prior, tmp_path, capsys):
+    from vqlib.cli import main
+
+    out = str(tmp_path / "x.png")
+    assert main(["sample", "--prior", str(tiny_prior), "--class", "Hat", "--output", out]) == 2
+    assert "no FashionMNIST class 'Hat'" in _error_line(capsys)
+    assert main(["sample", "--prior", str(tiny_prior), "--vqvae-checkpoint", OTHER_K, "--output", out]) == 2
+    assert "K=100" in _error_line(capsys)
+    assert main(["sample", "--prior", str(tiny_prior), "--complete", "test:99999", "--output", out]) == 2
+    assert "test:INDEX" in _error_line(capsys)
