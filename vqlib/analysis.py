@@ -911,7 +911,7 @@ def reconstruction_claim(
     their CVs lies above 0. Agrees when every part holds, partly when some do.
 
     "Beyond the noise" is decided for the parts as one family (two best, two
-    worst, four pairs: eight tests with the seed's names): each part's
+    worst, four pairs: eight tests with the original study's names): each part's
     two-sided p-value (`bootstrap_p_value`) is adjusted by Holm's
     method (`holm_adjusted`), and a part holds only when its adjusted p-value
     is below `alpha`, so that the chance of any part holding by noise alone
@@ -988,7 +988,7 @@ def reconstruction_claim(
     family = [*best_parts.values(), *worst_parts.values(), *variability_parts.values()]
     for p, adjusted in zip(family, holm_adjusted([p["p_value"] for p in family]), strict=True):
         p["p_holm"] = float(adjusted)
-        # On the seed's side of the other (a positive margin or CV difference) and beyond the family's noise;
+        # On the original study's side of the other (a positive margin or CV difference) and beyond the family's noise;
         # a named class must also sit inside its band.
         on_side = p["inside_band"] and p["margin"] > 0 if "margin" in p else p["cv_difference"] > 0
         p["holds_unadjusted"] = bool(on_side and p["interval"][0] > 0)
