@@ -831,7 +831,12 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
         default=None,
         help="PNG grid to write; the codes go beside it as .pt (default: results/prior/<prior run>/samples.png)",
     )
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("auto", "cpu", "cuda"),
+        help="where to sample: cpu, auto (a CUDA GPU when PyTorch sees one, else the CPU) or cuda (default: cpu)",
+    )
     _data_option(p)
 
 
