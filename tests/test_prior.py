@@ -130,6 +130,24 @@ def test_resume_after_an_interruption_is_bitwise_equal(data, tmp_path):
     assert len(resumed.history) == 2 and math.isfinite(resumed.best_val_bits_per_image)
 
 
+def test_precision_is_recorded_and_kept_for_life(data, tmp_path):
+    from vqlib.prior import train_prior
+
+    fp32 = train_prior(tiny_config(tmp_path, precision="fp32"), data, progress=False)
+    last = torch.load(tmp_path / "prior" / "last.pt", weights_only=True)
+    assert fp32.precision == last["precision"] == "fp32"
+    assert [row["precision"] for row in fp32.history] == ["fp32"]
+    # An explicit other precision would make the continued run another run: refused in one sentence.
+    with pytest.raises(CheckpointError, match="fp32"):
+        train_prior(tiny_config(tmp_path, precision="bf16", epochs=2), data, resume=True, progress=False)
+    # 'auto' keeps the run's own, whatever this CPU would choose for a new run.
+    resumed = train_prior(tiny_config(tmp_path, precision="auto", epochs=2), data, resume=True, progress=False)
+    assert [row["precision"] for row in resumed.history] == ["fp32", "fp32"]
+    # bf16 as asked (emulated on a CPU without bf16 units, still correct): recorded, and the loss stays finite.
+    bf16 = train_prior(tiny_config(tmp_path / "b", precision="bf16"), data, progress=False)
+    assert bf16.precision == "bf16" and math.isfinite(bf16.best_val_bits_per_image)
+
+
 def test_the_checkpoint_loads_weights_only_and_refuses_another_vqvae(tiny_prior):
     from vqlib.checkpoints import load_vqvae
     from vqlib.prior import bits_per_image, load_pair, load_prior

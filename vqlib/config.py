@@ -648,6 +648,14 @@ class PriorConfig:
     )
     seed: int = _opt(0, "seed of weights, shuffling, dropout and class dropout")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+    precision: str = _opt(
+        "auto",
+        "arithmetic of the training steps: 'auto' (bf16 on CUDA and on a CPU with native bfloat16 units, AVX-512 "
+        "BF16 or AMX; fp32 on any other CPU), 'fp32' or 'bf16' (slow without those units); the loss, the "
+        "validation NLL that chooses best.pt, every likelihood and sample, the weights and Adam state stay fp32. "
+        "With --resume, 'auto' keeps the run's recorded precision and another explicit one is refused",
+        choices=PRECISIONS,
+    )
     checkpoint_dir: Optional[str] = _opt(
         None, "folder of best.pt/last.pt; None means checkpoints/prior/<VQ-VAE run>_<architecture>_<cond|uncond>"
     )
@@ -681,3 +689,4 @@ class PriorConfig:
                 f"{name} must be an integer of at least 10 (one per class) or None, not {value!r}",
             )
         _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)

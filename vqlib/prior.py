@@ -31,6 +31,7 @@ import torch
 from . import paths
 from .checkpoints import (
     build_checked,
+    checkpoint_precision,
     config_from_checkpoint,
     load_checkpoint,
     load_vqvae,
@@ -40,7 +41,7 @@ from .checkpoints import (
 from .classify import encode_codes
 from .config import PriorConfig, changed_fields, with_defaults
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset
-from .device import resolve_device, rng_state, seed_everything, set_rng_state
+from .device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
 from .files import atomic_path, ensure_dir, utc_timestamp, write_json
 from .models.prior import GatedPixelCNN, PriorTransformer
@@ -49,7 +50,8 @@ from .progress import progress_bar
 KIND = "prior"
 LN2 = math.log(2.0)
 # What may differ between a last.pt and the run that continues it: how long and where, not what it computes.
-PRIOR_RESUMABLE_CHANGES = {"epochs", "patience", "device", "checkpoint_dir"}
+# The precision asked for may differ ('auto' against the 'fp32' it resolved to); the resolved one may not.
+PRIOR_RESUMABLE_CHANGES = {"epochs", "patience", "device", "checkpoint_dir", "precision"}
 
 
 # ----------------------------------------------------------------------------- the VQ-VAE's code
@@ -151,6 +153,7 @@ class PriorRun:
     vqvae_checkpoint: Path
     best_epoch: int
     best_val_bits_per_image: float
+    precision: str = "fp32"  # what the training steps ran in, as the checkpoints record
 
     @property
     def best_checkpoint(self) -> Path:
@@ -200,6 +203,13 @@ def train_prior(
     ckpt_dir = ensure_dir(config.checkpoint_dir or default_checkpoint_dir(config, vqvae_path))
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     resumed = _resumable(last_path, config, digest) if resume and last_path.is_file() else None
+    # A run keeps one precision for life: a resumed run continues in the one its last.pt records.
+    try:
+        precision = resolve_precision(
+            config.precision, device, recorded=None if resumed is None else checkpoint_precision(resumed, last_path)
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot resume from {last_path}: {exc}") from None
 
     started = time.perf_counter()
     train_codes, train_labels = split_codes(vqvae, data, "train", config.train_subset, config.seed)
@@ -236,6 +246,7 @@ def train_prior(
         "vqvae_config": dataclasses.asdict(vqvae.config),
         "vqvae_digest": digest,
         "run_name": run_name(config, vqvae_path),
+        "precision": precision,
     }
     best_nll = min((row["val_nll"] for row in history), default=math.inf)
     n = len(train_codes)
@@ -269,7 +280,9 @@ def train_prior(
                 # Class dropout: these sequences learn the unconditional distribution, so one
                 # model answers classes=None too (the classifier-free guidance recipe's trick).
                 classes[torch.rand(len(idx), device=device) < config.class_dropout] = NUM_CLASSES
-            loss = model.loss(train_codes[idx], classes)
+            # bf16 autocast covers the network's matmuls; the loss is computed from fp32 logits (model.loss).
+            with autocast(precision, device):
+                loss = model.loss(train_codes[idx], classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -315,6 +328,7 @@ def train_prior(
             "cut_by_max_seconds": bool(cut),
             "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
             "threads": torch.get_num_threads(),
+            "precision": precision,
             "code": paths.code_version(),
         }
         history.append(row)
@@ -347,7 +361,7 @@ def train_prior(
     if progress:
         print(
             f"best validation {history[best_epoch - 1]['val_bits_per_image']:.1f} bits per image at epoch "
-            f"{best_epoch} of {len(history)} (encoding once {encode_seconds:.1f} s)"
+            f"{best_epoch} of {len(history)} (trained in {precision}; encoding once {encode_seconds:.1f} s)"
         )
     return PriorRun(
         model=model,
@@ -357,6 +371,7 @@ def train_prior(
         vqvae_checkpoint=vqvae_path,
         best_epoch=best_epoch,
         best_val_bits_per_image=history[best_epoch - 1]["val_bits_per_image"],
+        precision=precision,
     )
 
 
