@@ -31,10 +31,12 @@ import torch
 
 from . import paths
 from .checkpoints import (
+    PRETRAINED_PREFIX,
     build_checked,
     config_from_checkpoint,
     load_checkpoint,
     load_vqvae,
+    pretrained_names,
     resolve_vqvae_checkpoint,
     save_checkpoint,
 )
@@ -421,6 +423,20 @@ def check_pair(ckpt: dict, vqvae, prior_name: str | os.PathLike, vqvae_name: str
             f"the prior {prior_name} was trained on the code of another VQ-VAE than {named} (its weights differ); "
             f"pass the VQ-VAE it was trained on ({trained_on})"
         )
+
+
+def paired_pretrained_prior(vqvae) -> Optional[str]:
+    """``pretrained:NAME`` of a published prior trained on this VQ-VAE's code (the same weights' digest), a
+    class-conditional one first; None when none is published."""
+    digest, found = weights_digest(vqvae), []
+    for name in pretrained_names(KIND):
+        try:
+            ckpt = load_checkpoint(PRETRAINED_PREFIX + name, kind=KIND)
+        except CheckpointError:
+            continue
+        if ckpt.get("vqvae_digest") == digest:
+            found.append((not ckpt["model_config"].get("class_conditional"), name))
+    return PRETRAINED_PREFIX + min(found)[1] if found else None
 
 
 def load_pair(
