@@ -607,8 +607,11 @@ def test_make_lab_listens_on_localhost_and_allows_root():
 
 
 @pytest.mark.skipif(not explore_browser.CHROMIUM.is_file(), reason="no /usr/bin/chromium (apt-get install chromium)")
-def test_the_explorer_works_in_jupyterlab_in_a_real_browser(tmp_path, vqvae_checkpoint, classifier_checkpoint):
-    """JupyterLab on 127.0.0.1, Debian's Chromium via Playwright: run all, move a slider, press edit."""
+def test_the_explorer_works_in_jupyterlab_in_a_real_browser(
+    tmp_path, vqvae_checkpoint, classifier_checkpoint, prior_checkpoint
+):
+    """JupyterLab on 127.0.0.1, Debian's Chromium via Playwright: run all, move a slider, press edit, sample
+    and resample."""
     started = time.monotonic()
     result = explore_browser.run_check(
         vqvae_checkpoint,
@@ -616,8 +619,10 @@ def test_the_explorer_works_in_jupyterlab_in_a_real_browser(tmp_path, vqvae_chec
         tmp_path / "explorer.png",
         folder=tmp_path / "lab",
         extra_parameters=SMALL,
+        prior_checkpoint=prior_checkpoint,
     )
-    assert result["slider_changed_image"] and result["edit_changed_image"]
+    assert result["slider_changed_image"] and result["edit_changed_image"] and result["sample_changed_image"]
+    assert "resampled 4 cell(s) given the other 140" in result["resample_info"]
     assert result["messages"] == [] and result["stderr_outputs"] == 0
     assert (tmp_path / "explorer.png").stat().st_size > 20_000
     print(f"browser check: {result} in {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -282,10 +282,11 @@ class ExplorerUI:
         )
         self.generation_class.add_class("vqlib-generation-class")
         # Plain number fields, not bounded ones: a value out of range gets the explorer's own sentence.
-        self.temperature = w.FloatText(value=1.0, description="temperature", layout=w.Layout(width="200px"))
-        self.top_k = w.IntText(value=0, description="top-k (0: all)", layout=w.Layout(width="200px"))
-        self.sweeps = w.IntText(value=1, description="sweeps", layout=w.Layout(width="200px"))
-        self.seed = w.IntText(value=0, description="seed", layout=w.Layout(width="200px"))
+        short = {"layout": w.Layout(width="200px"), "style": {"description_width": "initial"}}
+        self.temperature = w.FloatText(value=1.0, description="temperature", **short)
+        self.top_k = w.IntText(value=0, description="top-k (0: all K)", **short)
+        self.sweeps = w.IntText(value=1, description="sweeps", **short)
+        self.seed = w.IntText(value=0, description="seed", **short)
         self.seed.add_class("vqlib-seed")
         self.sample = self._button("sample a new code", "sample", self.generate_message, self._on_sample)
         self.resample = self._button("resample the selection", "resample", self.generate_message, self._on_resample)
