@@ -570,7 +570,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class ExplorerConfig:
-    """Notebook 05: the interactive explorer of one VQ-VAE's code, optionally with a classifier."""
+    """Notebook 05: the interactive explorer of one VQ-VAE's code, optionally with a classifier and a prior."""
 
     vqvae_checkpoint: Optional[str] = _opt(
         None, "VQ-VAE checkpoint (or pretrained:NAME); None: the grid's best, else the published best"
@@ -579,6 +579,11 @@ class ExplorerConfig:
         None,
         "classifier checkpoint trained on that VQ-VAE; None: the published classifier paired with a published "
         "VQ-VAE, when there is one; 'none': no classifier until one is loaded",
+    )
+    prior_checkpoint: Optional[str] = _opt(
+        None,
+        "prior over that VQ-VAE's code (or pretrained:NAME); None: a published prior trained on that VQ-VAE, "
+        "when there is one; 'none': no prior until one is loaded",
     )
     split: str = _opt("test", "the split whose images are explored: 'train', 'val' or 'test'", choices=SPLITS)
     image_index: int = _opt(0, "the image shown first, an index into the split")

@@ -2,10 +2,11 @@
 
 The VQ-VAE paper fits a prior over the discrete code after the VQ-VAE (van den
 Oord et al. 2017, section 3.2): the code's likelihood in bits, new codes
-sampled and decoded into images, and the rest of a partly known code
-completed. The encoder is frozen, so each split is encoded once
-(`classify.encode_codes`) and the full splits' codes are cached on disk,
-keyed by a SHA-256 of the VQ-VAE's weights (checkpoints/code-cache/).
+sampled and decoded into images, the rest of a partly known code completed,
+and any cells of a code redrawn given all the others (`resample`). The
+encoder is frozen, so each split is encoded once (`classify.encode_codes`)
+and the full splits' codes are cached on disk, keyed by a SHA-256 of the
+VQ-VAE's weights (checkpoints/code-cache/).
 
 `train_prior` writes only inside its checkpoint folder (best.pt, last.pt,
 history.json, config.json). A prior checkpoint (kind ``prior``) holds its
@@ -30,11 +31,13 @@ import torch
 
 from . import paths
 from .checkpoints import (
+    PRETRAINED_PREFIX,
     build_checked,
     checkpoint_precision,
     config_from_checkpoint,
     load_checkpoint,
     load_vqvae,
+    pretrained_names,
     resolve_vqvae_checkpoint,
     save_checkpoint,
 )
@@ -437,6 +440,20 @@ def check_pair(ckpt: dict, vqvae, prior_name: str | os.PathLike, vqvae_name: str
         )
 
 
+def paired_pretrained_prior(vqvae) -> Optional[str]:
+    """``pretrained:NAME`` of a published prior trained on this VQ-VAE's code (the same weights' digest), a
+    class-conditional one first; None when none is published."""
+    digest, found = weights_digest(vqvae), []
+    for name in pretrained_names(KIND):
+        try:
+            ckpt = load_checkpoint(PRETRAINED_PREFIX + name, kind=KIND)
+        except CheckpointError:
+            continue
+        if ckpt.get("vqvae_digest") == digest:
+            found.append((not ckpt["model_config"].get("class_conditional"), name))
+    return PRETRAINED_PREFIX + min(found)[1] if found else None
+
+
 def load_pair(
     prior: str | os.PathLike, vqvae_checkpoint: Optional[str | os.PathLike] = None, *, device="cpu"
 ) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
@@ -537,6 +554,116 @@ def complete(
         prefix=code.reshape(1, -1)[:, : keep_rows * width].to(device),
     )
     return vqvae.decode_indices(codes.to(next(vqvae.parameters()).device)).clamp(0, 1).cpu(), codes.cpu()
+
+
+def _checked_codes(prior, codes) -> torch.Tensor:
+    """Codes (H, W) or (N, H, W) of integers in [0, K) on the prior's grid, as given (not copied)."""
+    height, width = prior.grid_size
+    codes = torch.as_tensor(codes)
+    if (
+        codes.dim() not in (2, 3)
+        or tuple(codes.shape[-2:]) != (height, width)
+        or codes.numel() == 0
+        or codes.dtype.is_floating_point
+        or codes.dtype.is_complex
+        or codes.dtype == torch.bool
+    ):
+        raise ConfigError(
+            f"codes must be integer code maps of shape ({height}, {width}) or (N, {height}, {width}), "
+            f"not {codes.dtype} of shape {tuple(codes.shape)}"
+        )
+    if bool(((codes < 0) | (codes >= prior.num_codes)).any()):
+        raise ConfigError(f"codes must lie in 0 to {prior.num_codes - 1} (the prior's K={prior.num_codes})")
+    return codes
+
+
+def _checked_mask(prior, mask) -> torch.Tensor:
+    """A boolean (H, W) mask of the cells to resample."""
+    height, width = prior.grid_size
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool or tuple(mask.shape) != (height, width):
+        raise ConfigError(
+            f"the mask must be a boolean ({height}, {width}) array (True: resample the cell), "
+            f"not {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+    return mask
+
+
+@torch.no_grad()  # not inference_mode: the codes it returns may be trained on
+def full_conditional(
+    prior, codes, cell: tuple[int, int], *, classes=None, temperature: float = 1.0, top_k: Optional[int] = None
+) -> torch.Tensor:
+    """p(code at `cell` = v | every other code) for v in 0..K-1: (K,) for one code map (H, W), (N, K) for (N, H, W).
+
+    Exact: the K codes that differ only at the cell are scored by the prior
+    (`full_conditional_logits`) and normalised over v; `temperature` T raises the
+    distribution to the power 1/T. `top_k` scores only the k values likeliest given
+    the codes before the cell (the rest get 0): k/K of the cost, no longer exact.
+    """
+    codes = _checked_codes(prior, codes)
+    height, width = prior.grid_size
+    row, col = cell
+    if not (0 <= row < height and 0 <= col < width):
+        raise ConfigError(f"cell ({row}, {col}) is not on the {height} x {width} code grid")
+    _check_sampling(1, temperature, top_k, prior.num_codes)
+    flat = codes.reshape(-1, height * width)
+    device = next(prior.parameters()).device
+    was_training = prior.training
+    prior.eval()
+    try:
+        logits = prior.full_conditional_logits(
+            flat.to(device), row * width + col, _class_tensor(classes, len(flat), prior.num_classes), top_k=top_k
+        )
+    finally:
+        prior.train(was_training)
+    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+    return probs[0] if codes.dim() == 2 else probs
+
+
+@torch.no_grad()  # not inference_mode: the codes it returns may be trained on
+def resample(
+    prior,
+    codes,
+    mask,
+    *,
+    classes=None,
+    sweeps: int = 1,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    seed: Optional[int] = None,
+) -> torch.Tensor:
+    """Redraw the masked cells of `codes` given all the others: `sweeps` Gibbs sweeps in raster order.
+
+    `codes`: (H, W) or (N, H, W) code maps; `mask`: boolean (H, W), True where a cell is
+    redrawn (the same cells in every map). Each masked cell in turn is drawn from its exact
+    full conditional given every other cell, the ones before it and the ones after it
+    (`full_conditional`), so a drawn cell agrees with its whole surroundings, not only with
+    the cells before it as in `complete`. Cells outside the mask never change. `temperature`
+    T draws each cell from its conditional raised to 1/T, which makes the sweeps target the
+    joint p(code)^(1/T) over the masked cells. `top_k` as in `full_conditional`. A mask
+    without a True cell returns the codes unchanged (as `complete` with nothing left to
+    sample). Returns long codes of the input's shape, on the input's device.
+    """
+    codes = _checked_codes(prior, codes)
+    mask = _checked_mask(prior, mask)
+    if not (isinstance(sweeps, int) and not isinstance(sweeps, bool) and sweeps >= 1):
+        raise ConfigError(f"sweeps must be a positive integer, not {sweeps!r}")
+    _check_sampling(1, temperature, top_k, prior.num_codes)
+    device = next(prior.parameters()).device
+    out = codes.reshape(-1, prior.length).long().to(device, copy=True)
+    cells = torch.nonzero(mask.reshape(-1)).reshape(-1).tolist()
+    classes = _class_tensor(classes, len(out), prior.num_classes)
+    generator = _generator(seed, device)
+    was_training = prior.training
+    prior.eval()
+    try:
+        for _ in range(sweeps if cells else 0):
+            for i in cells:
+                logits = prior.full_conditional_logits(out, i, classes, top_k=top_k) / temperature
+                out[:, i] = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+    finally:
+        prior.train(was_training)
+    return out.view(codes.shape).to(codes.device)
 
 
 def _check_sampling(num: int, temperature: float, top_k: Optional[int], k: int) -> None:
