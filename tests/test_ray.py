@@ -76,9 +76,13 @@ class Cluster:
             assert time.time() < deadline, "the network namespace's loopback did not come up"
             time.sleep(0.1)
         common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-        self._ns([str(BIN / "ray"), "start", "--head", "--port", str(self.port), "--temp-dir", str(self.temp),
-                  "--include-dashboard=false", *common, *agent_ports(self.port + 1)])  # fmt: skip
-        self._ns([str(BIN / "ray"), "start", "--address", self.address, *common, *agent_ports(self.port + 11)])
+        try:
+            self._ns([str(BIN / "ray"), "start", "--head", "--port", str(self.port), "--temp-dir", str(self.temp),
+                      "--include-dashboard=false", *common, *agent_ports(self.port + 1)])  # fmt: skip
+            self._ns([str(BIN / "ray"), "start", "--address", self.address, *common, *agent_ports(self.port + 11)])
+        except BaseException:
+            self.stop()  # a node that did not start must not leave the head and the namespace running
+            raise
 
     @property
     def address(self) -> str:
@@ -103,8 +107,31 @@ class Cluster:
     def driver_env(self, driver_root: Path) -> dict:
         return dict(self.env, VQLIB_ROOT=str(driver_root))
 
+    def _members(self) -> list[int]:
+        """The processes in the cluster's network namespace: its Ray nodes and workers (the holder aside)."""
+        own = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in (self.holder.pid, os.getpid()):
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/net") == own:
+                        found.append(int(entry))
+                except OSError:  # ended meanwhile, or not ours to read
+                    pass
+        return found
+
     def stop(self) -> None:
-        self._ns([str(BIN / "ray"), "stop", "--force"], check=False)
+        # This cluster's processes by their ids, found by its namespace: `ray stop` would end every
+        # Ray process of the machine, other checkouts' test clusters too.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self._members():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while self._members() and time.time() < deadline:
+                time.sleep(0.2)
         self.holder.kill()
         self.holder.wait()
         shutil.rmtree(self.temp, ignore_errors=True)
