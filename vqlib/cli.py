@@ -918,6 +918,47 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# The grid options `vqlib prior-grid` takes: where and how its priors run, and where their folders are.
+PRIOR_GRID_OPTIONS = (*(name for name in RUN_GRID_OPTIONS if name != "seeds"), "grid_dir", "checkpoint_root")
+
+
+def _configure_prior_grid(p: argparse.ArgumentParser) -> None:
+    from .config import GridConfig, PriorConfig
+
+    p.add_argument(
+        "--vqvae-checkpoints",
+        required=True,
+        metavar="CKPTS",
+        help="the VQ-VAEs whose code gets a prior, comma-separated: pretrained:NAME or best.pt paths "
+        "(such as pretrained:K25_D64,pretrained:K50_D64,pretrained:K100_D64)",
+    )
+    add_config_options(
+        p, GridConfig, skip=[f.name for f in dataclasses.fields(GridConfig) if f.name not in PRIOR_GRID_OPTIONS]
+    )
+    add_config_options(p, PriorConfig, skip=("vqvae_checkpoint", "checkpoint_dir"))
+
+
+@command(
+    "prior-grid",
+    "train a prior over the code of each VQ-VAE as grid points (local pool or Ray); writes "
+    "results/grid/prior/<run>/ and results/grid/prior/summary.csv, checkpoints in checkpoints/grid/prior/<run>/",
+    _configure_prior_grid,
+)
+def cmd_prior_grid(args: argparse.Namespace) -> int:
+    from .config import GridConfig, PriorConfig
+    from .prior_grid import SUMMARY_FILE, prior_grid_dir, run_prior_grid
+
+    grid = config_from_args(GridConfig, args)
+    frame = run_prior_grid(args.vqvae_checkpoints, config_from_args(PriorConfig, args), grid)
+    columns = ["name", "status", "reused", "val_bits_per_image", "uniform_bits_per_image", "run_seconds"]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(f"summary: {prior_grid_dir(grid) / SUMMARY_FILE}")
+    failed = frame[frame["status"] != "success"]
+    for row in failed.itertuples():
+        print(f"{row.name} failed: {row.error}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
