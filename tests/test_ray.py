@@ -10,7 +10,8 @@ runs in the same namespace through `nsenter`.
 Checked here: outputs travel to the driver with no shared folder (the workers
 have another VQLIB_ROOT); tasks run on both nodes; a SIGKILLed worker is
 retried and continues from its last finished epoch; a SIGKILLed driver, run
-again, reuses finished points and continues the interrupted one.
+again, reuses finished points and continues the interrupted one; prior points
+(`vqlib prior-grid`) train on VQ-VAE files that only the driver can see.
 """
 
 from __future__ import annotations
