@@ -959,6 +959,82 @@ def cmd_prior_grid(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+def _parse_qualities(text: str) -> list[int]:
+    from .config import parse_int_list
+
+    try:
+        return parse_int_list("--qualities", text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _configure_rate_distortion(p: argparse.ArgumentParser) -> None:
+    from .codec import FORMATS, QUALITIES
+
+    p.add_argument(
+        "--prior",
+        action="append",
+        required=True,
+        metavar="PRIOR",
+        help="a prior checkpoint (best.pt) or pretrained:NAME; give --prior once per VQ-VAE to compare",
+    )
+    p.add_argument(
+        "--test-subset",
+        type=_parse_optional_int,
+        default=None,
+        help="compare on this many test images (stratified) instead of all 10,000 (default: all)",
+    )
+    p.add_argument(
+        "--qualities",
+        type=_parse_qualities,
+        default=list(QUALITIES),
+        help=f"JPEG and WebP qualities, comma-separated, 0-100 (default: {','.join(map(str, QUALITIES))})",
+    )
+    p.add_argument(
+        "--formats",
+        type=lambda text: [f.strip().upper() for f in text.split(",") if f.strip()],
+        default=list(FORMATS),
+        help=f"Pillow formats beside the priors, comma-separated (default: {','.join(FORMATS)})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the test subset (default: 0)")
+    p.add_argument("--results-dir", default=None, help="where rate_distortion.csv and .png go (default: results/codec)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("auto", "cpu", "cuda"),
+        help="where the priors and VQ-VAEs run: cpu, auto (a CUDA GPU when PyTorch sees one) or cuda (default: cpu)",
+    )
+    _data_option(p)
+
+
+@command(
+    "rate-distortion",
+    "the code as a lossy codec: bits per image from each prior (its unconditional NLL) and test PSNR, beside "
+    "JPEG and WebP at a sweep of qualities (bytes with and without headers); writes results/codec/rate_distortion.csv "
+    "and .png",
+    _configure_rate_distortion,
+)
+def cmd_rate_distortion(args: argparse.Namespace) -> int:
+    from . import paths
+    from .codec import check_formats, check_qualities, rate_distortion, write_rate_distortion
+
+    qualities, formats = check_qualities(args.qualities), check_formats(args.formats)
+    frame = rate_distortion(
+        args.prior,
+        _load_data(args),
+        test_subset=args.test_subset,
+        qualities=qualities,
+        formats=formats,
+        seed=args.seed,
+        device=args.device,
+    )
+    table, figure = write_rate_distortion(frame, args.results_dir or paths.results_dir() / "codec")
+    columns = ["codec", "setting", "bits_per_image", "payload_bits_per_image", "psnr"]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(f"table: {table}; figure: {figure}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
