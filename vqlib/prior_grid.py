@@ -219,10 +219,11 @@ def run_prior_grid(
             bar.write(f"{record['name']}: FAILED after {record['seconds']:.0f} s: {record['error']}")
         summary()
 
-    if progress and specs:
-        print(f"prior grid: {len(specs)} to train, {executor.describe()}")
-        bar.set_postfix_str(executor.describe())
-    executor.run(specs, report)
+    if specs:  # nothing to place: no pool to start, no Ray to join
+        if progress:
+            print(f"prior grid: {len(specs)} to train, {executor.describe()}")
+            bar.set_postfix_str(executor.describe())
+        executor.run(specs, report)
     bar.close()
     return summary()
 
