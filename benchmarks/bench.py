@@ -32,8 +32,9 @@ Prints a table and writes results/bench/bench.json (atomically):
    native bf16 units (`vqlib.device.native_bf16_cpu`) or on CUDA, unless
    --force-bf16; `--only-bf16` runs this section alone.
 11. The prior over the code (the default `PriorConfig` network on real codes of
-   the published K100_D64): (11a) training sequences/s and its FLOPs x
-   sequences/s as a share of the matmul peak; (11b) 64 samples, sampled and
+   the published K100_D64): (11a) training sequences/s, in the precision
+   `PriorConfig().precision` resolves to, and its FLOPs x sequences/s as a
+   share of that precision's matmul peak; (11b) 64 samples, sampled and
    decoded (the target: at most 1 s); (11c) the log-likelihood of all 10,000
    test codes. (11d) is the place of the explorer's 3 x 3 resampling figure,
    measured once `vqlib.prior.resample` exists. `--only-prior` runs this
@@ -844,13 +845,18 @@ PRIOR_VQVAE = "pretrained:K100_D64"  # the protocol model, whose code the publis
 SAMPLES_TARGET_SECONDS = 1.0  # 64 samples on 2 cores
 
 
-def prior_speed(data: FashionMNIST, *, profile: Profile, device: torch.device, peak_gflops: float) -> dict:
+def prior_speed(
+    data: FashionMNIST, *, profile: Profile, device: torch.device, peaks: dict[str, Optional[float]]
+) -> dict:
     """The prior over the code: training throughput against the peak, 64 samples, the test set's likelihood.
 
     The network is the default `PriorConfig`'s (or the profile's smaller one),
     untrained but for the timed steps: none of the three costs depends on what
-    the weights are. Its training runs with this process's threads; sampling in
-    one thread, as `PriorTransformer` does on the CPU.
+    the weights are. Its training steps run as `train_prior` runs them, in the
+    precision `PriorConfig().precision` resolves to here, with this process's
+    threads, and their share is taken of that precision's matmul peak (`peaks`:
+    'fp32' and, where measured, 'bf16'); sampling and likelihoods stay fp32,
+    sampling in one thread, as `PriorTransformer` does on the CPU.
     """
     from vqlib.checkpoints import load_vqvae, resolve_vqvae_checkpoint
     from vqlib.config import PriorConfig
@@ -875,6 +881,7 @@ def prior_speed(data: FashionMNIST, *, profile: Profile, device: torch.device, p
 
     # 11a. training: whole Adam steps of the default batch on real codes (the first batches of the split).
     batch = config.batch_size
+    precision = resolve_precision(config.precision, device)
     steps = max(1, profile.prior_train_sequences // batch)
     codes, _ = split_codes(vqvae, data, "train", max(steps * batch, 10))
     codes = codes[: steps * batch].long().to(device)
@@ -883,26 +890,31 @@ def prior_speed(data: FashionMNIST, *, profile: Profile, device: torch.device, p
 
     def train_steps() -> None:
         for i in range(steps):
-            loss = model.loss(codes[i * batch : (i + 1) * batch])
+            with autocast(precision, device):
+                loss = model.loss(codes[i * batch : (i + 1) * batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
     seconds, _ = median_seconds(train_steps, repeats=profile.repeats, device=device)
     with FlopCounterMode(display=False) as counter:
-        model.loss(codes[:batch]).backward()
+        with autocast(precision, device):
+            loss = model.loss(codes[:batch])
+        loss.backward()
     optimizer.zero_grad(set_to_none=True)
     flops_per_sequence = counter.get_total_flops() / batch
     sequences_per_s = steps * batch / seconds
+    peak = peaks.get(precision)
     result["train"] = {
         "batch_size": batch,
         "steps_per_repeat": steps,
         "threads": torch.get_num_threads(),
+        "precision": precision,
         "sequences_per_s": sequences_per_s,
         "step_ms": 1000 * seconds / steps,
         "gflop_per_sequence": flops_per_sequence / 1e9,
-        "share_of_peak": flops_per_sequence * sequences_per_s / (peak_gflops * 1e9),
-        "peak_gflops": peak_gflops,
+        "share_of_peak": flops_per_sequence * sequences_per_s / (peak * 1e9) if peak else None,
+        "peak_gflops": peak,
     }
 
     # 11b. 64 samples: the prior's sampler and the VQ-VAE's decoder, as `vqlib sample` runs them.
@@ -954,11 +966,15 @@ def print_prior(r: dict, p) -> None:
         f"{net['heads']} heads, {net['parameters']:,} parameters (load {_fmt(r['load_before'])} -> "
         f"{_fmt(r['load_after'])})"
     )
+    share = (
+        f"{t['share_of_peak']:.0%} of the {t['peak_gflops']:.0f} GFLOP/s {t['precision']} matmul peak"
+        if t["share_of_peak"] is not None
+        else f"no {t['precision']} matmul peak measured"
+    )
     p(
-        f"   11a. training, batch {t['batch_size']}, {t['threads']} thread{'s' * (t['threads'] > 1)}: "
-        f"{t['sequences_per_s']:.1f} sequences/s, "
-        f"{t['step_ms']:.0f} ms per step, {t['gflop_per_sequence']:.3f} GFLOP per sequence forward and backward: "
-        f"{t['share_of_peak']:.0%} of the {t['peak_gflops']:.0f} GFLOP/s fp32 matmul peak (it trains in fp32)"
+        f"   11a. training in {t['precision']}, batch {t['batch_size']}, {t['threads']} "
+        f"thread{'s' * (t['threads'] > 1)}: {t['sequences_per_s']:.1f} sequences/s, {t['step_ms']:.0f} ms per step, "
+        f"{t['gflop_per_sequence']:.3f} GFLOP per sequence forward and backward: {share}"
     )
     s = r["samples"]
     verdict = "within" if s["within_target"] else "OVER"
@@ -1165,7 +1181,12 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False, force_bf16
         base_model, base_train, images, profile=profile, device=device, force=force_bf16, matmul=result
     )
     section()
-    result["prior"] = prior_speed(data, profile=profile, device=device, peak_gflops=result["matmul_gflops"])
+    result["prior"] = prior_speed(
+        data,
+        profile=profile,
+        device=device,
+        peaks={"fp32": result["matmul_gflops"], "bf16": result.get("matmul_bf16_gflops")},
+    )
     result["prior_sequences_per_s"] = result["prior"]["train"]["sequences_per_s"]
     result["prior_samples_seconds"] = result["prior"]["samples"]["median_seconds"]
     result["prior_test_likelihood_seconds"] = result["prior"]["test_likelihood"]["seconds"]
@@ -1431,15 +1452,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "load_start": load_average(),
             },
         }
-        # The section's own peak: its share is taken against this run's machine, not another run's.
-        result["matmul"] = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device)
-        result["matmul_gflops"] = max(result["matmul"].values())
-        result["prior"] = prior_speed(
-            load_fashion_mnist(allow_download=False),
-            profile=profile,
-            device=device,
-            peak_gflops=result["matmul_gflops"],
-        )
+        # The section's own peaks: its share is taken against this run's machine, not another run's.
+        from vqlib.config import PriorConfig
+
+        peaks: dict[str, Optional[float]] = {"fp32": None, "bf16": None}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if name == "fp32" or resolve_precision(PriorConfig().precision, device) == "bf16":
+                gflops = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
+                result["matmul" if name == "fp32" else "matmul_bf16"] = gflops
+                peaks[name] = max(gflops.values())
+        result["matmul_gflops"], result["matmul_bf16_gflops"] = peaks["fp32"], peaks["bf16"]
+        data = load_fashion_mnist(allow_download=False)
+        result["prior"] = prior_speed(data, profile=profile, device=device, peaks=peaks)
         result["environment"]["load_end"] = load_average()
         out = Path(args.out) if args.out else paths.results_dir() / "bench" / "prior.json"
         write_json(out, result)

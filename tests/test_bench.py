@@ -316,9 +316,10 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         assert bf16["conv_bf16_gflops"] > 0 and bf16["steps"][1]["precision"] == "bf16"
     else:
         assert "bf16 roof not measured" in proc.stdout and "conv_bf16_gflops" not in bf16
-    # The prior's section takes its share against this run's peak.
+    # The prior's section takes its share against this run's peak of the precision it trained in.
     prior = result["prior"]["train"]
-    assert prior["peak_gflops"] == result["matmul_gflops"] and result["prior_sequences_per_s"] > 0
+    roof = result["matmul_gflops"] if prior["precision"] == "fp32" else result.get("matmul_bf16_gflops")
+    assert prior["peak_gflops"] == roof and result["prior_sequences_per_s"] > 0
 
 
 def test_only_prior_measures_training_samples_and_the_test_likelihood(tmp_path):
@@ -343,7 +344,12 @@ def test_only_prior_measures_training_samples_and_the_test_likelihood(tmp_path):
     # A network that trained a few steps is no worse than the uniform code, and far from 0 bits.
     assert 0.5 * likelihood["uniform_bits_per_image"] < likelihood["mean_bits_per_image"]
     assert likelihood["mean_bits_per_image"] < 1.05 * likelihood["uniform_bits_per_image"]
-    for heading in ("11a. training", "11b. 8 samples", "11c. log-likelihood of 200 test codes", "11d."):
+    # It trains as train_prior does, in the precision PriorConfig's default resolves to, against that roof.
+    from vqlib.config import PriorConfig
+    from vqlib.device import resolve_precision
+
+    assert train["precision"] == resolve_precision(PriorConfig().precision, "cpu")
+    for heading in ("11a. training in", "11b. 8 samples", "11c. log-likelihood of 200 test codes", "11d."):
         assert heading in proc.stdout
 
 

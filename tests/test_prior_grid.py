@@ -53,6 +53,7 @@ def test_a_point_writes_its_run_folder_and_a_bad_one_is_recorded(grid_run):
     metrics, record = read_json(folder / "metrics.json"), read_json(folder / "run.json")
     assert metrics["prior_config"]["train_subset"] == 160 and metrics["vqvae_checkpoint"] == K25
     assert record["stage"] == "prior" and record["status"] == "success" and record["threads"] == 1
+    assert metrics["precision"] in ("fp32", "bf16") and ok["precision"] == metrics["precision"]
     assert (folder / "samples.png").stat().st_size > 5000
     best = root / "checkpoints" / "prior" / "K25_D64_transformer_uncond" / "best.pt"
     assert metrics["checkpoint"] == str(best)
@@ -80,6 +81,9 @@ def test_other_settings_or_other_weights_make_a_point_incomplete(grid_run):
     assert name == "K25_D64_transformer_uncond" and prior_grid.is_complete(folder, same, digest)
     _, wider = prior_grid.prior_parameters(K25, dataclasses.replace(TINY, width=64), grid_run["grid"])
     assert not prior_grid.is_complete(folder, wider, digest)
+    # Where and in what it ran does not make another result.
+    _, placed = prior_grid.prior_parameters(K25, dataclasses.replace(TINY, precision="fp32"), grid_run["grid"])
+    assert prior_grid.is_complete(folder, placed, digest)
     assert not prior_grid.is_complete(folder, same, prior_grid.vqvae_digest(K25.replace("K25_D64", "K25_D32")))
     assert prior_grid.vqvae_digest(str(grid_run["broken"])) is None
 

@@ -764,6 +764,7 @@ def train_and_record(
         "epochs_run": len(run.history),
         "train_seconds": train_seconds,
         "sequences_per_s": best["sequences_per_s"],
+        "precision": run.precision,  # what the training steps ran in ('auto' resolves per machine)
         "samples_seconds": sample_seconds,
         "checkpoint": str(run.best_checkpoint.resolve()),
         "history": run.history,

@@ -34,7 +34,9 @@ from .prior import METRICS_FILE, read_last, run_name, weights_digest
 PRIOR_FOLDER = "prior"  # under the grid's folders: results/grid/prior/, checkpoints/grid/prior/
 SUMMARY_FILE = "summary.csv"
 # Where and on what a point ran, not what it computed: a finished point is reused whatever these were.
-PLACEMENT_FIELDS = ("device", "checkpoint_dir")
+# The precision among them, as in the VQ-VAE grid: a finished fp32 point is reused by a run that asks for
+# 'auto' on a bf16 machine; its metrics (and the summary's precision column) say what it ran in.
+PLACEMENT_FIELDS = ("device", "checkpoint_dir", "precision")
 
 
 def prior_grid_dir(grid: Optional[GridConfig] = None) -> Path:
@@ -264,6 +266,7 @@ def collect_priors(folder: Optional[str | os.PathLike] = None, *, names: Optiona
                 "train_seconds": _number(metrics.get("train_seconds")),
                 "run_seconds": _number(record.get("seconds")),
                 "sequences_per_s": _number(metrics.get("sequences_per_s")),
+                "precision": str(metrics.get("precision", "")),
                 "executor": str(record.get("executor", "")),
                 "threads": record.get("threads"),
                 "code": str(metrics.get("code", "")),
@@ -289,6 +292,7 @@ def collect_priors(folder: Optional[str | os.PathLike] = None, *, names: Optiona
         "train_seconds",
         "run_seconds",
         "sequences_per_s",
+        "precision",
         "executor",
         "threads",
         "code",
