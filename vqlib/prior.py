@@ -46,7 +46,7 @@ from .config import PriorConfig, changed_fields, with_defaults
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset
 from .device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
-from .files import atomic_path, ensure_dir, utc_timestamp, write_json
+from .files import atomic_path, ensure_dir, save_figure, utc_timestamp, write_json
 from .models.prior import GatedPixelCNN, PriorTransformer
 from .progress import progress_bar
 
@@ -187,7 +187,12 @@ def mean_nll(model, codes: torch.Tensor, classes: Optional[torch.Tensor], *, bat
 
 
 def train_prior(
-    config: PriorConfig, data: Optional[FashionMNIST] = None, *, resume: bool = False, progress: bool = True
+    config: PriorConfig,
+    data: Optional[FashionMNIST] = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    vqvae_file: Optional[str | os.PathLike] = None,
 ) -> PriorRun:
     """Train the prior with Adam on the VQ-VAE's cached training codes; keep best.pt (lowest validation NLL).
 
@@ -196,16 +201,28 @@ def train_prior(
     without improvement. With `resume`, training continues from last.pt (model,
     optimiser, RNG states, history; a missing one starts afresh); on the CPU the
     result is bitwise that of an uninterrupted run.
+
+    `vqvae_file` is where this machine holds a copy of the VQ-VAE that
+    `config.vqvae_checkpoint` names on another machine (a Ray worker's copy of
+    the driver's file): the weights are read from the copy, and the prior
+    records the name as given.
     """
     device = resolve_device(config.device)
     data = data or load_fashion_mnist()
-    vqvae_path = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
+    given = str(config.vqvae_checkpoint or "")
+    if vqvae_file is None:
+        vqvae_path = named = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
+        # pretrained:NAME as given (it resolves in any clone); a path made absolute, so the prior finds it from anywhere.
+        recorded = given if given.startswith("pretrained:") else str(vqvae_path.resolve())
+    else:
+        vqvae_path, recorded = Path(vqvae_file), given
+        named = Path(given.removeprefix("pretrained:")) / "best.pt" if given.startswith("pretrained:") else Path(given)
     vqvae, _ = load_vqvae(vqvae_path, device=device)
     digest = weights_digest(vqvae)
     k = vqvae.config.num_embeddings
-    ckpt_dir = ensure_dir(config.checkpoint_dir or default_checkpoint_dir(config, vqvae_path))
+    ckpt_dir = ensure_dir(config.checkpoint_dir or default_checkpoint_dir(config, named))
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    resumed = _resumable(last_path, config, digest) if resume and last_path.is_file() else None
+    resumed = read_last(last_path, config, digest) if resume and last_path.is_file() else None
     # A run keeps one precision for life: a resumed run continues in the one its last.pt records.
     try:
         precision = resolve_precision(
@@ -223,7 +240,7 @@ def train_prior(
     val_codes, val_labels = val_codes.to(device), val_labels.to(device)
     write_json(
         ckpt_dir / "config.json",
-        {"prior": dataclasses.asdict(config), "vqvae_checkpoint": str(vqvae_path), "vqvae_digest": digest},
+        {"prior": dataclasses.asdict(config), "vqvae_checkpoint": recorded, "vqvae_digest": digest},
     )
 
     seed_everything(config.seed)
@@ -240,15 +257,10 @@ def train_prior(
     about = {
         "model_config": dataclasses.asdict(config),
         "network": {"num_codes": k, "grid_size": list(grid), "num_classes": NUM_CLASSES},
-        # pretrained:NAME as given (it resolves in any clone); a path made absolute, so the prior finds it from anywhere.
-        "vqvae_checkpoint": (
-            config.vqvae_checkpoint
-            if str(config.vqvae_checkpoint or "").startswith("pretrained:")
-            else str(vqvae_path.resolve())
-        ),
+        "vqvae_checkpoint": recorded,
         "vqvae_config": dataclasses.asdict(vqvae.config),
         "vqvae_digest": digest,
-        "run_name": run_name(config, vqvae_path),
+        "run_name": run_name(config, named),
         "precision": precision,
     }
     best_nll = min((row["val_nll"] for row in history), default=math.inf)
@@ -378,8 +390,8 @@ def train_prior(
     )
 
 
-def _resumable(path: Path, config: PriorConfig, digest: str) -> dict:
-    """last.pt, checked to continue exactly this run: same settings, same VQ-VAE weights."""
+def read_last(path: Path, config: PriorConfig, digest: str) -> dict:
+    """last.pt, checked to continue exactly this run (same settings, same VQ-VAE weights); else a CheckpointError."""
     ckpt = load_checkpoint(path, kind=KIND)
     if not {"optimizer", "rng", "history", "stopped"} <= set(ckpt):
         raise CheckpointError(f"cannot resume from {path}: it is not a last.pt (it has no optimiser or RNG state)")
@@ -684,3 +696,80 @@ def sampling_record(ckpt: dict, **settings) -> dict:
         "written": utc_timestamp(),
         **settings,
     }
+
+
+# ----------------------------------------------------------------------------- a run folder (a grid point)
+
+METRICS_FILE = "metrics.json"  # the name notebook 01 gives a VQ-VAE run's record (train.METRICS_FILE)
+SAMPLES_FIGURE = "samples.png"
+SAMPLES_SHOWN = 16
+
+
+def train_and_record(
+    config: PriorConfig,
+    results_dir: str | os.PathLike,
+    data: Optional[FashionMNIST] = None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    vqvae_file: Optional[str | os.PathLike] = None,
+) -> dict:
+    """Train a prior (`train_prior`) and record its run folder; returns the metrics it wrote.
+
+    The folder gets metrics.json (status, settings, the VQ-VAE's digest, the
+    best validation bits per image beside the fixed-length code's 144 log2 K,
+    timing, history) and samples.png: unconditional samples decoded by the
+    VQ-VAE, so the bits are never read without the images they buy (STYLE.md
+    rule 19). metrics.json is written last: it is the mark of a finished run.
+    """
+    import matplotlib.pyplot as plt
+
+    from .plots import image_grid
+
+    results = ensure_dir(results_dir)
+    (results / METRICS_FILE).unlink(missing_ok=True)
+    started = time.perf_counter()
+    run = train_prior(config, data, resume=resume, progress=progress, vqvae_file=vqvae_file)
+    train_seconds = time.perf_counter() - started
+    vqvae, _ = load_vqvae(vqvae_file or run.vqvae_checkpoint)
+    ckpt = load_checkpoint(run.best_checkpoint, kind=KIND)
+    sampled = time.perf_counter()
+    images, codes = sample_images(run.model.cpu(), vqvae, SAMPLES_SHOWN, seed=config.seed)
+    sample_seconds = time.perf_counter() - sampled
+    bits = bits_per_image(run.model, codes)
+    half = SAMPLES_SHOWN // 2
+    figure = image_grid(
+        [images[:half], images[half:]],
+        title=f"{ckpt['run_name']}: {SAMPLES_SHOWN} unconditional samples, "
+        f"{bits.mean().item():.0f} bits each on average (validation {run.best_val_bits_per_image:.0f})",
+    )
+    save_figure(figure, results / SAMPLES_FIGURE)
+    plt.close(figure)
+    best = run.history[run.best_epoch - 1]
+    k = vqvae.config.num_embeddings
+    metrics = {
+        "status": "success",
+        "stage": "prior",
+        "run_name": ckpt["run_name"],
+        "prior_config": dataclasses.asdict(config),
+        "vqvae_checkpoint": ckpt["vqvae_checkpoint"],
+        "vqvae_digest": ckpt["vqvae_digest"],
+        "num_embeddings": k,
+        "embedding_dim": vqvae.config.embedding_dim,
+        "val_bits_per_image": run.best_val_bits_per_image,
+        "val_bits_per_code": best["val_bits_per_code"],
+        # What the code costs without a prior: every position a uniform choice among K.
+        "uniform_bits_per_image": run.model.length * math.log2(k),
+        "best_epoch": run.best_epoch,
+        "epochs_run": len(run.history),
+        "train_seconds": train_seconds,
+        "sequences_per_s": best["sequences_per_s"],
+        "precision": run.precision,  # what the training steps ran in ('auto' resolves per machine)
+        "samples_seconds": sample_seconds,
+        "checkpoint": str(run.best_checkpoint.resolve()),
+        "history": run.history,
+        "code": paths.code_version(),
+        "written": utc_timestamp(),
+    }
+    write_json(results / METRICS_FILE, metrics)
+    return metrics
