@@ -10,7 +10,13 @@ import pytest
 from vqlib import paths
 from vqlib.checkpoints import load_vqvae
 from vqlib.files import read_json
-from vqlib.publish import PUBLISHED_LIMIT_BYTES, finished_runs, published_classifier_dir, published_grid_dir
+from vqlib.publish import (
+    PUBLISHED_LIMIT_BYTES,
+    finished_runs,
+    published_classifier_dir,
+    published_grid_dir,
+    published_protocol_seeds_dir,
+)
 from vqlib.train import METRICS_FILE, evaluate_vqvae
 
 from .conftest import REPO
@@ -24,11 +30,18 @@ def repo_paths(monkeypatch):
     assert paths.project_root() == REPO
 
 
-@pytest.mark.parametrize("name", finished_runs(REPO / "results" / "published" / "grid"))
-def test_published_checkpoint_reproduces_its_validation_mse(name, data, monkeypatch):
-    """Loaded by name, the checkpoint measures the validation MSE its run recorded for its best epoch."""
+PUBLISHED_RUNS = [("grid", name) for name in finished_runs(REPO / "results" / "published" / "grid")] + [
+    ("protocol_seeds", name) for name in finished_runs(REPO / "results" / "published" / "protocol_seeds")
+]
+
+
+@pytest.mark.parametrize(("folder", "name"), PUBLISHED_RUNS)
+def test_published_checkpoint_reproduces_its_validation_mse(folder, name, data, monkeypatch):
+    """Loaded by name, the checkpoint (of the study's grid or of its protocol seeds) measures the validation MSE
+    its run recorded for its best epoch."""
     repo_paths(monkeypatch)
-    metrics = read_json(published_grid_dir() / name / METRICS_FILE)
+    published = published_grid_dir() if folder == "grid" else published_protocol_seeds_dir()
+    metrics = read_json(published / name / METRICS_FILE)
     assert metrics["checkpoint"] == f"pretrained:{name}"
     model, ckpt = load_vqvae(f"pretrained:{name}")
     assert ckpt["epoch"] == metrics["best_epoch"]
