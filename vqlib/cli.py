@@ -599,7 +599,9 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("run", "the whole study: grid, notebooks 02-04, HTML reports -> results/reports/index.html", _configure_run)
+@command(
+    "run", "the whole study: grid, notebooks 02-04 and 06, HTML reports -> results/reports/index.html", _configure_run
+)
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
