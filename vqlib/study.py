@@ -42,7 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # 10,000 training images twice (about 30 s with its kernel start); the code is still
     # good enough for the classifier to pass 85 % test accuracy.
     "quick": {
-        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 19 minutes on a 2-core CPU (the study about 1,100 s, plus set-up)",
+        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 19 minutes on a 2-core CPU before notebook 06 (the study about 1,100 s, plus set-up), which adds about 570 CPU seconds",
         "vqvae": {},
         "train": {"epochs": 2, "train_subset": 10_000},
         "grid": {},
