@@ -289,7 +289,8 @@ def test_notebook_06_measures_the_prior_in_bits_and_samples(study):
     assert all(row["train_images"] == 100 and row["selection_images"] == 50 for row in cas.values())
     assert all(0 <= row["test_accuracy"] <= 1 for row in cas.values())
     memorisation = {row["set"]: row for row in record["memorisation"]}
-    assert list(memorisation) == list(frechet) and all(row["images"] == 50 for row in memorisation.values())
+    assert list(memorisation) == [*frechet, "VQ-VAE reconstructions of training images"]  # the last: copies
+    assert all(row["images"] == 50 for row in memorisation.values())
     assert set(record["code_copies"]) == {"prior samples", "per-position samples"}
     assert record["feature_classifier"]["train_images"] == 200 and "history" not in record["feature_classifier"]
     index = (study["root"] / "results" / "reports" / "index.html").read_text()

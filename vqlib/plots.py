@@ -825,11 +825,10 @@ def class_accuracy_figure(table, *, title: Optional[str] = None):
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=30, ha="right")
     ax.set(ylabel="classified as its class (%)", ylim=(0, 100))
-    ax.set_title(
-        title or "How recognisably each class is drawn (the classifier trained on real pixels)", fontsize=10, pad=28
-    )
+    ax.set_title(title or "How recognisably each class is drawn (the classifier trained on real pixels)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=len(table.columns), loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    # Below the class names: inside, it hid bars; above, the title.
+    ax.legend(fontsize=8, ncol=len(table.columns), loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
     fig.tight_layout()
     return fig
 
