@@ -300,6 +300,33 @@ def test_notebook_06_measures_the_prior_in_bits_and_samples(study):
     assert (study["root"] / "checkpoints" / "prior" / "K8_D4_transformer_cond" / "best.pt").is_file()
 
 
+def test_the_index_shows_the_prior_of_the_chosen_vqvae_only(tmp_path):
+    from vqlib.files import write_json
+
+    record = {
+        "prior_config": {"vqvae_checkpoint": "results/grid/K8_D4/best.pt"},
+        "likelihood": [
+            {"model": "per-position model", "bits_per_image": 700.0},
+            {"model": "prior", "bits_per_image": 600.0},
+        ],
+        "frechet": [
+            {"set": "real test images", "frechet_distance": 0.3},
+            {"set": "prior samples", "frechet_distance": 9.0},
+        ],
+    }
+    write_json(tmp_path / vqnotebooks.GENERATION_FILE, record)
+    shown = vqreports.prior_headline(tmp_path, "results/grid/K8_D4/best.pt")
+    assert shown == {
+        "prior_bits": 600.0,
+        "prior_model": "prior",
+        "baseline_bits": 700.0,
+        "prior_frechet": 9.0,
+        "real_frechet": 0.3,
+    }
+    assert vqreports.prior_headline(tmp_path, "results/grid/K100_D64/best.pt") == {}  # left over from another grid
+    assert vqreports.prior_headline(tmp_path / "absent") == {}
+
+
 def test_profiles_give_notebook_06_only_what_it_takes():
     from vqlib.errors import ConfigError
 

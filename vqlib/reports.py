@@ -133,11 +133,14 @@ def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
     }
 
 
-def prior_headline(prior_folder: Optional[Path] = None) -> dict:
+def prior_headline(prior_folder: Optional[Path] = None, vqvae_checkpoint: Optional[str] = None) -> dict:
     """What notebook 06 recorded (generation.json), as the index's headline shows it: the prior's test bits per
     image beside the per-position model's, and the Fréchet distances of its samples and of real test images;
-    {} when it did not run."""
+    {} when it did not run, or ran on another VQ-VAE than `vqvae_checkpoint` (the chosen one) when given."""
     record = read_json_or_empty(Path(prior_folder or paths.prior_dir()) / GENERATION_FILE)
+    trained_on = (record.get("prior_config") or {}).get("vqvae_checkpoint")
+    if vqvae_checkpoint and trained_on not in (None, vqvae_checkpoint):
+        return {}
     rows = {
         row.get("model"): row.get("bits_per_image") for row in record.get("likelihood") or [] if isinstance(row, dict)
     }
@@ -221,7 +224,7 @@ def write_reports(
                 failures or [],
                 profile_description,
                 thumbnails,
-                prior_headline(prior_folder),
+                prior_headline(prior_folder, best.get("checkpoint")),
             ),
             encoding="utf-8",
         )
