@@ -87,7 +87,8 @@ lab: data
 # best, else the published one; a tiny one is trained when there is none).
 explore-check: data
 	$(BIN)/python tests/explore_browser.py $(if $(VQVAE),--vqvae-checkpoint $(VQVAE)) \
-	  $(if $(CLASSIFIER),--classifier-checkpoint $(CLASSIFIER))
+	  $(if $(CLASSIFIER),--classifier-checkpoint $(CLASSIFIER)) $(if $(PRIOR),--prior-checkpoint $(PRIOR)) \
+	  $(if $(SCREENSHOT),--screenshot $(SCREENSHOT))
 
 clean-results:
 	rm -rf results/grid results/reports results/classifier results/analysis results/bench checkpoints/vqvae checkpoints/classifier

@@ -31,6 +31,14 @@ Prints a table and writes results/bench/bench.json (atomically):
    precision's matmul roof (docs/precision.md). Measured only where the CPU has
    native bf16 units (`vqlib.device.native_bf16_cpu`) or on CUDA, unless
    --force-bf16; `--only-bf16` runs this section alone.
+11. The prior over the code (the default `PriorConfig` network on real codes of
+   the published K100_D64): (11a) training sequences/s, in the precision
+   `PriorConfig().precision` resolves to, and its FLOPs x sequences/s as a
+   share of that precision's matmul peak; (11b) 64 samples, sampled and
+   decoded (the target: at most 1 s); (11c) the log-likelihood of all 10,000
+   test codes. (11d) is the place of the explorer's 3 x 3 resampling figure,
+   measured once `vqlib.prior.resample` exists. `--only-prior` runs this
+   section alone.
 
 Every training row runs in the precision `TrainConfig().precision` resolves to
 here ('auto': bf16 on CUDA and on a CPU with native bf16 units, else fp32), and
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -95,6 +104,10 @@ class Profile:
     regression_dim: int = 64  # D of the encoder whose continuous output they read (12 x 12 x D features)
     regression_max_iter: int = 100  # L-BFGS iterations at most (the quick profile's linear_max_iter)
     conv_shape: tuple[int, int, int] = (64, 128, 14)  # batch, channels in = out, side of the roof's 3x3 conv
+    prior_shape: Optional[tuple[int, int, int]] = None  # the prior's (layers, heads, width); None: PriorConfig's
+    prior_train_sequences: int = 256  # code sequences per timed repeat of the prior's training
+    prior_samples: int = 64  # samples drawn and decoded at once
+    prior_test_codes: Optional[int] = None  # test codes whose likelihood is timed; None: all 10,000
 
 
 SMOKE = Profile(
@@ -118,6 +131,10 @@ SMOKE = Profile(
     regression_dim=16,
     regression_max_iter=10,
     conv_shape=(4, 16, 8),
+    prior_shape=(1, 2, 32),
+    prior_train_sequences=64,
+    prior_samples=8,
+    prior_test_codes=200,
 )
 
 
@@ -822,6 +839,158 @@ def print_bf16(r: dict, p) -> None:
         p(f"   bf16 step: {r['step_bf16_speedup']:.2f}x the fp32 step's images/s")
 
 
+# ----------------------------------------------------------------------------- 11. the prior
+
+PRIOR_VQVAE = "pretrained:K100_D64"  # the protocol model, whose code the published prior models
+SAMPLES_TARGET_SECONDS = 1.0  # 64 samples on 2 cores
+
+
+def prior_speed(
+    data: FashionMNIST, *, profile: Profile, device: torch.device, peaks: dict[str, Optional[float]]
+) -> dict:
+    """The prior over the code: training throughput against the peak, 64 samples, the test set's likelihood.
+
+    The network is the default `PriorConfig`'s (or the profile's smaller one),
+    untrained but for the timed steps: none of the three costs depends on what
+    the weights are. Its training steps run as `train_prior` runs them, in the
+    precision `PriorConfig().precision` resolves to here, with this process's
+    threads, and their share is taken of that precision's matmul peak (`peaks`:
+    'fp32' and, where measured, 'bf16'); sampling and likelihoods stay fp32,
+    sampling in one thread, as `PriorTransformer` does on the CPU.
+    """
+    from vqlib.checkpoints import load_vqvae, resolve_vqvae_checkpoint
+    from vqlib.config import PriorConfig
+    from vqlib.prior import bits_per_image, build_prior, sample_images, split_codes
+
+    result: dict[str, Any] = {"load_before": load_average(), "vqvae": PRIOR_VQVAE}
+    config = PriorConfig()
+    if profile.prior_shape:
+        layers, heads, width = profile.prior_shape
+        config = dataclasses.replace(config, layers=layers, heads=heads, width=width)
+    vqvae, _ = load_vqvae(resolve_vqvae_checkpoint(PRIOR_VQVAE), device=device)
+    k = vqvae.config.num_embeddings
+    seed_everything(0)
+    model = build_prior(config, k).to(device)
+    result["network"] = {
+        "architecture": config.architecture,
+        "layers": config.layers,
+        "heads": config.heads,
+        "width": config.width,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+    # 11a. training: whole Adam steps of the default batch on real codes (the first batches of the split).
+    batch = config.batch_size
+    precision = resolve_precision(config.precision, device)
+    steps = max(1, profile.prior_train_sequences // batch)
+    codes, _ = split_codes(vqvae, data, "train", max(steps * batch, 10))
+    codes = codes[: steps * batch].long().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
+    model.train()
+
+    def train_steps() -> None:
+        for i in range(steps):
+            with autocast(precision, device):
+                loss = model.loss(codes[i * batch : (i + 1) * batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    seconds, _ = median_seconds(train_steps, repeats=profile.repeats, device=device)
+    with FlopCounterMode(display=False) as counter:
+        with autocast(precision, device):
+            loss = model.loss(codes[:batch])
+        loss.backward()
+    optimizer.zero_grad(set_to_none=True)
+    flops_per_sequence = counter.get_total_flops() / batch
+    sequences_per_s = steps * batch / seconds
+    peak = peaks.get(precision)
+    result["train"] = {
+        "batch_size": batch,
+        "steps_per_repeat": steps,
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "sequences_per_s": sequences_per_s,
+        "step_ms": 1000 * seconds / steps,
+        "gflop_per_sequence": flops_per_sequence / 1e9,
+        "share_of_peak": flops_per_sequence * sequences_per_s / (peak * 1e9) if peak else None,
+        "peak_gflops": peak,
+    }
+
+    # 11b. 64 samples: the prior's sampler and the VQ-VAE's decoder, as `vqlib sample` runs them.
+    # Beside the wall time, this process's CPU time: sampling runs in one thread, so on a busy machine the CPU
+    # seconds are what the wall time would be on an idle one.
+    model.eval()
+    num = profile.prior_samples
+    cpu_times = []
+
+    def draw() -> None:
+        started = time.process_time()
+        sample_images(model, vqvae, num, seed=0)
+        cpu_times.append(time.process_time() - started)
+
+    seconds, times = median_seconds(draw, repeats=max(3, profile.repeats // 2), device=device)
+    result["samples"] = {
+        "num": num,
+        "median_seconds": seconds,
+        "max_seconds": max(times),
+        "median_cpu_seconds": statistics.median(cpu_times[1:]),  # the first call is the warm-up
+        "target_seconds": SAMPLES_TARGET_SECONDS,
+        "within_target": seconds <= SAMPLES_TARGET_SECONDS,
+    }
+
+    # 11c. the log-likelihood of the test codes (encoded once and cached, as `vqlib rate-distortion` reads them).
+    test_codes, _ = split_codes(vqvae, data, "test", profile.prior_test_codes)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    bits = bits_per_image(model, test_codes)
+    seconds = time.perf_counter() - started
+    result["test_likelihood"] = {
+        "codes": len(test_codes),
+        "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "threads": torch.get_num_threads(),
+        "codes_per_s": len(test_codes) / seconds,
+        "mean_bits_per_image": bits.mean().item(),
+        "uniform_bits_per_image": model.length * math.log2(k),
+    }
+
+    # 11d. The explorer's 3 x 3 resampling figure (`vqlib.prior.resample`) is timed here once it exists.
+    result["load_after"] = load_average()
+    return result
+
+
+def print_prior(r: dict, p) -> None:
+    net, t = r["network"], r["train"]
+    p(
+        f"\n11. the prior over the code of {r['vqvae']}: {net['architecture']} {net['layers']} x {net['width']}, "
+        f"{net['heads']} heads, {net['parameters']:,} parameters (load {_fmt(r['load_before'])} -> "
+        f"{_fmt(r['load_after'])})"
+    )
+    share = (
+        f"{t['share_of_peak']:.0%} of the {t['peak_gflops']:.0f} GFLOP/s {t['precision']} matmul peak"
+        if t["share_of_peak"] is not None
+        else f"no {t['precision']} matmul peak measured"
+    )
+    p(
+        f"   11a. training in {t['precision']}, batch {t['batch_size']}, {t['threads']} "
+        f"thread{'s' * (t['threads'] > 1)}: {t['sequences_per_s']:.1f} sequences/s, {t['step_ms']:.0f} ms per step, "
+        f"{t['gflop_per_sequence']:.3f} GFLOP per sequence forward and backward: {share}"
+    )
+    s = r["samples"]
+    verdict = "within" if s["within_target"] else "OVER"
+    p(
+        f"   11b. {s['num']} samples, sampled and decoded: {s['median_seconds']:.2f} s median ({s['max_seconds']:.2f} s "
+        f"worst; {s['median_cpu_seconds']:.2f} CPU s), {verdict} the {s['target_seconds']:.0f} s target"
+    )
+    ll = r["test_likelihood"]
+    p(
+        f"   11c. log-likelihood of {ll['codes']:,} test codes: {ll['seconds']:.1f} s ({ll['cpu_seconds']:.1f} CPU s, "
+        f"{ll['threads']} thread{'s' * (ll['threads'] > 1)}), {ll['codes_per_s']:,.0f} codes/s "
+        f"({ll['mean_bits_per_image']:.0f} bits per image after the timed steps; uniform {ll['uniform_bits_per_image']:.0f})"
+    )
+    p("   11d. the explorer's 3 x 3 resampling figure: not measured yet (it comes with vqlib.prior.resample)")
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -867,6 +1036,7 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False, force_bf16
         "8. explorer",
         "9. regression threads",
         "10. bf16 roof",
+        "11. prior",
     ]
     bar = progress_bar(
         total=len(sections), unit="section", leave=False, bar_format="{l_bar}{bar}| {n}/{total} sections"
@@ -1010,6 +1180,16 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False, force_bf16
     result["bf16"] = bf16_roof(
         base_model, base_train, images, profile=profile, device=device, force=force_bf16, matmul=result
     )
+    section()
+    result["prior"] = prior_speed(
+        data,
+        profile=profile,
+        device=device,
+        peaks={"fp32": result["matmul_gflops"], "bf16": result.get("matmul_bf16_gflops")},
+    )
+    result["prior_sequences_per_s"] = result["prior"]["train"]["sequences_per_s"]
+    result["prior_samples_seconds"] = result["prior"]["samples"]["median_seconds"]
+    result["prior_test_likelihood_seconds"] = result["prior"]["test_likelihood"]["seconds"]
     bar.update(1)
     bar.close()
     result["environment"]["load_end"] = load_average()
@@ -1108,6 +1288,7 @@ def print_table(result: dict, out=sys.stdout) -> None:
     print_explorer(result["explorer"], out)
     print_regression(result["regression"], p)
     print_bf16(result["bf16"], p)
+    print_prior(result["prior"], p)
 
 
 def print_placement(result: dict, p) -> None:
@@ -1190,6 +1371,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="section 10 alone (a minute with native bf16 units), into bf16.json beside bench.json unless --out is given",
     )
     parser.add_argument(
+        "--only-prior",
+        action="store_true",
+        help="section 11 alone (a few minutes: the test set's likelihood is most of it), into prior.json beside "
+        "bench.json unless --out is given",
+    )
+    parser.add_argument(
         "--force-bf16",
         action="store_true",
         help="measure the bf16 roof even where the CPU has no native bf16 units (emulated: slow)",
@@ -1252,6 +1439,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         out = Path(args.out) if args.out else paths.results_dir() / "bench" / "bf16.json"
         write_json(out, result)
         print_bf16(result["bf16"], print)
+        print(f"\nwrote {out}")
+        return 0
+    if args.only_prior:
+        device = resolve_device("auto")
+        result = {
+            "environment": {
+                "torch": torch.__version__,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "smoke": args.smoke,
+                "load_start": load_average(),
+            },
+        }
+        # The section's own peaks: its share is taken against this run's machine, not another run's.
+        from vqlib.config import PriorConfig
+
+        peaks: dict[str, Optional[float]] = {"fp32": None, "bf16": None}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if name == "fp32" or resolve_precision(PriorConfig().precision, device) == "bf16":
+                gflops = matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=dtype)
+                result["matmul" if name == "fp32" else "matmul_bf16"] = gflops
+                peaks[name] = max(gflops.values())
+        result["matmul_gflops"], result["matmul_bf16_gflops"] = peaks["fp32"], peaks["bf16"]
+        data = load_fashion_mnist(allow_download=False)
+        result["prior"] = prior_speed(data, profile=profile, device=device, peaks=peaks)
+        result["environment"]["load_end"] = load_average()
+        out = Path(args.out) if args.out else paths.results_dir() / "bench" / "prior.json"
+        write_json(out, result)
+        print_prior(result["prior"], print)
         print(f"\nwrote {out}")
         return 0
     result = run_benchmark(profile, compile_variant=args.compile, force_bf16=args.force_bf16)

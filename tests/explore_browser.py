@@ -5,7 +5,10 @@ executed) into a folder, serves that folder with JupyterLab, opens the
 notebook, runs all its cells from the Run menu, waits for the widgets, then
 moves the image slider and presses the edit button, and checks each time that
 the pixels of the image widget changed (read back through a canvas, so a new
-blob URL with the same picture would not pass). It ends with a screenshot.
+blob URL with the same picture would not pass). With a prior it presses the
+generate panel's sample button (the pixels of its image must change) and its
+resample button (its line must say what was redrawn); without one, the panel
+must say how to get one. It ends with a screenshot.
 
 `make explore-check` runs it as a script (`python tests/explore_browser.py
 --help`); tests/test_explore.py runs it on a tiny checkpoint.
@@ -147,6 +150,7 @@ def run_check(
     *,
     folder: Optional[Path] = None,
     extra_parameters: Optional[dict] = None,
+    prior_checkpoint: Optional[str] = None,
     viewport: tuple[int, int] = (1280, 2400),
 ) -> dict:
     """Serve, open, run, move, press, compare, screenshot. Returns timings and what was seen; raises on failure."""
@@ -158,6 +162,8 @@ def run_check(
     parameters = {"vqvae_checkpoint": str(vqvae_checkpoint), **(extra_parameters or {})}
     if classifier_checkpoint:
         parameters["classifier_checkpoint"] = str(classifier_checkpoint)
+    if prior_checkpoint:
+        parameters["prior_checkpoint"] = str(prior_checkpoint)
     prepare_folder(folder, parameters)
     port, token = free_port(), secrets.token_hex(16)
     result: dict = {"port": port}
@@ -205,13 +211,29 @@ def run_check(
                     wait_for_change(page, "img.vqlib-edited-image", edited, "pressing the edit button")
                     result["edit_changed_image"] = True
                     result["probabilities"] = page.locator(".vqlib-probabilities").inner_text()[:400]
+                    if classifier_checkpoint and "no classifier" in result["probabilities"]:
+                        raise AssertionError("the classifier panel shows no probabilities")
+
+                    # 3. The generate panel: sample a new code, resample the selection (or: how to get a prior).
+                    info = page.locator(".vqlib-generate-info")
+                    info.scroll_into_view_if_needed()
+                    if prior_checkpoint or "No prior is loaded" not in info.inner_text():
+                        page.locator("img.vqlib-generated-image").scroll_into_view_if_needed()
+                        generated = wait_for_change(page, "img.vqlib-generated-image", None, "the generated image")
+                        page.locator("button.vqlib-sample").click()
+                        wait_for_change(page, "img.vqlib-generated-image", generated, "pressing sample")
+                        result["sample_changed_image"] = True
+                        # A redrawn cell may keep its code: what must change is the line that reports the draw.
+                        page.locator("button.vqlib-resample").click()
+                        page.wait_for_selector(".vqlib-generate-info >> text=/resampled \\d+ cell/")
+                        result["resample_info"] = info.inner_text()[:300]
+                    else:
+                        result["generate_panel"] = "no prior: the panel says how to get one"
                     result["messages"] = page.evaluate(
                         "() => Array.from(document.querySelectorAll('[class*=\"vqlib-\"]'))"
                         ".filter(e => Array.from(e.classList).some(c => /^vqlib-.*-message$/.test(c)))"
                         ".map(e => e.innerText.trim()).filter(t => t)"
                     )
-                    if classifier_checkpoint and "no classifier" in result["probabilities"]:
-                        raise AssertionError("the classifier panel shows no probabilities")
                     # Leave the pointer off the widgets, make the window as tall as the notebook, and
                     # photograph the notebook panel: all five parts in one picture.
                     page.mouse.move(0, 0)
@@ -255,11 +277,12 @@ def run_check(
     return result
 
 
-def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:
-    """A VQ-VAE and a classifier trained in about a minute here, when no checkpoint is given or found."""
+def tiny_checkpoints(folder: Path) -> tuple[Path, Path, Path]:
+    """A VQ-VAE, a classifier and a prior trained in about a minute here, when no checkpoint is given or found."""
     from vqlib.classify import train_classifier
-    from vqlib.config import ClassifierConfig, TrainConfig, VQVAEConfig
+    from vqlib.config import ClassifierConfig, PriorConfig, TrainConfig, VQVAEConfig
     from vqlib.data import load_fashion_mnist
+    from vqlib.prior import train_prior
     from vqlib.train import train_vqvae
 
     data = load_fashion_mnist()
@@ -287,13 +310,32 @@ def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:
         data,
         progress=False,
     )
-    return run.best_checkpoint, cls.best_checkpoint
+    prior = train_prior(
+        PriorConfig(
+            vqvae_checkpoint=str(run.best_checkpoint),
+            class_conditional=True,
+            layers=2,
+            heads=2,
+            width=64,
+            epochs=1,
+            train_subset=2000,
+            val_subset=500,
+            device="cpu",
+            checkpoint_dir=str(folder / "prior"),
+        ),
+        data,
+        progress=False,
+    )
+    return run.best_checkpoint, cls.best_checkpoint, prior.best_checkpoint
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vqvae-checkpoint", default=None, help="default: the grid's best, else the published best")
     parser.add_argument("--classifier-checkpoint", default=None, help="a classifier trained on that VQ-VAE")
+    parser.add_argument(
+        "--prior-checkpoint", default=None, help="a prior over that VQ-VAE's code (default: a published one, if any)"
+    )
     parser.add_argument("--screenshot", default=str(REPO / "docs" / "figures" / "explorer.png"))
     args = parser.parse_args(argv)
     problem = missing_requirements()
@@ -303,15 +345,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vqlib.checkpoints import resolve_vqvae_checkpoint
     from vqlib.errors import CheckpointError
 
-    vqvae, classifier = args.vqvae_checkpoint, args.classifier_checkpoint
+    vqvae, classifier, prior = args.vqvae_checkpoint, args.classifier_checkpoint, args.prior_checkpoint
     with tempfile.TemporaryDirectory(prefix="vqlib-explore-ckpt-") as tmp:
         if vqvae is None:
             try:
                 vqvae = str(resolve_vqvae_checkpoint(None))
             except CheckpointError:
-                print("explore-check: no VQ-VAE given or found; training a tiny one and its classifier", flush=True)
-                vqvae, classifier = tiny_checkpoints(Path(tmp))
-        result = run_check(vqvae, classifier, Path(args.screenshot))
+                print(
+                    "explore-check: no VQ-VAE given or found; training a tiny one, its classifier and its prior",
+                    flush=True,
+                )
+                vqvae, classifier, prior = tiny_checkpoints(Path(tmp))
+        result = run_check(vqvae, classifier, Path(args.screenshot), prior_checkpoint=prior)
     print(json.dumps(result, indent=1))
     print(f"explore-check passed in {result['total_s']} s; screenshot {result['screenshot']}")
     return 0

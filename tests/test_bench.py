@@ -266,12 +266,12 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     assert result["classifier_epoch"]["cached_epoch_seconds"] > 0
     explorer = result["explorer"]
     assert all(explorer[k]["median_ms"] <= explorer[k]["max_ms"] for k in ("edit", "probabilities", "occlusion_map"))
-    # The peak is the best matmul of both passes, and every MFU is taken against it.
+    # The peak is the best matmul of both passes; each MFU is taken against the roof of the precision
+    # its row ran in ('auto' is bf16 on a CPU with native bf16 units, whose roof is the bf16 matmul's).
     assert result["matmul_gflops"] == max(*result["matmul"].values(), *result["matmul_end"].values())
     default = result["train"][0]
-    assert result["train_mfu"] == pytest.approx(
-        default["gflop_per_image"] * default["images_per_s"] / result["matmul_gflops"]
-    )
+    roof = result["matmul_gflops"] if default["precision"] == "fp32" else result["matmul_bf16_gflops"]
+    assert result["train_mfu"] == pytest.approx(default["gflop_per_image"] * default["images_per_s"] / roof)
     groups = result["layers"]["groups"]
     assert {"3x3 conv", "1x1 conv", "batch norm + ReLU", "transposed conv"} <= set(groups)
     assert all(g["ms"] > 0 for g in groups.values()) and groups["3x3 conv"]["gflops"] > 0
@@ -285,6 +285,7 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         "8. explorer",
         "9. label-efficiency regression",
         "10. bf16 roof",
+        "11. the prior over the code",
     ):
         assert heading in proc.stdout
     # Both placements really ran with their threads, on the same number of images per process.
@@ -315,6 +316,41 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
         assert bf16["conv_bf16_gflops"] > 0 and bf16["steps"][1]["precision"] == "bf16"
     else:
         assert "bf16 roof not measured" in proc.stdout and "conv_bf16_gflops" not in bf16
+    # The prior's section takes its share against this run's peak of the precision it trained in.
+    prior = result["prior"]["train"]
+    roof = result["matmul_gflops"] if prior["precision"] == "fp32" else result.get("matmul_bf16_gflops")
+    assert prior["peak_gflops"] == roof and result["prior_sequences_per_s"] > 0
+
+
+def test_only_prior_measures_training_samples_and_the_test_likelihood(tmp_path):
+    out = tmp_path / "prior.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--only-prior", "--smoke", "--threads", "1"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prior = json.loads(out.read_text())["prior"]
+    train, samples, likelihood = prior["train"], prior["samples"], prior["test_likelihood"]
+    assert train["sequences_per_s"] > 0 and train["gflop_per_sequence"] > 0
+    assert train["share_of_peak"] == pytest.approx(
+        train["gflop_per_sequence"] * train["sequences_per_s"] / train["peak_gflops"]
+    )
+    assert samples["num"] == 8 and 0 < samples["median_seconds"] <= samples["max_seconds"]
+    assert likelihood["codes"] == 200 and likelihood["codes_per_s"] > 0
+    # A network that trained a few steps is no worse than the uniform code, and far from 0 bits.
+    assert 0.5 * likelihood["uniform_bits_per_image"] < likelihood["mean_bits_per_image"]
+    assert likelihood["mean_bits_per_image"] < 1.05 * likelihood["uniform_bits_per_image"]
+    # It trains as train_prior does, in the precision PriorConfig's default resolves to, against that roof.
+    from vqlib.config import PriorConfig
+    from vqlib.device import resolve_precision
+
+    assert train["precision"] == resolve_precision(PriorConfig().precision, "cpu")
+    for heading in ("11a. training in", "11b. 8 samples", "11c. log-likelihood of 200 test codes", "11d."):
+        assert heading in proc.stdout
 
 
 def test_code_histogram_equals_bincount():

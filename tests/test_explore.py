@@ -19,7 +19,7 @@ import torch
 from vqlib import classify
 from vqlib.analysis import receptive_field
 from vqlib.checkpoints import save_checkpoint
-from vqlib.config import ClassifierConfig, ExplorerConfig, TrainConfig, VQVAEConfig
+from vqlib.config import ClassifierConfig, ExplorerConfig, PriorConfig, TrainConfig, VQVAEConfig
 from vqlib.data import CLASS_NAMES
 from vqlib.errors import CheckpointError, ConfigError
 from vqlib.explore import CHANGE_THRESHOLD, Explorer, open_explorer
@@ -50,6 +50,33 @@ def classifier_checkpoint(data, vqvae_checkpoint, tmp_path_factory):
         progress=False,
     )
     return run.best_checkpoint
+
+
+def train_tiny_prior(data, vqvae_checkpoint, folder, *, class_conditional: bool = True):
+    """A prior of one layer trained for one epoch on 160 real codes of the VQ-VAE: seconds."""
+    from vqlib.prior import train_prior
+
+    config = PriorConfig(
+        vqvae_checkpoint=str(vqvae_checkpoint),
+        class_conditional=class_conditional,
+        layers=1,
+        heads=2,
+        width=32,
+        batch_size=32,
+        warmup_steps=3,
+        epochs=1,
+        train_subset=160,
+        val_subset=40,
+        device="cpu",
+        checkpoint_dir=str(folder),
+    )
+    return train_prior(config, data, progress=False).best_checkpoint
+
+
+@pytest.fixture(scope="module")
+def prior_checkpoint(data, vqvae_checkpoint, tmp_path_factory):
+    """A class-conditional prior over the tiny VQ-VAE's code."""
+    return train_tiny_prior(data, vqvae_checkpoint, tmp_path_factory.mktemp("explore_prior"))
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +260,89 @@ def test_the_occlusion_map_has_one_value_per_cell(explorer):
     assert values[row, col] == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
 
+# ----------------------------------------------------------------------------- 6. generate with the prior
+
+
+@pytest.fixture
+def generating(explorer, prior_checkpoint):
+    explorer.attach_prior(prior_checkpoint)
+    return explorer
+
+
+def test_sample_draws_a_whole_code_into_the_editor_and_undo_takes_it_back(generating):
+    ex = generating
+    ex.select(9)
+    before, image_before = ex.codes.clone(), ex.image.copy()
+    image = ex.sample_code(3, temperature=1.0, seed=0)
+    drawn = ex.codes.clone()
+    assert not torch.equal(drawn, before) and ex.edited_cells().sum() > 72
+    assert np.allclose(image, ex.model.decode_indices(drawn[None])[0, 0].detach().numpy(), atol=1e-6)
+    assert np.array_equal(ex.undo(), image_before) and torch.equal(ex.codes, before)
+    ex.sample_code(3, temperature=1.0, seed=0)
+    assert torch.equal(ex.codes, drawn)  # seeded: the same draw
+    ex.sample_code(3, temperature=1.0, seed=1)
+    assert not torch.equal(ex.codes, drawn)
+
+
+def test_resample_redraws_the_selection_given_the_rest_and_nothing_else(generating):
+    from vqlib.prior import bits_per_image, resample
+
+    ex = generating
+    ex.select(11)
+    before = ex.codes.clone()
+    ex.resample_cells((4, 6), (5, 7), 0, temperature=2.0, seed=1)
+    inside = ex.selection_mask((4, 6), (5, 7))
+    assert inside.sum() == 9 and torch.equal(ex.codes[~inside], before[~inside])
+    assert not torch.equal(ex.codes[inside], before[inside])
+    # The explorer's draw is vqlib.prior.resample's on the map as edited, cell for cell.
+    expected = resample(ex.prior, before, inside, classes=0, temperature=2.0, seed=1)
+    assert torch.equal(ex.codes, expected)
+    assert ex.code_bits(label=0) == pytest.approx(float(bits_per_image(ex.prior, ex.codes[None], [0])[0]))
+    ex.undo()
+    assert torch.equal(ex.codes, before)
+
+
+def test_the_choices_for_a_cell_are_its_full_conditional(generating):
+    from vqlib.prior import full_conditional
+
+    ex = generating
+    ex.select(12)
+    choices = ex.cell_choices(5, 6, 7, count=5)
+    probs = full_conditional(ex.prior, ex.codes, (5, 6), classes=7)
+    assert [code for code, _ in choices] == torch.topk(probs, 5).indices.tolist()
+    assert [p for _, p in choices] == pytest.approx(torch.topk(probs, 5).values.tolist())
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_generation_refuses_bad_input_in_one_sentence(
+    explorer, data, prior_checkpoint, other_vqvae_checkpoint, vqvae_checkpoint, tmp_path
+):
+    with pytest.raises(ConfigError, match="no prior is loaded") as info:
+        explorer.sample_code()
+    assert one_sentence(str(info.value))
+    explorer.attach_prior(prior_checkpoint)
+    for call, pattern in [
+        (lambda: explorer.sample_code(12), "class 12 does not exist"),
+        (lambda: explorer.sample_code(temperature=0.0), "temperature must be a positive number"),
+        (lambda: explorer.sample_code(seed=-1), "the seed must be an integer of 0 or more"),
+        (lambda: explorer.resample_cells((3, 12), 0), "do not lie in the 12 x 12 code map"),
+        (lambda: explorer.resample_cells(2, 2, sweeps=0), "sweeps must be a positive integer"),
+        (lambda: explorer.cell_choices(12, 0), "do not lie in the 12 x 12 code map"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(pattern)) as info:
+            call()
+        assert one_sentence(str(info.value))
+    explorer.attach_prior(train_tiny_prior(data, vqvae_checkpoint, tmp_path / "uncond", class_conditional=False))
+    with pytest.raises(ConfigError, match="trained without classes") as info:
+        explorer.resample_cells(2, 2, 4)
+    assert one_sentence(str(info.value))
+    explorer.resample_cells(2, 2, None, seed=0)  # no class: fine
+    other = open_explorer(ExplorerConfig(vqvae_checkpoint=str(other_vqvae_checkpoint), **SMALL), data)
+    with pytest.raises(CheckpointError, match="models a code of K=32 indices, but this VQ-VAE has K=16") as info:
+        other.attach_prior(prior_checkpoint)
+    assert one_sentence(str(info.value)) and other.prior is None
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -274,13 +384,13 @@ def ui(data, vqvae_checkpoint, classifier_checkpoint):
 def messages(ui) -> list[str]:
     return [
         getattr(ui, f"{name}_message").value
-        for name in ("pick", "edit", "codebook", "interpolation", "classifier")
+        for name in ("pick", "edit", "codebook", "interpolation", "classifier", "generate")
         if getattr(ui, f"{name}_message").value
     ]
 
 
 def test_the_widgets_build_and_every_panel_is_drawn(ui):
-    assert set(ui.panels) == {"pick", "edit", "codebook", "interpolation", "classifier"}
+    assert set(ui.panels) == {"pick", "edit", "codebook", "interpolation", "classifier", "generate"}
     assert all(panel.children for panel in ui.panels.values())
     for image in (ui.original_image, ui.edited_image, ui.edited_map, ui.patches_image, ui.quantized_image):
         assert bytes(image.value).startswith(b"\x89PNG")
@@ -368,6 +478,75 @@ def test_a_published_vqvae_opens_with_its_published_classifier(data, monkeypatch
     assert open_explorer(ExplorerConfig(vqvae_checkpoint="pretrained:K25_D16", **SMALL), data).classifier is None
 
 
+def test_the_generate_panel_samples_resamples_and_lists_choices(data, vqvae_checkpoint, prior_checkpoint):
+    from vqlib.explore_ui import explorer_ui
+
+    ui = explorer_ui(
+        {"vqvae_checkpoint": str(vqvae_checkpoint), "prior_checkpoint": str(prior_checkpoint), **SMALL}, data
+    )
+    assert ui.explorer.prior is not None and "prior " in ui.status.value
+    assert "bits</b> under the prior" in ui.generate_info.value
+    generated, edited = ui.generated_image.value, ui.edited_image.value
+    ui.generation_class.value, ui.seed.value = 1, 5
+    ui.sample.click()
+    assert ui.generated_image.value != generated and ui.edited_image.value != edited
+    assert ui.seed.value == 6 and "sampled a new code" in ui.generate_info.value and "seed 5" in ui.generate_info.value
+    sampled = ui.explorer.codes.clone()
+    ui.rows.value, ui.cols.value = (2, 4), (3, 5)
+    ui.resample.click()
+    assert "resampled 9 cell(s) given the other 135" in ui.generate_info.value
+    changed = (ui.explorer.codes != sampled).numpy()
+    assert not changed[:2].any() and not changed[5:].any() and not changed[:, :3].any() and not changed[:, 6:].any()
+    ui.choices.click()
+    assert "cell (2, 3) given the other 143" in ui.choices_table.value and ui.choices_table.value.count("code ") >= 8
+    ui.generate_undo.click()
+    assert torch.equal(ui.explorer.codes, sampled) and messages(ui) == []
+
+
+def test_without_a_prior_the_panel_says_how_to_get_one(data, vqvae_checkpoint, other_vqvae_checkpoint):
+    from vqlib.explore_ui import explorer_ui
+
+    ui = explorer_ui({"vqvae_checkpoint": str(other_vqvae_checkpoint), **SMALL}, data)
+    assert ui.explorer.prior is None and "prior" not in ui.status.value
+    assert "No prior is loaded" in ui.generate_info.value and "vqlib train-prior" in ui.generate_info.value
+    ui.sample.click()
+    assert "no prior is loaded" in ui.generate_message.value
+    for message in messages(ui):
+        assert "Traceback" not in message and message.count("<span") == 1
+
+
+def test_a_prior_of_another_vqvae_is_refused_in_the_panel(data, other_vqvae_checkpoint, prior_checkpoint):
+    from vqlib.explore_ui import explorer_ui
+
+    ui = explorer_ui(
+        {"vqvae_checkpoint": str(other_vqvae_checkpoint), "prior_checkpoint": str(prior_checkpoint), **SMALL}, data
+    )
+    assert ui.explorer.prior is None and ui.prior_path.value == str(prior_checkpoint)
+    assert "models a code of K=32 indices" in ui.generate_message.value
+    assert "Traceback" not in ui.generate_message.value and ui.generate_message.value.count("<span") == 1
+    assert bytes(ui.edited_image.value).startswith(b"\x89PNG")  # the rest of the explorer works
+    ui.load_prior.click()
+    assert "models a code of K=32 indices" in ui.generate_message.value
+
+
+def test_a_published_vqvae_opens_with_a_published_prior_trained_on_it(data, project, tmp_path_factory):
+    """pretrained:K100_D64_prior, once published, opens with pretrained:K100_D64 by itself: a project root whose
+    published folder holds the real K100_D64 and a tiny prior trained on it stands in for that day."""
+    from vqlib.explore_ui import explorer_ui
+
+    published = project / "checkpoints" / "pretrained"
+    published.mkdir(parents=True)
+    (published / "K100_D64").symlink_to(REPO / "checkpoints" / "pretrained" / "K100_D64")
+    prior = train_tiny_prior(data, "pretrained:K100_D64", tmp_path_factory.mktemp("published_prior"))
+    (published / "K100_D64_prior").mkdir()
+    (published / "K100_D64_prior" / "best.pt").write_bytes(prior.read_bytes())
+    ui = explorer_ui({"vqvae_checkpoint": "pretrained:K100_D64", **SMALL}, data)
+    assert ui.explorer.prior is not None and "prior pretrained:K100_D64_prior" in ui.status.value
+    assert ui.prior_path.value == "pretrained:K100_D64_prior" and messages(ui) == []
+    config = ExplorerConfig(vqvae_checkpoint="pretrained:K100_D64", prior_checkpoint="none", **SMALL)
+    assert open_explorer(config, data).prior is None
+
+
 # ----------------------------------------------------------------------------- notebook and Makefile
 
 
@@ -382,7 +561,7 @@ def test_parameters_cell_equals_the_explorer_config():
     assert nb.metadata["kernelspec"]["name"] == "vqlib"
 
 
-def test_notebook_05_runs_headless_under_papermill(tmp_path, vqvae_checkpoint, classifier_checkpoint):
+def test_notebook_05_runs_headless_under_papermill(tmp_path, vqvae_checkpoint, classifier_checkpoint, prior_checkpoint):
     out = tmp_path / "05_explore.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK),
@@ -390,6 +569,7 @@ def test_notebook_05_runs_headless_under_papermill(tmp_path, vqvae_checkpoint, c
         parameters={
             "vqvae_checkpoint": str(vqvae_checkpoint),
             "classifier_checkpoint": str(classifier_checkpoint),
+            "prior_checkpoint": str(prior_checkpoint),
             "image_index": 7,
             **SMALL,
         },
@@ -404,11 +584,14 @@ def test_notebook_05_runs_headless_under_papermill(tmp_path, vqvae_checkpoint, c
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     models = [m["state"] for m in state.values()]
     classes = {c for m in models for c in m.get("_dom_classes", [])}
-    assert {f"vqlib-panel-{panel}" for panel in ("pick", "edit", "codebook", "interpolation", "classifier")} <= classes
+    panels = ("pick", "edit", "codebook", "interpolation", "classifier", "generate")
+    assert {f"vqlib-panel-{panel}" for panel in panels} <= classes
     status = next(m["value"] for m in models if "vqlib-status" in m.get("_dom_classes", []))
-    assert "K=32, D=16" in status and "classifier" in status
+    assert "K=32, D=16" in status and "classifier" in status and "prior" in status
     messages = [m["value"] for m in models if any(c.endswith("-message") for c in m.get("_dom_classes", []))]
-    assert messages == [""] * 5
+    assert messages == [""] * 6
+    generate_info = next(m["value"] for m in models if "vqlib-generate-info" in m.get("_dom_classes", []))
+    assert "bits</b> under the prior" in generate_info
     pick_info = [m["value"] for m in models if "test image 7 of 10,000" in str(m.get("value", ""))]
     assert pick_info and "reconstruction MSE" in pick_info[0]
 
@@ -424,8 +607,11 @@ def test_make_lab_listens_on_localhost_and_allows_root():
 
 
 @pytest.mark.skipif(not explore_browser.CHROMIUM.is_file(), reason="no /usr/bin/chromium (apt-get install chromium)")
-def test_the_explorer_works_in_jupyterlab_in_a_real_browser(tmp_path, vqvae_checkpoint, classifier_checkpoint):
-    """JupyterLab on 127.0.0.1, Debian's Chromium via Playwright: run all, move a slider, press edit."""
+def test_the_explorer_works_in_jupyterlab_in_a_real_browser(
+    tmp_path, vqvae_checkpoint, classifier_checkpoint, prior_checkpoint
+):
+    """JupyterLab on 127.0.0.1, Debian's Chromium via Playwright: run all, move a slider, press edit, sample
+    and resample."""
     started = time.monotonic()
     result = explore_browser.run_check(
         vqvae_checkpoint,
@@ -433,8 +619,10 @@ def test_the_explorer_works_in_jupyterlab_in_a_real_browser(tmp_path, vqvae_chec
         tmp_path / "explorer.png",
         folder=tmp_path / "lab",
         extra_parameters=SMALL,
+        prior_checkpoint=prior_checkpoint,
     )
-    assert result["slider_changed_image"] and result["edit_changed_image"]
+    assert result["slider_changed_image"] and result["edit_changed_image"] and result["sample_changed_image"]
+    assert "resampled 4 cell(s) given the other 140" in result["resample_info"]
     assert result["messages"] == [] and result["stderr_outputs"] == 0
     assert (tmp_path / "explorer.png").stat().st_size > 20_000
     print(f"browser check: {result} in {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -98,3 +98,22 @@ def test_portable_text_and_payload():
     payload = portable_vqvae_payload(ckpt)
     assert payload["train_config"] == {"checkpoint_dir": None, "results_dir": None, "epochs": 3}
     assert "kind" not in payload and ckpt["train_config"]["checkpoint_dir"] == "/a"  # the input is left alone
+
+
+def test_a_run_of_another_clone_is_published_without_its_paths(tmp_path):
+    """A study that ran in a worktree of its own, published from this clone: the other clone's paths go too."""
+    from vqlib.publish import _Writer, source_project_root
+
+    clone = tmp_path / "study"
+    (clone / "vqlib").mkdir(parents=True)
+    (clone / "pyproject.toml").write_text("[project]\nname = 'vqlib'\n")
+    run = clone / "results" / "protocol_seeds" / "grid" / "K8_D4_s1"
+    run.mkdir(parents=True)
+    notebook = run / "01_train_vqvae.ipynb"
+    notebook.write_text(f'{{"checkpoint_dir": "{clone}/checkpoints/protocol_seeds/K8_D4_s1", "cwd": "{clone}"}}')
+    assert source_project_root(notebook) == clone.resolve()
+    target = tmp_path / "published" / notebook.name
+    _Writer().text(notebook, target)
+    text = target.read_text()
+    assert str(tmp_path) not in text and MACHINE_PATH.search(text) is None
+    assert text == '{"checkpoint_dir": "checkpoints/protocol_seeds/K8_D4_s1", "cwd": "."}'

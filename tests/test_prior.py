@@ -1,5 +1,5 @@
 """The prior over the VQ-VAE's code: exact likelihoods, causality, sampling, resumption, the checkpoint, the CLI,
-the per-position baseline and the reuse of a prior trained with the same settings.
+resampling given all other cells, the per-position baseline and the reuse of a prior trained with the same settings.
 
 Real data throughout: the published protocol VQ-VAE (K100_D64) encodes small
 subsets of FashionMNIST, and the priors are tiny so that each test takes seconds.
@@ -7,6 +7,7 @@ subsets of FashionMNIST, and the priors are tiny so that each test takes seconds
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import shutil
@@ -133,6 +134,24 @@ def test_resume_after_an_interruption_is_bitwise_equal(data, tmp_path):
     assert len(resumed.history) == 2 and math.isfinite(resumed.best_val_bits_per_image)
 
 
+def test_precision_is_recorded_and_kept_for_life(data, tmp_path):
+    from vqlib.prior import train_prior
+
+    fp32 = train_prior(tiny_config(tmp_path, precision="fp32"), data, progress=False)
+    last = torch.load(tmp_path / "prior" / "last.pt", weights_only=True)
+    assert fp32.precision == last["precision"] == "fp32"
+    assert [row["precision"] for row in fp32.history] == ["fp32"]
+    # An explicit other precision would make the continued run another run: refused in one sentence.
+    with pytest.raises(CheckpointError, match="fp32"):
+        train_prior(tiny_config(tmp_path, precision="bf16", epochs=2), data, resume=True, progress=False)
+    # 'auto' keeps the run's own, whatever this CPU would choose for a new run.
+    resumed = train_prior(tiny_config(tmp_path, precision="auto", epochs=2), data, resume=True, progress=False)
+    assert [row["precision"] for row in resumed.history] == ["fp32", "fp32"]
+    # bf16 as asked (emulated on a CPU without bf16 units, still correct): recorded, and the loss stays finite.
+    bf16 = train_prior(tiny_config(tmp_path / "b", precision="bf16"), data, progress=False)
+    assert bf16.precision == "bf16" and math.isfinite(bf16.best_val_bits_per_image)
+
+
 def test_the_checkpoint_loads_weights_only_and_refuses_another_vqvae(tiny_prior):
     from vqlib.checkpoints import load_vqvae
     from vqlib.prior import bits_per_image, load_pair, load_prior
@@ -196,6 +215,145 @@ def test_cli_refuses_a_bad_class_and_a_prior_of_another_k(tiny_prior, tmp_path, 
     assert "K=100" in _error_line(capsys)
     assert main(["sample", "--prior", str(tiny_prior), "--complete", "test:99999", "--output", out]) == 2
     assert "test:INDEX" in _error_line(capsys)
+
+
+# ----------------------------------------------------------------------------- resampling given all other cells
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny tensors: on the busy 2-core machine a second thread only waits. Training the toy prior below
+    took 78-125 s with two threads and 1-4 s with one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def toy_prior(request):
+    """A tiny prior on a 2 x 2 grid with K = 3, trained on codes whose four cells mostly agree: a later
+    cell then says much about an earlier one, which a conditional on the earlier cells alone cannot know."""
+    with one_thread():
+        return train_toy_prior(request.param)
+
+
+def train_toy_prior(architecture: str):
+    torch.manual_seed(0)
+    model = ARCHITECTURES[architecture](3, (2, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        codes = torch.randint(0, 3, (64, 1)).expand(64, 4).clone()
+        noise = torch.rand(64, 4) < 0.15
+        codes[noise] = torch.randint(0, 3, (int(noise.sum()),))
+        loss = model.loss(codes.view(64, 2, 2), torch.randint(0, 11, (64,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+EVERY_2X2 = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 2, 2)
+
+
+def exhaustive_conditional(model, codes: torch.Tensor, position: int, cls) -> torch.Tensor:
+    """p(c_position = v, rest) / sum over v, from the joint of every code: (N, 3)."""
+    joint = model.log_prob(EVERY_2X2, cls).double().exp().view(3, 3, 3, 3)
+    flat = codes.view(-1, 4)
+    rows = []
+    for code in flat.tolist():
+        index = list(code)
+        index[position] = slice(None)
+        rows.append(joint[tuple(index)] / joint[tuple(index)].sum())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("cls", [None, 3])
+def test_the_full_conditional_is_the_exhaustive_joint_normalised(toy_prior, cls):
+    from vqlib.prior import full_conditional
+
+    with torch.no_grad():
+        before_only = torch.softmax(toy_prior.logits(EVERY_2X2, cls).double(), dim=-1)
+    gap = 0.0
+    for position in range(4):
+        got = full_conditional(toy_prior, EVERY_2X2, divmod(position, 2), classes=cls).double()
+        want = exhaustive_conditional(toy_prior, EVERY_2X2, position, cls)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        gap = max(gap, (before_only[:, position] - want).abs().max().item())
+    assert gap > 0.3  # the later cells matter: a conditional on the earlier cells alone would fail above
+
+
+def test_top_k_scores_the_k_likeliest_values_given_the_earlier_cells(toy_prior):
+    from vqlib.prior import full_conditional
+
+    codes = EVERY_2X2[[5, 40, 77]]
+    exact = full_conditional(toy_prior, codes, (1, 0))
+    truncated = full_conditional(toy_prior, codes, (1, 0), top_k=2)
+    with torch.no_grad():
+        kept = toy_prior.logits(codes)[:, 2].topk(2, dim=-1).indices
+    assert torch.equal((truncated > 0).nonzero()[:, 1].view(3, 2).sort().values, kept.sort().values)
+    renormalised = exact.gather(1, kept) / exact.gather(1, kept).sum(1, keepdim=True)
+    torch.testing.assert_close(truncated.gather(1, kept), renormalised, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_gibbs_sweeps_draw_the_masked_cells_from_their_joint_given_the_rest(toy_prior, temperature):
+    """2,000 chains over the two cells of the first row, the second row fixed: their empirical distribution
+    after 4 sweeps is p(first row | second row)^(1/T), normalised (total variation under 0.04)."""
+    from vqlib.prior import resample
+
+    start = torch.tensor([[0, 1], [2, 2]]).expand(2000, 2, 2)
+    mask = torch.tensor([[True, True], [False, False]])
+    with one_thread():
+        drawn = resample(toy_prior, start, mask, sweeps=4, temperature=temperature, seed=0)
+    assert torch.equal(drawn[:, 1], start[:, 1])
+    counts = torch.bincount(drawn[:, 0, 0] * 3 + drawn[:, 0, 1], minlength=9).double() / 2000
+    with torch.no_grad():
+        joint = toy_prior.log_prob(EVERY_2X2).double().view(9, 9)[:, 2 * 3 + 2]  # second row = (2, 2)
+        first_row_alone = toy_prior.log_prob(EVERY_2X2).double().exp().view(9, 9).sum(1)
+    want = torch.softmax(joint / temperature, dim=0)
+    assert 0.5 * (counts - want).abs().sum().item() < 0.04, (counts, want)
+    # Drawing the first row as if the second did not exist lands far off: the check has teeth.
+    assert 0.5 * (first_row_alone - want).abs().sum().item() > 0.2
+
+
+def test_resample_redraws_only_the_mask_is_seeded_and_checks_its_input(data, tiny_prior):
+    from vqlib.classify import encode_codes
+    from vqlib.prior import load_pair
+
+    prior, vqvae, _ = load_pair(tiny_prior)
+    codes = encode_codes(vqvae, data.test_images[:3]).long()
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[4:7, 5:8] = True
+    with one_thread():
+        check_resample(prior, codes, mask)
+
+
+def check_resample(prior, codes, mask):
+    from vqlib.prior import resample
+
+    first = resample(prior, codes, mask, classes=[0, 1, 2], temperature=2.0, seed=1)
+    assert first.shape == (3, 12, 12) and first.dtype == torch.long
+    assert torch.equal(first[:, ~mask], codes[:, ~mask]) and not torch.equal(first, codes)
+    assert torch.equal(first, resample(prior, codes, mask, classes=[0, 1, 2], temperature=2.0, seed=1))
+    assert not torch.equal(first, resample(prior, codes, mask, classes=[0, 1, 2], temperature=2.0, seed=2))
+    one = resample(prior, codes[0].to(torch.int16), mask, sweeps=2, top_k=5, seed=0)
+    assert one.shape == (12, 12) and torch.equal(one[~mask], codes[0][~mask])
+    assert torch.equal(resample(prior, codes, torch.zeros(12, 12, dtype=torch.bool), seed=0), codes)  # no cell: as is
+    for kwargs, pattern in [
+        (dict(codes=codes, mask=mask[:6]), r"boolean \(12, 12\) array"),
+        (dict(codes=codes, mask=mask.int()), "boolean"),
+        (dict(codes=codes + 100, mask=mask), "lie in 0 to 99"),
+        (dict(codes=codes.float(), mask=mask), "integer code maps"),
+        (dict(codes=codes, mask=mask, sweeps=0), "sweeps must be a positive integer"),
+        (dict(codes=codes, mask=mask, temperature=0.0), "temperature must be a positive number"),
+        (dict(codes=codes, mask=mask, classes=[1, 2]), "one class for all samples or one per sample"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern) as refused:
+            resample(prior, **kwargs)
+        assert "\n" not in str(refused.value)
 
 
 # ----------------------------------------------------------------------------- the per-position model

@@ -10,13 +10,15 @@ runs in the same namespace through `nsenter`.
 Checked here: outputs travel to the driver with no shared folder (the workers
 have another VQLIB_ROOT); tasks run on both nodes; a SIGKILLed worker is
 retried and continues from its last finished epoch; a SIGKILLed driver, run
-again, reuses finished points and continues the interrupted one.
+again, reuses finished points and continues the interrupted one; prior points
+(`vqlib prior-grid`) train on VQ-VAE files that only the driver can see.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -76,9 +78,13 @@ class Cluster:
             assert time.time() < deadline, "the network namespace's loopback did not come up"
             time.sleep(0.1)
         common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-        self._ns([str(BIN / "ray"), "start", "--head", "--port", str(self.port), "--temp-dir", str(self.temp),
-                  "--include-dashboard=false", *common, *agent_ports(self.port + 1)])  # fmt: skip
-        self._ns([str(BIN / "ray"), "start", "--address", self.address, *common, *agent_ports(self.port + 11)])
+        try:
+            self._ns([str(BIN / "ray"), "start", "--head", "--port", str(self.port), "--temp-dir", str(self.temp),
+                      "--include-dashboard=false", *common, *agent_ports(self.port + 1)])  # fmt: skip
+            self._ns([str(BIN / "ray"), "start", "--address", self.address, *common, *agent_ports(self.port + 11)])
+        except BaseException:
+            self.stop()  # a node that did not start must not leave the head and the namespace running
+            raise
 
     @property
     def address(self) -> str:
@@ -103,8 +109,31 @@ class Cluster:
     def driver_env(self, driver_root: Path) -> dict:
         return dict(self.env, VQLIB_ROOT=str(driver_root))
 
+    def _members(self) -> list[int]:
+        """The processes in the cluster's network namespace: its Ray nodes and workers (the holder aside)."""
+        own = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in (self.holder.pid, os.getpid()):
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/net") == own:
+                        found.append(int(entry))
+                except OSError:  # ended meanwhile, or not ours to read
+                    pass
+        return found
+
     def stop(self) -> None:
-        self._ns([str(BIN / "ray"), "stop", "--force"], check=False)
+        # This cluster's processes by their ids, found by its namespace: `ray stop` would end every
+        # Ray process of the machine, other checkouts' test clusters too.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self._members():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while self._members() and time.time() < deadline:
+                time.sleep(0.2)
         self.holder.kill()
         self.holder.wait()
         shutil.rmtree(self.temp, ignore_errors=True)
@@ -224,3 +253,59 @@ def test_a_killed_driver_run_again_reuses_and_resumes(cluster, tmp_path):
         assert summary.loc[name, "reused"], f"{name} was finished before the kill but trained again"
     assert records[interrupted]["resumed"] is True
     assert records[interrupted]["attempts"][0]["resumed_from_epoch"] >= epoch_at_kill >= 1
+
+
+PRIOR_ARGS = [
+    "--layers", "1", "--heads", "2", "--width", "32", "--batch-size", "32", "--warmup-steps", "3", "--epochs", "1",
+    "--train-subset", "160", "--val-subset", "40", "--device", "cpu",
+]  # fmt: skip
+
+
+def test_prior_points_run_as_ray_tasks_with_their_vqvae_sent(cluster, tmp_path):
+    """Two priors as Ray tasks, one per node. Their VQ-VAEs exist only in the driver's own mount namespace (a
+    tmpfs the workers cannot see), so the tasks can only have trained on the copies sent with them."""
+    driver_root, worker_root = tmp_path / "driver", tmp_path / "worker"
+    hidden = tmp_path / "driver-only"  # empty here; the driver mounts a tmpfs over it and copies the VQ-VAEs in
+    driver_root.mkdir()
+    hidden.mkdir()
+    pretrained = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained"
+    names = ["K25_D64", "K50_D64"]
+    copies = " && ".join(
+        f"mkdir {shlex.quote(str(hidden / n))} && cp {shlex.quote(str(pretrained / n / 'best.pt'))} "
+        f"{shlex.quote(str(hidden / n / 'best.pt'))}"
+        for n in names
+    )
+    grid = [
+        str(BIN / "vqlib"), "prior-grid", "--executor", "ray", "--ray-address", cluster.address,
+        "--ray-worker-root", str(worker_root), "--vqvae-checkpoints", ",".join(str(hidden / n / "best.pt") for n in names),
+        *PRIOR_ARGS,
+    ]  # fmt: skip
+    script = f"mount -t tmpfs tmpfs {shlex.quote(str(hidden))} && {copies} && exec {shlex.join(grid)}"
+    command = ["nsenter", "-t", str(cluster.holder.pid), "-n", "unshare", "--mount", "--propagation", "private"]
+    run = subprocess.run(
+        [*command, "bash", "-c", script], env=cluster.driver_env(driver_root), capture_output=True, text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert not any(hidden.iterdir()), "the driver's VQ-VAEs leaked out of its mount namespace"
+    nodes = set()
+    for n in names:
+        name = f"{n}_transformer_uncond"
+        results = driver_root / "results" / "grid" / "prior" / name
+        checkpoints = driver_root / "checkpoints" / "grid" / "prior" / name
+        for path in (results / "metrics.json", results / "samples.png", results / "run.json",
+                     checkpoints / "best.pt", checkpoints / "last.pt"):  # fmt: skip
+            assert path.is_file() and path.stat().st_size > 0, f"{path} is missing on the driver"
+        metrics, record = read_json(results / "metrics.json"), read_json(results / "run.json")
+        assert metrics["status"] == "success" and metrics["num_embeddings"] == int(n[1:3])
+        # Trained on the copy, recorded under the driver's name, and found by the driver where it wrote it.
+        assert metrics["vqvae_checkpoint"] == str(hidden / n / "best.pt")
+        assert Path(metrics["checkpoint"]) == (checkpoints / "best.pt").resolve()
+        assert record["status"] == "success" and record["executor"] == "ray" and record["stage"] == "prior"
+        assert len(record["attempts"]) == 1
+        nodes.add(record["attempts"][0]["node"])
+    assert len(nodes) == 2, nodes
+    summary = pd.read_csv(driver_root / "results" / "grid" / "prior" / "summary.csv")
+    assert (summary["status"] == "success").all() and (summary["executor"] == "ray").all()
+    leftovers = [p for p in driver_root.rglob("*") if p.name.startswith(".") and p.is_file()]
+    assert not leftovers, f"half-written files left on the driver: {leftovers}"

@@ -920,6 +920,123 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# The grid options `vqlib prior-grid` takes: where and how its priors run, and where their folders are.
+PRIOR_GRID_OPTIONS = (*(name for name in RUN_GRID_OPTIONS if name != "seeds"), "grid_dir", "checkpoint_root")
+
+
+def _configure_prior_grid(p: argparse.ArgumentParser) -> None:
+    from .config import GridConfig, PriorConfig
+
+    p.add_argument(
+        "--vqvae-checkpoints",
+        required=True,
+        metavar="CKPTS",
+        help="the VQ-VAEs whose code gets a prior, comma-separated: pretrained:NAME or best.pt paths "
+        "(such as pretrained:K25_D64,pretrained:K50_D64,pretrained:K100_D64)",
+    )
+    add_config_options(
+        p, GridConfig, skip=[f.name for f in dataclasses.fields(GridConfig) if f.name not in PRIOR_GRID_OPTIONS]
+    )
+    add_config_options(p, PriorConfig, skip=("vqvae_checkpoint", "checkpoint_dir"))
+
+
+@command(
+    "prior-grid",
+    "train a prior over the code of each VQ-VAE as grid points (local pool or Ray); writes "
+    "results/grid/prior/<run>/ and results/grid/prior/summary.csv, checkpoints in checkpoints/grid/prior/<run>/",
+    _configure_prior_grid,
+)
+def cmd_prior_grid(args: argparse.Namespace) -> int:
+    from .config import GridConfig, PriorConfig
+    from .prior_grid import SUMMARY_FILE, prior_grid_dir, run_prior_grid
+
+    grid = config_from_args(GridConfig, args)
+    frame = run_prior_grid(args.vqvae_checkpoints, config_from_args(PriorConfig, args), grid)
+    columns = ["name", "status", "reused", "val_bits_per_image", "uniform_bits_per_image", "run_seconds"]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(f"summary: {prior_grid_dir(grid) / SUMMARY_FILE}")
+    failed = frame[frame["status"] != "success"]
+    for row in failed.itertuples():
+        print(f"{row.name} failed: {row.error}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
+def _parse_qualities(text: str) -> list[int]:
+    from .config import parse_int_list
+
+    try:
+        return parse_int_list("--qualities", text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _configure_rate_distortion(p: argparse.ArgumentParser) -> None:
+    from .codec import FORMATS, QUALITIES
+
+    p.add_argument(
+        "--prior",
+        action="append",
+        required=True,
+        metavar="PRIOR",
+        help="a prior checkpoint (best.pt) or pretrained:NAME; give --prior once per VQ-VAE to compare",
+    )
+    p.add_argument(
+        "--test-subset",
+        type=_parse_optional_int,
+        default=None,
+        help="compare on this many test images (stratified) instead of all 10,000 (default: all)",
+    )
+    p.add_argument(
+        "--qualities",
+        type=_parse_qualities,
+        default=list(QUALITIES),
+        help=f"JPEG and WebP qualities, comma-separated, 0-100 (default: {','.join(map(str, QUALITIES))})",
+    )
+    p.add_argument(
+        "--formats",
+        type=lambda text: [f.strip().upper() for f in text.split(",") if f.strip()],
+        default=list(FORMATS),
+        help=f"Pillow formats beside the priors, comma-separated (default: {','.join(FORMATS)})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the test subset (default: 0)")
+    p.add_argument("--results-dir", default=None, help="where rate_distortion.csv and .png go (default: results/codec)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("auto", "cpu", "cuda"),
+        help="where the priors and VQ-VAEs run: cpu, auto (a CUDA GPU when PyTorch sees one) or cuda (default: cpu)",
+    )
+    _data_option(p)
+
+
+@command(
+    "rate-distortion",
+    "the code as a lossy codec: bits per image from each prior (its unconditional NLL) and test PSNR, beside "
+    "JPEG and WebP at a sweep of qualities (bytes with and without headers); writes results/codec/rate_distortion.csv "
+    "and .png",
+    _configure_rate_distortion,
+)
+def cmd_rate_distortion(args: argparse.Namespace) -> int:
+    from . import paths
+    from .codec import check_formats, check_qualities, rate_distortion, write_rate_distortion
+
+    qualities, formats = check_qualities(args.qualities), check_formats(args.formats)
+    frame = rate_distortion(
+        args.prior,
+        _load_data(args),
+        test_subset=args.test_subset,
+        qualities=qualities,
+        formats=formats,
+        seed=args.seed,
+        device=args.device,
+    )
+    table, figure = write_rate_distortion(frame, args.results_dir or paths.results_dir() / "codec")
+    columns = ["codec", "setting", "bits_per_image", "payload_bits_per_image", "psnr"]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(f"table: {table}; figure: {figure}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 

@@ -570,7 +570,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class ExplorerConfig:
-    """Notebook 05: the interactive explorer of one VQ-VAE's code, optionally with a classifier."""
+    """Notebook 05: the interactive explorer of one VQ-VAE's code, optionally with a classifier and a prior."""
 
     vqvae_checkpoint: Optional[str] = _opt(
         None, "VQ-VAE checkpoint (or pretrained:NAME); None: the grid's best, else the published best"
@@ -579,6 +579,11 @@ class ExplorerConfig:
         None,
         "classifier checkpoint trained on that VQ-VAE; None: the published classifier paired with a published "
         "VQ-VAE, when there is one; 'none': no classifier until one is loaded",
+    )
+    prior_checkpoint: Optional[str] = _opt(
+        None,
+        "prior over that VQ-VAE's code (or pretrained:NAME); None: a published prior trained on that VQ-VAE, "
+        "when there is one; 'none': no prior until one is loaded",
     )
     split: str = _opt("test", "the split whose images are explored: 'train', 'val' or 'test'", choices=SPLITS)
     image_index: int = _opt(0, "the image shown first, an index into the split")
@@ -648,6 +653,14 @@ class PriorConfig:
     )
     seed: int = _opt(0, "seed of weights, shuffling, dropout and class dropout")
     device: str = _opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=DEVICES)
+    precision: str = _opt(
+        "auto",
+        "arithmetic of the training steps: 'auto' (bf16 on CUDA and on a CPU with native bfloat16 units, AVX-512 "
+        "BF16 or AMX; fp32 on any other CPU), 'fp32' or 'bf16' (slow without those units); the loss, the "
+        "validation NLL that chooses best.pt, every likelihood and sample, the weights and Adam state stay fp32. "
+        "With --resume, 'auto' keeps the run's recorded precision and another explicit one is refused",
+        choices=PRECISIONS,
+    )
     checkpoint_dir: Optional[str] = _opt(
         None, "folder of best.pt/last.pt; None means checkpoints/prior/<VQ-VAE run>_<architecture>_<cond|uncond>"
     )
@@ -681,6 +694,7 @@ class PriorConfig:
                 f"{name} must be an integer of at least 10 (one per class) or None, not {value!r}",
             )
         _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass

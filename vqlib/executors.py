@@ -1,8 +1,11 @@
 """Where the grid's points run: a local process pool, or Ray tasks on a cluster.
 
 The executor only places work (STYLE.md rule 15). Every point runs the same
-notebook (01_train_vqvae.ipynb) through the same `notebooks.execute_notebook`;
-what differs is where files live and how they travel back:
+work through the same `run_work` wherever it is placed: a VQ-VAE point
+executes notebook 01_train_vqvae.ipynb (`notebooks.execute_notebook`), a prior
+point (``spec["stage"] == "prior"``, `prior_grid.py`) trains the prior over
+a VQ-VAE's code (`prior.train_and_record`). What differs is where files live
+and how they travel back:
 
 - `LocalExecutor`: one process per point at once, on this machine, writing
   straight into the run folders.
@@ -12,7 +15,8 @@ what differs is where files live and how they travel back:
   loses at most one epoch), and returns the executed notebook, metrics and
   figures when it ends; the driver writes everything atomically into the
   usual folders. A killed worker or kernel is retried by Ray, continuing from
-  the newest last.pt the driver has.
+  the newest last.pt the driver has. A prior point's VQ-VAE file travels with
+  its task.
 
 Both hand the grid one record per point (status, error, seconds, node,
 attempts); the grid's bookkeeping does not know which executor ran it.
@@ -76,22 +80,34 @@ def choose_placement(
 # ----------------------------------------------------------------------------- one point
 
 
+PRIOR_STAGE = "prior"
+
+
+def is_prior(spec: dict) -> bool:
+    return spec.get("stage") == PRIOR_STAGE
+
+
 def new_record(spec: dict) -> dict:
     """The run record of one point before it runs; the executor fills in the rest."""
     parameters = spec["parameters"]
-    return {
+    if is_prior(spec):
+        about = {"stage": PRIOR_STAGE, "vqvae_checkpoint": parameters["vqvae_checkpoint"]}
+    else:
+        about = {"num_embeddings": parameters["num_embeddings"], "embedding_dim": parameters["embedding_dim"]}
+    record = {
         "name": spec["name"],
-        "num_embeddings": parameters["num_embeddings"],
-        "embedding_dim": parameters["embedding_dim"],
+        **about,
         "seed": parameters["seed"],
         "status": "success",
         "error": "",
         "resumed": spec["resume"],
         "threads": spec["threads"],
         "code": paths.code_version(),
-        "notebook": str(Path(spec["folder"]) / TRAIN_NOTEBOOK),
         "started": utc_timestamp(),
     }
+    if not is_prior(spec):
+        record["notebook"] = str(Path(spec["folder"]) / TRAIN_NOTEBOOK)
+    return record
 
 
 def _failure(record: dict, exc: BaseException) -> None:
@@ -101,11 +117,14 @@ def _failure(record: dict, exc: BaseException) -> None:
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
 
 
-def execute_point(spec: dict) -> dict:
-    """Run notebook 01 for one grid point in this process's machine; never raises (a failure is recorded)."""
-    record = new_record(spec)
-    started = time.perf_counter()
-    try:
+def run_work(spec: dict, *, vqvae_file: Optional[Path] = None) -> None:
+    """What one point runs, wherever it is placed: notebook 01 (a VQ-VAE), or the prior's training.
+
+    Writes into the point's folders (``spec["folder"]``, the parameters'
+    checkpoint_dir); raises on failure. A prior trains in this process with the
+    point's threads (a notebook gets them through its kernel's environment).
+    """
+    if not is_prior(spec):
         execute_notebook(
             spec["notebook"],
             Path(spec["folder"]) / TRAIN_NOTEBOOK,
@@ -114,6 +133,28 @@ def execute_point(spec: dict) -> dict:
             cell_timeout=spec["cell_timeout"],
             threads=spec["threads"],
         )
+        return
+    import torch
+
+    from .config import PriorConfig, from_dict
+    from .prior import train_and_record
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec["threads"])
+    try:
+        train_and_record(
+            from_dict(PriorConfig, spec["parameters"]), spec["folder"], resume=spec["resume"], vqvae_file=vqvae_file
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def execute_point(spec: dict) -> dict:
+    """Run one grid point in this process's machine; never raises (a failure is recorded)."""
+    record = new_record(spec)
+    started = time.perf_counter()
+    try:
+        run_work(spec)
     except Exception as exc:
         _failure(record, exc)
     record.update(
@@ -250,12 +291,13 @@ class _CheckpointSender(threading.Thread):
         self.send_changes()
 
 
-def ray_point(spec: dict, notebook_text: str, channel) -> dict:
+def ray_point(spec: dict, notebook_text: Optional[str], channel, vqvae_bytes: Optional[bytes] = None) -> dict:
     """One grid point as a Ray task, in a scratch folder of the worker's own node.
 
     Returns the record and the run's files; checkpoints also travel to the
     driver after every epoch (`_CheckpointSender`). A dead kernel raises
-    `KernelDiedError`, which Ray retries like a dead worker.
+    `KernelDiedError`, which Ray retries like a dead worker. A prior point
+    gets the notebook text None and its VQ-VAE's file as `vqvae_bytes`.
     """
     import ray
 
@@ -276,29 +318,28 @@ def ray_point(spec: dict, notebook_text: str, channel) -> dict:
         resume = (checkpoints / "last.pt").is_file()
         resumed_from = load_checkpoint(checkpoints / "last.pt")["epoch"] if resume else 0
         channel.note.remote(name, resumed_from_epoch=resumed_from)
-        notebook = scratch / TRAIN_NOTEBOOK
-        notebook.write_text(notebook_text, encoding="utf-8")
-        local = {
-            **spec,
-            "notebook": str(notebook),
-            "cwd": str(scratch),
-            "folder": str(results),
-            "resume": resume,
-            "parameters": {**spec["parameters"], "checkpoint_dir": str(checkpoints), "results_dir": str(results)},
-        }
+        local = {**spec, "cwd": str(scratch), "folder": str(results), "resume": resume}
+        vqvae_file = None
+        if is_prior(spec):
+            local["parameters"] = {**spec["parameters"], "checkpoint_dir": str(checkpoints)}
+            if vqvae_bytes is not None:
+                vqvae_file = ensure_dir(scratch / "vqvae") / "best.pt"
+                vqvae_file.write_bytes(vqvae_bytes)
+        else:
+            notebook = scratch / TRAIN_NOTEBOOK
+            notebook.write_text(notebook_text, encoding="utf-8")
+            local["notebook"] = str(notebook)
+            local["parameters"] = {
+                **spec["parameters"],
+                "checkpoint_dir": str(checkpoints),
+                "results_dir": str(results),
+            }
         sender = _CheckpointSender(channel, name, checkpoints)
         sender.start()
         record = new_record(local)
         started = time.perf_counter()
         try:
-            execute_notebook(
-                local["notebook"],
-                results / TRAIN_NOTEBOOK,
-                {**local["parameters"], "resume": resume},
-                cwd=scratch,
-                cell_timeout=spec["cell_timeout"],
-                threads=spec["threads"],
-            )
+            run_work(local, vqvae_file=vqvae_file)
         except KernelDiedError:
             raise  # Ray retries the task; the next attempt continues from the newest last.pt
         except Exception as exc:
@@ -383,8 +424,9 @@ class RayExecutor:
         channel = ray.remote(num_cpus=0)(ArtifactChannel).remote()
         task = ray.remote(ray_point)
         by_name = {spec["name"]: spec for spec in specs}
-        # Every point runs the same notebook: read it once, send its text with each task.
-        texts = {path: Path(path).read_text(encoding="utf-8") for path in {spec["notebook"] for spec in specs}}
+        # Every VQ-VAE point runs the same notebook: read it once, send its text with each task.
+        notebooks = {spec["notebook"] for spec in specs if not is_prior(spec)}
+        texts = {path: Path(path).read_text(encoding="utf-8") for path in notebooks}
         refs = {}
         for spec in specs:
             folder = Path(spec["parameters"]["checkpoint_dir"])
@@ -400,7 +442,7 @@ class RayExecutor:
                 max_retries=self.max_retries,
                 retry_exceptions=[KernelDiedError],
                 name=f"vqlib {spec['name']}",
-            ).remote(spec, texts[spec["notebook"]], channel)
+            ).remote(spec, texts.get(spec.get("notebook")), channel, _vqvae_bytes(spec))
             refs[ref] = spec["name"]
 
         def drain() -> None:
@@ -440,6 +482,23 @@ class RayExecutor:
         record.setdefault("seconds", float("nan"))
         record.setdefault("finished", utc_timestamp())
         return record
+
+
+def _vqvae_bytes(spec: dict) -> Optional[bytes]:
+    """A prior point's VQ-VAE file, read on the driver to travel with its task (None for a VQ-VAE point).
+
+    Even a published one travels: a worker with another VQLIB_ROOT has no
+    checkpoints/pretrained/ of its own. None when it cannot be read here: the
+    task then fails to load it and records why, as a local run would.
+    """
+    if not is_prior(spec):
+        return None
+    from .checkpoints import resolve_vqvae_checkpoint
+
+    try:
+        return resolve_vqvae_checkpoint(spec["parameters"]["vqvae_checkpoint"]).read_bytes()
+    except (OSError, VqlibError):
+        return None
 
 
 def make_executor(

@@ -1,14 +1,16 @@
 """The explorer of the discrete code (notebook 05): its state and callbacks, without widgets.
 
-`Explorer` holds a VQ-VAE, optionally a classifier paired with it, one data
-split, the image being explored, its 12 x 12 code map as edited so far and an
-undo stack. Every callback of the widgets (`vqlib.explore_ui`) is a method here
+`Explorer` holds a VQ-VAE, optionally a classifier and a prior paired with it,
+one data split, the image being explored, its 12 x 12 code map as edited so far
+and an undo stack. Every callback of the widgets (`vqlib.explore_ui`) is a method here
 that returns plain values (numpy images, arrays, dicts) or raises a
 `VqlibError` with one sentence, so each is tested without a browser.
 
 An edit decodes exactly one image (`VQVAE.decode_indices` on one code map);
 the classifier reads the edited map directly (`VQVAEClassifier.classify_codes`),
-so no encoder runs after an image is chosen. `make bench` times both.
+so no encoder runs after an image is chosen. `make bench` times both. The prior
+draws a whole new code into the editor or redraws the selected cells given all
+the others (`vqlib.prior.resample`); both are edits that undo takes back.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from .analysis import (
     receptive_field,
     stratified_sample,
 )
-from .checkpoints import load_vqvae, paired_pretrained_classifier, resolve_checkpoint, resolve_vqvae_checkpoint
+from .checkpoints import (
+    checkpoint_label,
+    load_vqvae,
+    paired_pretrained_classifier,
+    resolve_checkpoint,
+    resolve_vqvae_checkpoint,
+)
 from .classify import encode_codes, load_classifier
 from .config import ExplorerConfig
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
@@ -38,6 +46,7 @@ from .device import resolve_device
 from .errors import ConfigError
 from .models import VQVAE, VQVAEClassifier
 from .models.classifier import LATENT_SIZE
+from .prior import bits_per_image, full_conditional, load_prior, paired_pretrained_prior, resample, sample_images
 
 # A pixel counts as changed by an edit when it moves by more than half a grey level:
 # smaller changes are invisible on an 8-bit display, and float noise of the
@@ -86,6 +95,9 @@ class Explorer:
     classifier: Optional[VQVAEClassifier] = None
     vqvae_checkpoint: Optional[Path] = None  # needed to pair a classifier loaded later
     classifier_checkpoint: Optional[Path] = None
+    prior: Optional[torch.nn.Module] = None  # attach with attach_prior: it is checked against the VQ-VAE
+    prior_checkpoint: Optional[str] = None  # as given: pretrained:NAME or a path
+    prior_conditional: bool = False  # trained with classes (else a class would reach untrained embeddings)
     codebook_images: Optional[int] = 2000  # images (classes balanced) behind the codebook statistics
     interpolation_steps: int = 11
     seed: int = 0
@@ -217,6 +229,10 @@ class Explorer:
         (r0, r1), (c0, c1) = self.check_cells(rows, cols)
         new = self.codes.clone()
         new[r0 : r1 + 1, c0 : c1 + 1] = code
+        return self._replace_codes(new)
+
+    def _replace_codes(self, new: torch.Tensor) -> np.ndarray:
+        """Make `new` the map as edited (decoded once), the previous map one undo away."""
         image = self._decode(new)
         self._undo.append((self.codes, self._image))
         self.codes, self._image = new, image
@@ -376,6 +392,102 @@ class Explorer:
         values[cells] = log_odds[0] - log_odds[1:]
         return values.view(LATENT_SIZE, LATENT_SIZE).numpy(), predicted
 
+    # ------------------------------------------------------------------ 6. generate with the prior
+
+    def attach_prior(self, path: str | os.PathLike) -> None:
+        """Load a prior over this VQ-VAE's code; `load_prior` refuses one of another K or other weights."""
+        model, ckpt = load_prior(path, vqvae=self.model, device=self.device)
+        self.prior, self.prior_checkpoint = model, os.fspath(path)
+        self.prior_conditional = bool(ckpt["model_config"].get("class_conditional"))
+
+    def _need_prior(self):
+        if self.prior is None:
+            raise ConfigError(
+                "no prior is loaded: give a prior trained on this VQ-VAE's code (vqlib train-prior), "
+                "or pretrained:NAME of a published one"
+            )
+        return self.prior
+
+    def check_generation_class(self, label) -> Optional[int]:
+        """None (no class), or a class index the loaded prior was trained to condition on."""
+        self._need_prior()
+        if label is None:
+            return None
+        if not _is_int(label) or not 0 <= label < len(CLASS_NAMES):
+            raise ConfigError(f"class {label} does not exist: classes are numbered 0 to {len(CLASS_NAMES) - 1}")
+        if not self.prior_conditional:
+            raise ConfigError(
+                "this prior was trained without classes, so it cannot draw a class: choose no class, or load a "
+                "class-conditional prior (vqlib train-prior --class-conditional)"
+            )
+        return int(label)
+
+    @staticmethod
+    def _check_seed(seed) -> Optional[int]:
+        if seed is not None and not (_is_int(seed) and seed >= 0):
+            raise ConfigError(f"the seed must be an integer of 0 or more (or None), not {seed!r}")
+        return None if seed is None else int(seed)
+
+    def selection_mask(self, rows, cols) -> torch.Tensor:
+        """(12, 12) bool: True on the rectangle of cells."""
+        (r0, r1), (c0, c1) = self.check_cells(rows, cols)
+        mask = torch.zeros(LATENT_SIZE, LATENT_SIZE, dtype=torch.bool)
+        mask[r0 : r1 + 1, c0 : c1 + 1] = True
+        return mask
+
+    @one_thread
+    def sample_code(self, label=None, *, temperature: float = 1.0, top_k: Optional[int] = None, seed=None):
+        """Draw a whole new code from the prior (of class `label`, or none) into the editor; undo takes it back."""
+        prior, label = self._need_prior(), self.check_generation_class(label)
+        _, codes = sample_images(
+            prior, self.model, 1, classes=label, temperature=temperature, top_k=top_k, seed=self._check_seed(seed)
+        )
+        return self._replace_codes(codes[0].long())
+
+    @one_thread
+    def resample_cells(
+        self,
+        rows,
+        cols,
+        label=None,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        sweeps: int = 1,
+        seed=None,
+    ) -> np.ndarray:
+        """Redraw the cells of the rectangle given all the other cells of the map as edited (Gibbs sweeps of
+        `vqlib.prior.resample`, each cell from its exact full conditional); undo takes it back."""
+        prior, label = self._need_prior(), self.check_generation_class(label)
+        new = resample(
+            prior,
+            self.codes,
+            self.selection_mask(rows, cols),
+            classes=label,
+            sweeps=sweeps,
+            temperature=temperature,
+            top_k=top_k,
+            seed=self._check_seed(seed),
+        )
+        return self._replace_codes(new)
+
+    @one_thread
+    def cell_choices(self, row, col, label=None, *, count: int = 8) -> list[tuple[int, float]]:
+        """What else the prior would put in one cell: the `count` likeliest codes of its exact full conditional
+        given every other cell of the map as edited, with their probabilities, likeliest first."""
+        prior, label = self._need_prior(), self.check_generation_class(label)
+        (row, _), (col, _) = self.check_cells(row, col)
+        probs = full_conditional(prior, self.codes, (row, col), classes=label)
+        top = torch.topk(probs, min(count, len(probs)))
+        return [(int(k), float(p)) for k, p in zip(top.indices, top.values, strict=True)]
+
+    @one_thread
+    def code_bits(self, codes: Optional[torch.Tensor] = None, label=None) -> float:
+        """-log2 p(code) under the prior (of class `label`, or none) of a map (default: the map as edited)."""
+        prior, label = self._need_prior(), self.check_generation_class(label)
+        codes = self.codes if codes is None else codes
+        return float(bits_per_image(prior, codes[None], None if label is None else [label])[0])
+
 
 NO_CLASSIFIER = "none"
 
@@ -388,8 +500,30 @@ def classifier_choice(config: ExplorerConfig, vqvae_path: str | os.PathLike) -> 
     return None if config.classifier_checkpoint.strip().lower() == NO_CLASSIFIER else config.classifier_checkpoint
 
 
+NO_PRIOR = "none"
+
+
+def prior_choice(config: ExplorerConfig, vqvae: VQVAE) -> Optional[str]:
+    """The prior an explorer opens with: the config's, or (None) a published prior trained on this VQ-VAE's
+    code when there is one; "none": no prior."""
+    if config.prior_checkpoint is None:
+        return paired_pretrained_prior(vqvae)
+    return None if config.prior_checkpoint.strip().lower() == NO_PRIOR else config.prior_checkpoint
+
+
+def how_to_get_a_prior(explorer: Explorer) -> str:
+    """The sentence a panel shows where no prior is loaded."""
+    name = checkpoint_label(explorer.vqvae_checkpoint) if explorer.vqvae_checkpoint else "VQVAE_CHECKPOINT"
+    return (
+        f"No prior is loaded. Train one on this VQ-VAE's code (vqlib train-prior --vqvae-checkpoint {name} "
+        "--class-conditional, see docs/prior.md), type its best.pt here and press load; a published prior "
+        "trained on this VQ-VAE opens by itself."
+    )
+
+
 def open_explorer(config: ExplorerConfig, data: Optional[FashionMNIST] = None) -> Explorer:
-    """An `Explorer` on the config's VQ-VAE (default: the grid's best, else the published one) and classifier."""
+    """An `Explorer` on the config's VQ-VAE (default: the grid's best, else the published one), classifier and
+    prior."""
     device = resolve_device(config.device)
     vqvae_path = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
     model, _ = load_vqvae(vqvae_path, device=device)
@@ -410,4 +544,7 @@ def open_explorer(config: ExplorerConfig, data: Optional[FashionMNIST] = None) -
     classifier = classifier_choice(config, vqvae_path)
     if classifier:
         explorer.attach_classifier(classifier)
+    prior = prior_choice(config, model)
+    if prior:
+        explorer.attach_prior(prior)
     return explorer

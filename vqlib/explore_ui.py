@@ -1,4 +1,4 @@
-"""The explorer's ipywidgets skin: widgets wired to `vqlib.explore.Explorer`'s callbacks, laid out in five panels.
+"""The explorer's ipywidgets skin: widgets wired to `vqlib.explore.Explorer`'s callbacks, laid out in six panels.
 
 No logic of its own: each callback calls one `Explorer` method and draws what it
 returns (`vqlib.plots` renders the images). A `VqlibError` ends as its one
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import time
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -18,7 +19,15 @@ from .checkpoints import checkpoint_label
 from .config import ExplorerConfig, from_dict
 from .data import CLASS_NAMES, FashionMNIST
 from .errors import ConfigError, VqlibError
-from .explore import NO_CLASSIFIER, Explorer, classifier_choice, open_explorer
+from .explore import (
+    NO_CLASSIFIER,
+    NO_PRIOR,
+    Explorer,
+    classifier_choice,
+    how_to_get_a_prior,
+    open_explorer,
+    prior_choice,
+)
 from .plots import (
     change_rgb,
     code_colors,
@@ -29,7 +38,7 @@ from .plots import (
     png_bytes,
 )
 
-PANELS = ("pick", "edit", "codebook", "interpolation", "classifier")
+PANELS = ("pick", "edit", "codebook", "interpolation", "classifier", "generate")
 SCALE = 6  # screen pixels per image pixel
 CELL = 20  # screen pixels per code-map cell
 
@@ -59,7 +68,7 @@ def bars_html(rows: list[tuple[str, float, str]], *, color: str = "#4a78c2", wid
 
 
 class ExplorerUI:
-    """The widgets of one explorer; `panels` holds the five parts, `status` the loading messages."""
+    """The widgets of one explorer; `panels` holds the six parts, `status` the loading messages."""
 
     def __init__(self, explorer: Optional[Explorer], status_message: str = ""):
         w = _widgets()
@@ -258,6 +267,59 @@ class ExplorerUI:
             self.classifier_info,
             self.classifier_message,
         ]
+        # 6. generate with the prior
+        self.generate_message = self._message("generate")
+        self.prior_path = w.Text(
+            value=checkpoint_label(ex.prior_checkpoint) if ex.prior_checkpoint else "",
+            description="prior",
+            placeholder="pretrained:NAME or the path of a prior checkpoint (best.pt)",
+            layout=w.Layout(width="520px"),
+        )
+        self.prior_path.add_class("vqlib-prior-path")
+        self.load_prior = self._button("load", "load-prior", self.generate_message, self._on_load_prior)
+        self.generation_class = w.Dropdown(
+            options=[("none", None)] + [(n, i) for i, n in enumerate(CLASS_NAMES)], description="class"
+        )
+        self.generation_class.add_class("vqlib-generation-class")
+        # Plain number fields, not bounded ones: a value out of range gets the explorer's own sentence.
+        short = {"layout": w.Layout(width="200px"), "style": {"description_width": "initial"}}
+        self.temperature = w.FloatText(value=1.0, description="temperature", **short)
+        self.top_k = w.IntText(value=0, description="top-k (0: all K)", **short)
+        self.sweeps = w.IntText(value=1, description="sweeps", **short)
+        self.seed = w.IntText(value=0, description="seed", **short)
+        self.seed.add_class("vqlib-seed")
+        self.sample = self._button("sample a new code", "sample", self.generate_message, self._on_sample)
+        self.resample = self._button("resample the selection", "resample", self.generate_message, self._on_resample)
+        self.choices = self._button(
+            "what else fits the selection's first cell", "choices", self.generate_message, self._on_choices
+        )
+        self.generate_undo = self._button(
+            "undo", "generate-undo", self.generate_message, lambda: self._after_edit(ex.undo())
+        )
+        self.generated_map = self._image("generated-map")
+        self.generated_image = self._image("generated-image")
+        self.choices_table = w.HTML()
+        self.generate_info = w.HTML()
+        self.generate_info.add_class("vqlib-generate-info")
+        self._last_draw = ""
+        self._observe(self.generation_class, self.generate_message, self._show_generate)
+        self._original_bits: dict[tuple, float] = {}  # the encoder's map does not change with edits
+        self.panels["generate"].children = [
+            w.HBox([self.prior_path, self.load_prior]),
+            w.HBox([self.generation_class, self.temperature, self.top_k]),
+            w.HBox([self.rows, self.cols]),  # the edit panel's sliders: one selection, shown in both panels
+            w.HBox([self.sweeps, self.seed]),
+            w.HBox([self.sample, self.resample, self.choices, self.generate_undo]),
+            w.HBox(
+                [
+                    self._figure("code map (blue: selection, red: edited)", self.generated_map),
+                    self._figure("decoded", self.generated_image),
+                    w.VBox([w.HTML("<b>the model's choices for one cell</b>"), self.choices_table]),
+                ],
+            ),
+            self.generate_info,
+            self.generate_message,
+        ]
 
     # ------------------------------------------------------------------ callbacks
 
@@ -308,10 +370,12 @@ class ExplorerUI:
         self._show_probabilities()
         self._show_preview()
         self._show_occlusion()
+        self._guard(self.generate_message, self._show_generate)()
 
     def _on_selection(self) -> None:
         self._show_edit()
         self._show_preview()
+        self._draw_generated()
 
     def _on_load(self) -> None:
         path = self.classifier_path.value.strip()
@@ -319,6 +383,52 @@ class ExplorerUI:
             raise ConfigError("type the path of a classifier checkpoint first")
         self.explorer.attach_classifier(path)
         self._show_classifier()
+
+    def _on_load_prior(self) -> None:
+        path = self.prior_path.value.strip()
+        if not path:
+            raise ConfigError("type pretrained:NAME or the path of a prior checkpoint first")
+        self.explorer.attach_prior(path)
+        self.choices_table.value = ""
+        self._show_generate()
+
+    def _generation_settings(self) -> dict:
+        return {"temperature": self.temperature.value, "top_k": self.top_k.value or None, "seed": self.seed.value}
+
+    def _generated(self, what: str, started: float, seed: int) -> None:
+        """After a draw: the next seed waits in its field (pressing again draws anew; typing it back repeats)."""
+        self._last_draw = f"{what} in {1e3 * (time.perf_counter() - started):,.0f} ms with seed {seed}"
+        self.seed.value = seed + 1
+        self._after_edit()
+
+    def _on_sample(self) -> None:
+        settings, started = self._generation_settings(), time.perf_counter()
+        self.explorer.sample_code(self.generation_class.value, **settings)
+        self._generated("sampled a new code", started, settings["seed"])
+
+    def _on_resample(self) -> None:
+        rows, cols = self._selection()
+        settings, started = self._generation_settings(), time.perf_counter()
+        self.explorer.resample_cells(rows, cols, self.generation_class.value, sweeps=self.sweeps.value, **settings)
+        cells = (rows[1] - rows[0] + 1) * (cols[1] - cols[0] + 1)
+        self._generated(f"resampled {cells} cell(s) given the other {144 - cells}", started, settings["seed"])
+
+    def _on_choices(self) -> None:
+        ex = self.explorer
+        (row, _), (col, _) = ex.check_cells(*self._selection())
+        choices = ex.cell_choices(row, col, self.generation_class.value)
+        colors = ["#%02x%02x%02x" % tuple(rgb) for rgb in code_colors(ex.num_codes)]
+        current = int(ex.codes[row, col])
+        rows = [
+            (
+                f"code {code}",
+                p,
+                f'<span style="background:{colors[code]};padding:0 6px">{p:.1%}</span>'
+                + (" (now)" if code == current else ""),
+            )
+            for code, p in choices
+        ]
+        self.choices_table.value = f"cell ({row}, {col}) given the other 143 (now code {current}):" + bars_html(rows)
 
     # ------------------------------------------------------------------ drawing
 
@@ -330,6 +440,7 @@ class ExplorerUI:
             (self._show_code, self.codebook_message),
             (self._show_interpolation, self.interpolation_message),
             (self._show_classifier, self.classifier_message),
+            (self._show_generate, self.generate_message),
         ):
             self._guard(message, fn)()
 
@@ -435,6 +546,35 @@ class ExplorerUI:
             f"largest change is {np.abs(occlusion).max():.2f}."
         )
 
+    def _draw_generated(self) -> None:
+        ex = self.explorer
+        rows, cols = ex.check_cells(*self._selection())
+        self.generated_map.value = png_bytes(
+            code_map_rgb(ex.codes, ex.num_codes, cell=CELL, edited=ex.edited_cells(), selection=(rows, cols))
+        )
+        self.generated_image.value = png_bytes(gray_rgb(ex.image, SCALE))
+
+    def _show_generate(self) -> None:
+        ex = self.explorer
+        self._draw_generated()
+        self.generation_class.disabled = ex.prior is not None and not ex.prior_conditional
+        if ex.prior is None:
+            self.generate_info.value = html.escape(how_to_get_a_prior(ex))
+            return
+        label = self.generation_class.value if ex.prior_conditional else None
+        given = f"class {CLASS_NAMES[label]}" if label is not None else "no class"
+        key = (ex.index, label, id(ex.prior))
+        if key not in self._original_bits:
+            self._original_bits[key] = ex.code_bits(ex.original_codes, label=label)
+        self.generate_info.value = (
+            (f"{html.escape(self._last_draw)}. " if self._last_draw else "")
+            + f"The map as edited: <b>{ex.code_bits(label=label):,.1f} bits</b> under the prior ({given}); "
+            f"the encoder's map of the image: {self._original_bits[key]:,.1f} bits. "
+            f"Prior {html.escape(checkpoint_label(ex.prior_checkpoint))}"
+            + ("" if ex.prior_conditional else " (trained without classes)")
+            + "."
+        )
+
 
 def explorer_ui(parameters: dict, data: Optional[FashionMNIST] = None) -> ExplorerUI:
     """The explorer's widgets for notebook 05's parameters; a problem shows as one sentence, never a traceback.
@@ -444,7 +584,10 @@ def explorer_ui(parameters: dict, data: Optional[FashionMNIST] = None) -> Explor
     """
     try:
         config = from_dict(ExplorerConfig, parameters)
-        explorer = open_explorer(dataclasses.replace(config, classifier_checkpoint=NO_CLASSIFIER, image_index=0), data)
+        explorer = open_explorer(
+            dataclasses.replace(config, classifier_checkpoint=NO_CLASSIFIER, prior_checkpoint=NO_PRIOR, image_index=0),
+            data,
+        )
     except VqlibError as exc:
         return ExplorerUI(None, error_html(exc))
     messages = [
@@ -463,9 +606,18 @@ def explorer_ui(parameters: dict, data: Optional[FashionMNIST] = None) -> Explor
             messages.append(f"classifier {checkpoint_label(classifier)}")
         except VqlibError as exc:
             problems["classifier"] = error_html(exc)
+    prior = prior_choice(config, explorer.model)
+    if prior:
+        try:
+            explorer.attach_prior(prior)
+            messages.append(f"prior {checkpoint_label(prior)}")
+        except VqlibError as exc:
+            problems["generate"] = error_html(exc)
     ui = ExplorerUI(explorer, "; ".join(html.escape(m) for m in messages))
     if classifier and explorer.classifier is None:
         ui.classifier_path.value = classifier
+    if prior and explorer.prior is None:
+        ui.prior_path.value = prior
     for panel, message in problems.items():
         getattr(ui, f"{panel}_message").value = message
     return ui

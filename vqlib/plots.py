@@ -26,7 +26,7 @@ if matplotlib.get_backend().lower() not in (
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 
 def epoch_axis(ax) -> None:
@@ -235,6 +235,56 @@ def label_efficiency_figure(frame, *, title: Optional[str] = None, references: O
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- the code as a codec
+
+
+def rate_distortion_figure(frame, *, title: Optional[str] = None):
+    """PSNR against bits per image (log x axis): each image codec as two lines, whole files (solid) and without
+    their headers (dashed); each prior's VQ-VAE as a filled star (its code sent with the prior) and a hollow one
+    (the code at a fixed length). `frame` is `codec.rate_distortion`'s table; its `kind` column says which is which."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for fmt, rows in frame[frame["kind"] == "image codec"].groupby("codec", sort=False):
+        rows = rows.sort_values("quality")
+        name = {"WEBP": "WebP"}.get(fmt, fmt)
+        (line,) = ax.plot(rows["bits_per_image"], rows["psnr"], marker="o", markersize=3, label=f"{name}, whole file")
+        ax.plot(
+            rows["payload_bits_per_image"],
+            rows["psnr"],
+            marker="o",
+            markersize=3,
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{name}, without header",
+        )
+    for kind, filled in (("prior", True), ("fixed-length", False)):
+        rows = frame[frame["kind"] == kind]
+        if not len(rows):
+            continue
+        ax.scatter(
+            rows["bits_per_image"], rows["psnr"], marker="*", s=140, zorder=3, label=rows["codec"].iloc[0],
+            **({"color": "k"} if filled else {"facecolors": "none", "edgecolors": "k"}),
+        )  # fmt: skip
+        for row in rows.itertuples() if filled else ():  # one label per VQ-VAE: both stars share its PSNR
+            ax.annotate(
+                f"K={row.num_embeddings:g}", (row.bits_per_image, row.psnr), textcoords="offset points",
+                xytext=(-8, 9), fontsize=8,
+            )  # fmt: skip
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    images = int(frame["images"].max()) if len(frame) else 0
+    ax.set(
+        xlabel="bits per image (log scale)",
+        ylabel="PSNR (dB) of the mean squared error",
+        title=title or f"Rate and distortion on {images:,} FashionMNIST test images",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 

@@ -2,10 +2,11 @@
 
 The VQ-VAE paper fits a prior over the discrete code after the VQ-VAE (van den
 Oord et al. 2017, section 3.2): the code's likelihood in bits, new codes
-sampled and decoded into images, and the rest of a partly known code
-completed. The encoder is frozen, so each split is encoded once
-(`classify.encode_codes`) and the full splits' codes are cached on disk,
-keyed by a SHA-256 of the VQ-VAE's weights (checkpoints/code-cache/).
+sampled and decoded into images, the rest of a partly known code completed,
+and any cells of a code redrawn given all the others (`resample`). The
+encoder is frozen, so each split is encoded once (`classify.encode_codes`)
+and the full splits' codes are cached on disk, keyed by a SHA-256 of the
+VQ-VAE's weights (checkpoints/code-cache/).
 
 `train_prior` writes only inside its checkpoint folder (best.pt, last.pt,
 history.json, config.json). A prior checkpoint (kind ``prior``) holds its
@@ -30,27 +31,31 @@ import torch
 
 from . import paths
 from .checkpoints import (
+    PRETRAINED_PREFIX,
     build_checked,
     checkpoint_label,
+    checkpoint_precision,
     config_from_checkpoint,
     load_checkpoint,
     load_vqvae,
+    pretrained_names,
     resolve_vqvae_checkpoint,
     save_checkpoint,
 )
 from .classify import encode_codes
 from .config import PriorConfig, changed_fields, with_defaults
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset
-from .device import resolve_device, rng_state, seed_everything, set_rng_state
+from .device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
-from .files import atomic_path, ensure_dir, utc_timestamp, write_json
+from .files import atomic_path, ensure_dir, save_figure, utc_timestamp, write_json
 from .models.prior import GatedPixelCNN, PositionPrior, PriorTransformer
 from .progress import progress_bar
 
 KIND = "prior"
 LN2 = math.log(2.0)
 # What may differ between a last.pt and the run that continues it: how long and where, not what it computes.
-PRIOR_RESUMABLE_CHANGES = {"epochs", "patience", "device", "checkpoint_dir"}
+# The precision asked for may differ ('auto' against the 'fp32' it resolved to); the resolved one may not.
+PRIOR_RESUMABLE_CHANGES = {"epochs", "patience", "device", "checkpoint_dir", "precision"}
 
 
 # ----------------------------------------------------------------------------- the VQ-VAE's code
@@ -152,6 +157,7 @@ class PriorRun:
     vqvae_checkpoint: Path
     best_epoch: int
     best_val_bits_per_image: float
+    precision: str = "fp32"  # what the training steps ran in, as the checkpoints record
 
     @property
     def best_checkpoint(self) -> Path:
@@ -182,7 +188,12 @@ def mean_nll(model, codes: torch.Tensor, classes: Optional[torch.Tensor], *, bat
 
 
 def train_prior(
-    config: PriorConfig, data: Optional[FashionMNIST] = None, *, resume: bool = False, progress: bool = True
+    config: PriorConfig,
+    data: Optional[FashionMNIST] = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    vqvae_file: Optional[str | os.PathLike] = None,
 ) -> PriorRun:
     """Train the prior with Adam on the VQ-VAE's cached training codes; keep best.pt (lowest validation NLL).
 
@@ -191,16 +202,35 @@ def train_prior(
     without improvement. With `resume`, training continues from last.pt (model,
     optimiser, RNG states, history; a missing one starts afresh); on the CPU the
     result is bitwise that of an uninterrupted run.
+
+    `vqvae_file` is where this machine holds a copy of the VQ-VAE that
+    `config.vqvae_checkpoint` names on another machine (a Ray worker's copy of
+    the driver's file): the weights are read from the copy, and the prior
+    records the name as given.
     """
     device = resolve_device(config.device)
     data = data or load_fashion_mnist()
-    vqvae_path = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
+    given = str(config.vqvae_checkpoint or "")
+    if vqvae_file is None:
+        vqvae_path = named = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
+        # pretrained:NAME as given (it resolves in any clone); a path made absolute, so the prior finds it from anywhere.
+        recorded = given if given.startswith("pretrained:") else str(vqvae_path.resolve())
+    else:
+        vqvae_path, recorded = Path(vqvae_file), given
+        named = Path(given.removeprefix("pretrained:")) / "best.pt" if given.startswith("pretrained:") else Path(given)
     vqvae, _ = load_vqvae(vqvae_path, device=device)
     digest = weights_digest(vqvae)
     k = vqvae.config.num_embeddings
-    ckpt_dir = ensure_dir(config.checkpoint_dir or default_checkpoint_dir(config, vqvae_path))
+    ckpt_dir = ensure_dir(config.checkpoint_dir or default_checkpoint_dir(config, named))
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    resumed = _resumable(last_path, config, digest) if resume and last_path.is_file() else None
+    resumed = read_last(last_path, config, digest) if resume and last_path.is_file() else None
+    # A run keeps one precision for life: a resumed run continues in the one its last.pt records.
+    try:
+        precision = resolve_precision(
+            config.precision, device, recorded=None if resumed is None else checkpoint_precision(resumed, last_path)
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot resume from {last_path}: {exc}") from None
 
     started = time.perf_counter()
     train_codes, train_labels = split_codes(vqvae, data, "train", config.train_subset, config.seed)
@@ -211,7 +241,7 @@ def train_prior(
     val_codes, val_labels = val_codes.to(device), val_labels.to(device)
     write_json(
         ckpt_dir / "config.json",
-        {"prior": dataclasses.asdict(config), "vqvae_checkpoint": str(vqvae_path), "vqvae_digest": digest},
+        {"prior": dataclasses.asdict(config), "vqvae_checkpoint": recorded, "vqvae_digest": digest},
     )
 
     seed_everything(config.seed)
@@ -228,15 +258,11 @@ def train_prior(
     about = {
         "model_config": dataclasses.asdict(config),
         "network": {"num_codes": k, "grid_size": list(grid), "num_classes": NUM_CLASSES},
-        # pretrained:NAME as given (it resolves in any clone); a path made absolute, so the prior finds it from anywhere.
-        "vqvae_checkpoint": (
-            config.vqvae_checkpoint
-            if str(config.vqvae_checkpoint or "").startswith("pretrained:")
-            else str(vqvae_path.resolve())
-        ),
+        "vqvae_checkpoint": recorded,
         "vqvae_config": dataclasses.asdict(vqvae.config),
         "vqvae_digest": digest,
-        "run_name": run_name(config, vqvae_path),
+        "run_name": run_name(config, named),
+        "precision": precision,
     }
     best_nll = min((row["val_nll"] for row in history), default=math.inf)
     n = len(train_codes)
@@ -270,7 +296,9 @@ def train_prior(
                 # Class dropout: these sequences learn the unconditional distribution, so one
                 # model answers classes=None too (the classifier-free guidance recipe's trick).
                 classes[torch.rand(len(idx), device=device) < config.class_dropout] = NUM_CLASSES
-            loss = model.loss(train_codes[idx], classes)
+            # bf16 autocast covers the network's matmuls; the loss is computed from fp32 logits (model.loss).
+            with autocast(precision, device):
+                loss = model.loss(train_codes[idx], classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -316,6 +344,7 @@ def train_prior(
             "cut_by_max_seconds": bool(cut),
             "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
             "threads": torch.get_num_threads(),
+            "precision": precision,
             "code": paths.code_version(),
         }
         history.append(row)
@@ -348,7 +377,7 @@ def train_prior(
     if progress:
         print(
             f"best validation {history[best_epoch - 1]['val_bits_per_image']:.1f} bits per image at epoch "
-            f"{best_epoch} of {len(history)} (encoding once {encode_seconds:.1f} s)"
+            f"{best_epoch} of {len(history)} (trained in {precision}; encoding once {encode_seconds:.1f} s)"
         )
     return PriorRun(
         model=model,
@@ -358,11 +387,12 @@ def train_prior(
         vqvae_checkpoint=vqvae_path,
         best_epoch=best_epoch,
         best_val_bits_per_image=history[best_epoch - 1]["val_bits_per_image"],
+        precision=precision,
     )
 
 
-def _resumable(path: Path, config: PriorConfig, digest: str) -> dict:
-    """last.pt, checked to continue exactly this run: same settings, same VQ-VAE weights."""
+def read_last(path: Path, config: PriorConfig, digest: str) -> dict:
+    """last.pt, checked to continue exactly this run (same settings, same VQ-VAE weights); else a CheckpointError."""
     ckpt = load_checkpoint(path, kind=KIND)
     if not {"optimizer", "rng", "history", "stopped"} <= set(ckpt):
         raise CheckpointError(f"cannot resume from {path}: it is not a last.pt (it has no optimiser or RNG state)")
@@ -527,6 +557,20 @@ def check_pair(ckpt: dict, vqvae, prior_name: str | os.PathLike, vqvae_name: str
         )
 
 
+def paired_pretrained_prior(vqvae) -> Optional[str]:
+    """``pretrained:NAME`` of a published prior trained on this VQ-VAE's code (the same weights' digest), a
+    class-conditional one first; None when none is published."""
+    digest, found = weights_digest(vqvae), []
+    for name in pretrained_names(KIND):
+        try:
+            ckpt = load_checkpoint(PRETRAINED_PREFIX + name, kind=KIND)
+        except CheckpointError:
+            continue
+        if ckpt.get("vqvae_digest") == digest:
+            found.append((not ckpt["model_config"].get("class_conditional"), name))
+    return PRETRAINED_PREFIX + min(found)[1] if found else None
+
+
 def load_pair(
     prior: str | os.PathLike, vqvae_checkpoint: Optional[str | os.PathLike] = None, *, device="cpu"
 ) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
@@ -669,6 +713,116 @@ def complete(
     return vqvae.decode_indices(codes.to(next(vqvae.parameters()).device)).clamp(0, 1).cpu(), codes.cpu()
 
 
+def _checked_codes(prior, codes) -> torch.Tensor:
+    """Codes (H, W) or (N, H, W) of integers in [0, K) on the prior's grid, as given (not copied)."""
+    height, width = prior.grid_size
+    codes = torch.as_tensor(codes)
+    if (
+        codes.dim() not in (2, 3)
+        or tuple(codes.shape[-2:]) != (height, width)
+        or codes.numel() == 0
+        or codes.dtype.is_floating_point
+        or codes.dtype.is_complex
+        or codes.dtype == torch.bool
+    ):
+        raise ConfigError(
+            f"codes must be integer code maps of shape ({height}, {width}) or (N, {height}, {width}), "
+            f"not {codes.dtype} of shape {tuple(codes.shape)}"
+        )
+    if bool(((codes < 0) | (codes >= prior.num_codes)).any()):
+        raise ConfigError(f"codes must lie in 0 to {prior.num_codes - 1} (the prior's K={prior.num_codes})")
+    return codes
+
+
+def _checked_mask(prior, mask) -> torch.Tensor:
+    """A boolean (H, W) mask of the cells to resample."""
+    height, width = prior.grid_size
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool or tuple(mask.shape) != (height, width):
+        raise ConfigError(
+            f"the mask must be a boolean ({height}, {width}) array (True: resample the cell), "
+            f"not {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+    return mask
+
+
+@torch.no_grad()  # not inference_mode: the codes it returns may be trained on
+def full_conditional(
+    prior, codes, cell: tuple[int, int], *, classes=None, temperature: float = 1.0, top_k: Optional[int] = None
+) -> torch.Tensor:
+    """p(code at `cell` = v | every other code) for v in 0..K-1: (K,) for one code map (H, W), (N, K) for (N, H, W).
+
+    Exact: the K codes that differ only at the cell are scored by the prior
+    (`full_conditional_logits`) and normalised over v; `temperature` T raises the
+    distribution to the power 1/T. `top_k` scores only the k values likeliest given
+    the codes before the cell (the rest get 0): k/K of the cost, no longer exact.
+    """
+    codes = _checked_codes(prior, codes)
+    height, width = prior.grid_size
+    row, col = cell
+    if not (0 <= row < height and 0 <= col < width):
+        raise ConfigError(f"cell ({row}, {col}) is not on the {height} x {width} code grid")
+    _check_sampling(1, temperature, top_k, prior.num_codes)
+    flat = codes.reshape(-1, height * width)
+    device = next(prior.parameters()).device
+    was_training = prior.training
+    prior.eval()
+    try:
+        logits = prior.full_conditional_logits(
+            flat.to(device), row * width + col, _class_tensor(classes, len(flat), prior.num_classes), top_k=top_k
+        )
+    finally:
+        prior.train(was_training)
+    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+    return probs[0] if codes.dim() == 2 else probs
+
+
+@torch.no_grad()  # not inference_mode: the codes it returns may be trained on
+def resample(
+    prior,
+    codes,
+    mask,
+    *,
+    classes=None,
+    sweeps: int = 1,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    seed: Optional[int] = None,
+) -> torch.Tensor:
+    """Redraw the masked cells of `codes` given all the others: `sweeps` Gibbs sweeps in raster order.
+
+    `codes`: (H, W) or (N, H, W) code maps; `mask`: boolean (H, W), True where a cell is
+    redrawn (the same cells in every map). Each masked cell in turn is drawn from its exact
+    full conditional given every other cell, the ones before it and the ones after it
+    (`full_conditional`), so a drawn cell agrees with its whole surroundings, not only with
+    the cells before it as in `complete`. Cells outside the mask never change. `temperature`
+    T draws each cell from its conditional raised to 1/T, which makes the sweeps target the
+    joint p(code)^(1/T) over the masked cells. `top_k` as in `full_conditional`. A mask
+    without a True cell returns the codes unchanged (as `complete` with nothing left to
+    sample). Returns long codes of the input's shape, on the input's device.
+    """
+    codes = _checked_codes(prior, codes)
+    mask = _checked_mask(prior, mask)
+    if not (isinstance(sweeps, int) and not isinstance(sweeps, bool) and sweeps >= 1):
+        raise ConfigError(f"sweeps must be a positive integer, not {sweeps!r}")
+    _check_sampling(1, temperature, top_k, prior.num_codes)
+    device = next(prior.parameters()).device
+    out = codes.reshape(-1, prior.length).long().to(device, copy=True)
+    cells = torch.nonzero(mask.reshape(-1)).reshape(-1).tolist()
+    classes = _class_tensor(classes, len(out), prior.num_classes)
+    generator = _generator(seed, device)
+    was_training = prior.training
+    prior.eval()
+    try:
+        for _ in range(sweeps if cells else 0):
+            for i in cells:
+                logits = prior.full_conditional_logits(out, i, classes, top_k=top_k) / temperature
+                out[:, i] = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+    finally:
+        prior.train(was_training)
+    return out.view(codes.shape).to(codes.device)
+
+
 def _check_sampling(num: int, temperature: float, top_k: Optional[int], k: int) -> None:
     if not isinstance(num, int) or num < 1:
         raise ConfigError(f"the number of samples must be a positive integer, not {num!r}")
@@ -687,3 +841,80 @@ def sampling_record(ckpt: dict, **settings) -> dict:
         "written": utc_timestamp(),
         **settings,
     }
+
+
+# ----------------------------------------------------------------------------- a run folder (a grid point)
+
+METRICS_FILE = "metrics.json"  # the name notebook 01 gives a VQ-VAE run's record (train.METRICS_FILE)
+SAMPLES_FIGURE = "samples.png"
+SAMPLES_SHOWN = 16
+
+
+def train_and_record(
+    config: PriorConfig,
+    results_dir: str | os.PathLike,
+    data: Optional[FashionMNIST] = None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    vqvae_file: Optional[str | os.PathLike] = None,
+) -> dict:
+    """Train a prior (`train_prior`) and record its run folder; returns the metrics it wrote.
+
+    The folder gets metrics.json (status, settings, the VQ-VAE's digest, the
+    best validation bits per image beside the fixed-length code's 144 log2 K,
+    timing, history) and samples.png: unconditional samples decoded by the
+    VQ-VAE, so the bits are never read without the images they buy (STYLE.md
+    rule 19). metrics.json is written last: it is the mark of a finished run.
+    """
+    import matplotlib.pyplot as plt
+
+    from .plots import image_grid
+
+    results = ensure_dir(results_dir)
+    (results / METRICS_FILE).unlink(missing_ok=True)
+    started = time.perf_counter()
+    run = train_prior(config, data, resume=resume, progress=progress, vqvae_file=vqvae_file)
+    train_seconds = time.perf_counter() - started
+    vqvae, _ = load_vqvae(vqvae_file or run.vqvae_checkpoint)
+    ckpt = load_checkpoint(run.best_checkpoint, kind=KIND)
+    sampled = time.perf_counter()
+    images, codes = sample_images(run.model.cpu(), vqvae, SAMPLES_SHOWN, seed=config.seed)
+    sample_seconds = time.perf_counter() - sampled
+    bits = bits_per_image(run.model, codes)
+    half = SAMPLES_SHOWN // 2
+    figure = image_grid(
+        [images[:half], images[half:]],
+        title=f"{ckpt['run_name']}: {SAMPLES_SHOWN} unconditional samples, "
+        f"{bits.mean().item():.0f} bits each on average (validation {run.best_val_bits_per_image:.0f})",
+    )
+    save_figure(figure, results / SAMPLES_FIGURE)
+    plt.close(figure)
+    best = run.history[run.best_epoch - 1]
+    k = vqvae.config.num_embeddings
+    metrics = {
+        "status": "success",
+        "stage": "prior",
+        "run_name": ckpt["run_name"],
+        "prior_config": dataclasses.asdict(config),
+        "vqvae_checkpoint": ckpt["vqvae_checkpoint"],
+        "vqvae_digest": ckpt["vqvae_digest"],
+        "num_embeddings": k,
+        "embedding_dim": vqvae.config.embedding_dim,
+        "val_bits_per_image": run.best_val_bits_per_image,
+        "val_bits_per_code": best["val_bits_per_code"],
+        # What the code costs without a prior: every position a uniform choice among K.
+        "uniform_bits_per_image": run.model.length * math.log2(k),
+        "best_epoch": run.best_epoch,
+        "epochs_run": len(run.history),
+        "train_seconds": train_seconds,
+        "sequences_per_s": best["sequences_per_s"],
+        "precision": run.precision,  # what the training steps ran in ('auto' resolves per machine)
+        "samples_seconds": sample_seconds,
+        "checkpoint": str(run.best_checkpoint.resolve()),
+        "history": run.history,
+        "code": paths.code_version(),
+        "written": utc_timestamp(),
+    }
+    write_json(results / METRICS_FILE, metrics)
+    return metrics

@@ -155,6 +155,15 @@ def portable_text(text: str, renames: Optional[dict[str, str]] = None, root: Opt
     return re.sub(re.escape(root) + r"(?![\w.-])", ".", text)
 
 
+def source_project_root(path: str | os.PathLike) -> Path:
+    """The project folder (a clone of vqlib: pyproject.toml beside vqlib/) that holds `path`; this project's
+    when none does. A study may run in a worktree of its own and be published from another clone."""
+    for folder in Path(path).resolve().parents:
+        if (folder / "pyproject.toml").is_file() and (folder / "vqlib").is_dir():
+            return folder
+    return paths.project_root()
+
+
 def run_renames(checkpoint_root: str | os.PathLike, names: list[str]) -> dict[str, str]:
     """{path of a grid run's best.pt, as the grid writes it: pretrained:NAME} for published runs."""
     root = Path(checkpoint_root).resolve()
@@ -190,8 +199,10 @@ class _Writer:
         self._bytes(target, source.read_bytes())
 
     def text(self, source: Path, target: Path, renames: Optional[dict[str, str]] = None) -> None:
-        """Copy a text file (notebook, HTML) with the machine's paths made portable (`portable_text`)."""
-        self._bytes(target, portable_text(source.read_text(encoding="utf-8"), renames).encode("utf-8"))
+        """Copy a text file (notebook, HTML) with the machine's paths made portable (`portable_text`): those
+        under the project that wrote it (another clone, for a study run in its own worktree) and under this one."""
+        text = portable_text(source.read_text(encoding="utf-8"), renames, root=source_project_root(source))
+        self._bytes(target, portable_text(text).encode("utf-8"))
 
     def json(self, target: Path, value: Any) -> None:
         with tempfile.TemporaryDirectory() as tmp:

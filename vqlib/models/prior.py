@@ -22,6 +22,10 @@ transformer's start token and the PixelCNN's per-layer bias. The index
 that token (class dropout) is conditional and unconditional at once, and
 `classes=None` asks for the unconditional distribution.
 
+Both also give the exact full conditional of one position given all the
+others (`full_conditional_logits`): the K values of that position scored as K
+whole codes, which `vqlib.prior.resample` draws from in Gibbs sweeps.
+
 All log-probabilities are natural logarithms (nats); divide by ln 2 for bits.
 """
 
@@ -97,6 +101,43 @@ class _Prior(nn.Module):
         """Feed the next codes `tokens` (N, L), L >= 0, after those fed before; return the logits (N, K) of the
         position after them."""
         raise NotImplementedError
+
+    def full_conditional_logits(
+        self,
+        codes: torch.Tensor,
+        position: int,
+        classes: Optional[torch.Tensor] = None,
+        *,
+        top_k: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Unnormalised log-probabilities (N, K) of the code at `position` given every other code.
+
+        Entry v is log p(c_i = v | c_<i) + sum over j > i of log p(c_j | c_<j, with c_i = v): the
+        joint log p(c with c_i = v) less the terms before i, which do not depend on v. A softmax
+        over v is the exact full conditional p(c_i | all other codes). With `top_k`, only the k
+        values likeliest under p(c_i | c_<i) are scored and the others get -inf: k/K of the cost,
+        no longer exact. This general form scores each candidate with a whole forward; the
+        transformer overrides it.
+        """
+        flat = self._flat(codes)
+        n, k = flat.shape[0], self.num_codes
+        classes = self._classes(classes, n, flat.device)
+        if top_k is None or top_k >= k:
+            candidates = torch.arange(k, device=flat.device).expand(n, k)
+        else:
+            candidates = self.logits(flat, classes)[:, position].topk(top_k, dim=-1).indices
+        m = candidates.shape[1]
+        sequences = flat.repeat_interleave(m, dim=0)
+        sequences[:, position] = candidates.reshape(-1)
+        scores = self.position_log_probs(sequences, classes.repeat_interleave(m))[:, position:].sum(dim=1)
+        return self._scatter(scores.view(n, m), candidates)
+
+    def _scatter(self, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores (N, m) of the candidate values (N, m) -> (N, K), -inf for the values not scored."""
+        if candidates.shape[1] == self.num_codes:  # all of them, in order (an arange)
+            return scores
+        out = torch.full((len(scores), self.num_codes), -math.inf, dtype=scores.dtype, device=scores.device)
+        return out.scatter(1, candidates, scores)
 
     @torch.no_grad()
     def sample(
@@ -266,9 +307,10 @@ class PriorTransformer(_Prior):
     def _start(self, n: int, classes: torch.Tensor) -> dict:
         return {"classes": classes, "caches": [[None, None] for _ in self.blocks], "fed": 0}
 
-    def _next_logits(self, state: dict, tokens: torch.Tensor) -> torch.Tensor:
+    def _feed(self, state: dict, tokens: torch.Tensor) -> torch.Tensor:
+        """The last block's outputs (N, L', C) for the next inputs; their keys and values join the cache."""
         # Position p's input is code p - 1, so the first call feeds the class token too;
-        # later calls feed only the new codes, whose keys and values join the cache.
+        # later calls feed only the new codes.
         fed = state["fed"]
         if fed == 0:
             x = self._embed(tokens, 0, state["classes"])
@@ -277,7 +319,42 @@ class PriorTransformer(_Prior):
         state["fed"] = fed + x.shape[1]
         for block, cache in zip(self.blocks, state["caches"], strict=True):
             x = block(x, cache)
-        return self.head(self.ln(x[:, -1]))
+        return x
+
+    def _next_logits(self, state: dict, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln(self._feed(state, tokens)[:, -1]))
+
+    def full_conditional_logits(
+        self,
+        codes: torch.Tensor,
+        position: int,
+        classes: Optional[torch.Tensor] = None,
+        *,
+        top_k: Optional[int] = None,
+    ) -> torch.Tensor:
+        # Positions up to i see only the codes before i, the same for every candidate: that prefix runs
+        # once per code and the candidates share its keys and values; only positions i+1 .. L-1 run once
+        # per candidate. The cost is K x (L - 1 - i) token steps: a cell near the end is cheap.
+        flat = self._flat(codes)
+        n, k = flat.shape[0], self.num_codes
+        state = self._start(n, self._classes(classes, n, flat.device))
+        first = F.log_softmax(self._next_logits(state, flat[:, :position]).float(), dim=-1)
+        if top_k is None or top_k >= k:
+            candidates = torch.arange(k, device=flat.device).expand(n, k)
+        else:
+            candidates = first.topk(top_k, dim=-1).indices
+        scores = first.gather(1, candidates)
+        if position < self.length - 1:
+            m = candidates.shape[1]
+            for cache in state["caches"]:
+                cache[0], cache[1] = cache[0].repeat_interleave(m, dim=0), cache[1].repeat_interleave(m, dim=0)
+            inputs = flat[:, position:-1].repeat_interleave(m, dim=0)  # the inputs of positions i+1 .. L-1
+            inputs[:, 0] = candidates.reshape(-1)
+            logits = self.head(self.ln(self._feed(state, inputs))).float()
+            targets = flat[:, position + 1 :].repeat_interleave(m, dim=0).unsqueeze(-1)
+            later = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            scores = scores + later.sum(dim=1).view(n, m)
+        return self._scatter(scores, candidates)
 
 
 # ----------------------------------------------------------------------------- gated PixelCNN
