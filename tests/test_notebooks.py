@@ -1,7 +1,7 @@
 """The notebooks: clean in git, parameters equal to the configs, and the whole study run tiny through papermill.
 
-One module-scoped study (a single tiny grid point, then notebooks 02, 03 and 04
-on a few hundred images) feeds the checks of the files each notebook writes, of
+One module-scoped study (a single tiny grid point, then notebooks 02, 03, 04 and
+06 on a few hundred images) feeds the checks of the files each notebook writes, of
 the HTML reports, of the published study (`vqlib publish`) and of the README's
 figures drawn from it (`vqlib figures`). Notebook 03 runs here with a few labels
 and the cheapest label-efficiency settings; tests/test_classifier.py checks it in depth.
@@ -28,7 +28,7 @@ from vqlib import publish as vqpublish
 from vqlib import reports as vqreports
 from vqlib import study as vqstudy
 from vqlib.cli import main
-from vqlib.config import AnalysisConfig, SummaryConfig, TrainConfig, VQVAEConfig
+from vqlib.config import AnalysisConfig, GenerationConfig, PriorConfig, SummaryConfig, TrainConfig, VQVAEConfig
 from vqlib.files import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +63,31 @@ TINY_PROFILE = {
         "bootstrap_samples": 100,
         "device": "cpu",
     },
+    "prior": {
+        "class_conditional": True,
+        "layers": 1,
+        "heads": 2,
+        "width": 16,
+        "batch_size": 32,
+        "warmup_steps": 2,
+        "epochs": 1,
+        "train_subset": 160,
+        "val_subset": 40,
+        "device": "cpu",
+        "test_subset": 100,
+        "num_samples": 100,
+        "reference_images": 100,
+        "sample_batch_size": 100,
+        "feature_train_subset": 200,
+        "feature_epochs": 1,
+        "cas_train_size": 100,
+        "cas_val_size": 50,
+        "cas_epochs": 1,
+        "nearest_images": 50,
+        "samples_per_class": 2,
+        "completion_images": 2,
+        "completions": 2,
+    },
 }
 
 
@@ -81,6 +106,7 @@ def git_notebooks() -> list[Path]:
         ("01_train_vqvae.ipynb", (VQVAEConfig, TrainConfig), ["resume"]),
         ("02_grid_summary.ipynb", (SummaryConfig,), []),
         ("04_latent_analysis.ipynb", (AnalysisConfig,), []),
+        ("06_prior.ipynb", (PriorConfig, GenerationConfig), []),
     ],
 )
 def test_parameters_cell_equals_the_config_fields(notebook, classes, extra):
@@ -98,7 +124,12 @@ def test_parameters_cell_equals_the_config_fields(notebook, classes, extra):
 
 def test_notebooks_in_git_carry_no_outputs():
     notebooks = git_notebooks()
-    assert {p.name for p in notebooks} >= {"01_train_vqvae.ipynb", "02_grid_summary.ipynb", "04_latent_analysis.ipynb"}
+    assert {p.name for p in notebooks} >= {
+        "01_train_vqvae.ipynb",
+        "02_grid_summary.ipynb",
+        "04_latent_analysis.ipynb",
+        "06_prior.ipynb",
+    }
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
@@ -224,8 +255,98 @@ def test_notebook_04_writes_figures_and_analysis(study):
         assert any(text.startswith(heading) for text in markdown), heading
 
 
+def test_notebook_06_measures_the_prior_in_bits_and_samples(study):
+    """The tiny study's notebook 06: a prior trained on the chosen VQ-VAE's code, every figure, generation.json."""
+    folder = study["root"] / "results" / "prior"
+    for name in (*vqnotebooks.PRIOR_FIGURES, vqnotebooks.PRIOR_NOTEBOOK):
+        assert (folder / name).stat().st_size > 5000, name
+    record = read_json(folder / vqnotebooks.GENERATION_FILE)
+    assert record["prior"] == "checkpoints/prior/K8_D4_transformer_cond/best.pt"  # trained here, named portably
+    assert record["prior_config"]["class_conditional"] and record["prior_config"]["train_subset"] == 160
+    assert record["settings"]["num_samples"] == 100 and record["settings"]["prior_checkpoint"] is None
+    bits = {row["model"]: row["bits_per_image"] for row in record["likelihood"]}
+    assert list(bits) == [
+        "uniform over K=8 codes",
+        "per-position model",
+        "per-position model, given the class",
+        "prior without a class",
+        "prior, given the class",
+    ]
+    assert bits["uniform over K=8 codes"] == pytest.approx(144 * 3)
+    assert bits["per-position model"] < bits["uniform over K=8 codes"] and all(b > 0 for b in bits.values())
+    frechet = {row["set"]: row for row in record["frechet"]}
+    assert list(frechet) == [
+        "real test images",
+        "VQ-VAE reconstructions of them",
+        "per-position samples",
+        "prior samples",
+    ]
+    assert all(row["images"] == 100 and row["frechet_distance"] >= 0 for row in frechet.values())
+    assert [row["class"] for row in record["class_accuracy"]][-1] == "all" and len(record["class_accuracy"]) == 11
+    assert set(record["class_accuracy"][0]) == {"class", *frechet}
+    cas = {row["trained on"]: row for row in record["cas"]}
+    assert list(cas) == ["real training images", "prior samples", "per-position samples"]
+    assert all(row["train_images"] == 100 and row["selection_images"] == 50 for row in cas.values())
+    assert all(0 <= row["test_accuracy"] <= 1 for row in cas.values())
+    memorisation = {row["set"]: row for row in record["memorisation"]}
+    assert list(memorisation) == [*frechet, "VQ-VAE reconstructions of training images"]  # the last: copies
+    assert all(row["images"] == 50 for row in memorisation.values())
+    assert set(record["code_copies"]) == {"prior samples", "per-position samples"}
+    assert record["feature_classifier"]["train_images"] == 200 and "history" not in record["feature_classifier"]
+    index = (study["root"] / "results" / "reports" / "index.html").read_text()
+    assert f"{bits['prior, given the class']:.1f}; {bits['per-position model']:.1f}" in index
+    # The classifier on pixels is cached for the next run; the prior sits in its default folder.
+    assert (study["root"] / "checkpoints" / "pixel-classifier").is_dir()
+    assert (study["root"] / "checkpoints" / "prior" / "K8_D4_transformer_cond" / "best.pt").is_file()
+
+
+def test_the_index_shows_the_prior_of_the_chosen_vqvae_only(tmp_path):
+    from vqlib.files import write_json
+
+    record = {
+        "prior_config": {"vqvae_checkpoint": "results/grid/K8_D4/best.pt"},
+        "likelihood": [
+            {"model": "per-position model", "bits_per_image": 700.0},
+            {"model": "prior", "bits_per_image": 600.0},
+        ],
+        "frechet": [
+            {"set": "real test images", "frechet_distance": 0.3},
+            {"set": "prior samples", "frechet_distance": 9.0},
+        ],
+    }
+    write_json(tmp_path / vqnotebooks.GENERATION_FILE, record)
+    shown = vqreports.prior_headline(tmp_path, "results/grid/K8_D4/best.pt")
+    assert shown == {
+        "prior_bits": 600.0,
+        "prior_model": "prior",
+        "baseline_bits": 700.0,
+        "prior_frechet": 9.0,
+        "real_frechet": 0.3,
+    }
+    assert vqreports.prior_headline(tmp_path, "results/grid/K100_D64/best.pt") == {}  # left over from another grid
+    assert vqreports.prior_headline(tmp_path / "absent") == {}
+
+
+def test_profiles_give_notebook_06_only_what_it_takes():
+    from vqlib.errors import ConfigError
+
+    for name in vqstudy.PROFILES:
+        params = vqstudy.prior_parameters(NOTEBOOKS / vqnotebooks.PRIOR_NOTEBOOK, vqstudy.get_profile(name)["prior"])
+        assert params["class_conditional"] is True, name
+    with pytest.raises(ConfigError, match="does not take"):
+        vqstudy.prior_parameters(NOTEBOOKS / vqnotebooks.PRIOR_NOTEBOOK, {"sample_count": 10})
+    with pytest.raises(ConfigError, match="cas_train_size must be at most 55,000"):
+        vqstudy.prior_parameters(NOTEBOOKS / vqnotebooks.PRIOR_NOTEBOOK, {"cas_train_size": 60_000})
+
+
 # Inline PNG figures each report must hold, at least.
-EXPECTED_IMAGES = {"02_grid_summary": 2, "03_classifier": 3, "04_latent_analysis": 9, "01_train_vqvae_K8_D4": 2}
+EXPECTED_IMAGES = {
+    "02_grid_summary": 2,
+    "03_classifier": 3,
+    "04_latent_analysis": 9,
+    "06_prior": 7,
+    "01_train_vqvae_K8_D4": 2,
+}
 
 
 def test_html_reports_hold_their_figures_and_no_code(study):
@@ -441,12 +562,13 @@ def test_notebook_01_runs_through_the_papermill_cli(tmp_path):
     assert (tmp_path / "ckpt" / "best.pt").is_file() and (tmp_path / "res" / "loss_curves.png").is_file()
 
 
-def test_running_the_study_again_reuses_notebooks_03_and_04(study, capsys):
-    """The second `run_study` reuses the grid and the finished notebooks 03 and 04 (last in this
+def test_running_the_study_again_reuses_notebooks_03_04_and_06(study, capsys):
+    """The second `run_study` reuses the grid and the finished notebooks 03, 04 and 06 (last in this
     module: it runs notebook 02 and the reports again in the shared study)."""
     result = vqstudy.run_study(TINY_PROFILE, progress=True)
     out = capsys.readouterr().out
     assert result.failures == []
-    assert result.seconds["classifier"] == 0.0 and result.seconds["analysis"] == 0.0
+    assert result.seconds["classifier"] == 0.0 and result.seconds["analysis"] == 0.0 and result.seconds["prior"] == 0.0
     assert f"{vqnotebooks.CLASSIFIER_NOTEBOOK}: reused" in out and f"{vqnotebooks.ANALYSIS_NOTEBOOK}: reused" in out
+    assert f"{vqnotebooks.PRIOR_NOTEBOOK}: reused" in out
     assert f"running {vqnotebooks.SUMMARY_NOTEBOOK}" in out

@@ -1,4 +1,5 @@
-"""The prior over the VQ-VAE's code: exact likelihoods, causality, sampling, resumption, the checkpoint and the CLI.
+"""The prior over the VQ-VAE's code: exact likelihoods, causality, sampling, resumption, the checkpoint, the CLI,
+resampling given all other cells, the per-position baseline and the reuse of a prior trained with the same settings.
 
 Real data throughout: the published protocol VQ-VAE (K100_D64) encodes small
 subsets of FashionMNIST, and the priors are tiny so that each test takes seconds.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -351,3 +354,101 @@ def check_resample(prior, codes, mask):
         with pytest.raises(ConfigError, match=pattern) as refused:
             resample(prior, **kwargs)
         assert "\n" not in str(refused.value)
+
+
+# ----------------------------------------------------------------------------- the per-position model
+
+
+@pytest.fixture(scope="module")
+def protocol(data):
+    """The protocol VQ-VAE and the codes of 2,000 training images (classes balanced) and 500 test images."""
+    from vqlib.checkpoints import load_vqvae
+    from vqlib.prior import split_codes
+
+    vqvae, _ = load_vqvae(PROTOCOL)
+    return vqvae, split_codes(vqvae, data, "train", 2000, 0), split_codes(vqvae, data, "test", 500, 0)
+
+
+def test_the_per_position_model_counts_its_codes(protocol):
+    """Its bits are the add-one count formula, per class and over all codes; each row of its table sums to 1."""
+    from vqlib.prior import bits_per_image, fit_position_prior, position_bits
+
+    _, (train_codes, train_labels), (test_codes, test_labels) = protocol
+    model = fit_position_prior(train_codes, 100, train_labels)
+    assert model.log_probs.shape == (11, 144, 100)
+    torch.testing.assert_close(model.log_probs.exp().sum(-1), torch.ones(11, 144, dtype=torch.float64))
+    flat, test_flat = train_codes.reshape(len(train_codes), -1).long().numpy(), test_codes.reshape(500, -1).numpy()
+
+    def count_bits(codes: np.ndarray) -> np.ndarray:
+        counts = np.stack([np.bincount(codes[:, p], minlength=100) for p in range(144)]).astype(float)
+        log2 = np.log2((counts + 1) / (counts.sum(1, keepdims=True) + 100))
+        return -log2[np.arange(144)[None, :], test_flat].sum(1)
+
+    np.testing.assert_allclose(bits_per_image(model, test_codes).numpy(), count_bits(flat), rtol=1e-12)
+    trousers = train_labels.numpy() == 1
+    np.testing.assert_allclose(
+        bits_per_image(model, test_codes, torch.ones(500, dtype=torch.long)).numpy(), count_bits(flat[trousers])
+    )
+    given = position_bits(model, test_codes, test_labels)
+    torch.testing.assert_close(given.sum(1), bits_per_image(model, test_codes, test_labels))
+    assert float(given.sum(1).mean()) < float(bits_per_image(model, test_codes).mean())  # the class helps
+    with pytest.raises(ConfigError, match="outside 0-49"):
+        fit_position_prior(train_codes, 50)
+
+
+def test_the_per_position_sampler_draws_each_positions_marginal(protocol):
+    from vqlib.prior import fit_position_prior
+
+    _, (train_codes, train_labels), _ = protocol
+    model = fit_position_prior(train_codes, 100, train_labels)
+    drawn = model.sample(2500, 7, generator=torch.Generator().manual_seed(0)).reshape(2500, -1)
+    for position in (0, 30, 77, 143):
+        expected = model.log_probs[7, position].exp().numpy()
+        found = np.bincount(drawn[:, position].numpy(), minlength=100) / 2500
+        # Total variation of 2,500 draws from their own distribution: 0.05-0.07 measured (many rare codes, each
+        # smoothed from 200 sneakers); another class's table lies 0.36 away at position 77.
+        assert 0.5 * np.abs(found - expected).sum() < 0.12, position
+    # Without a class: the pooled counts, which differ from the sneakers' (class 7) at the centre.
+    pooled = model.sample(2500, generator=torch.Generator().manual_seed(1)).reshape(2500, -1)
+    found = np.bincount(pooled[:, 77].numpy(), minlength=100) / 2500
+    assert 0.5 * np.abs(found - model.log_probs[10, 77].exp().numpy()).sum() < 0.12
+    assert 0.5 * float((model.log_probs[10, 77].exp() - model.log_probs[7, 77].exp()).abs().sum()) > 0.2
+
+
+# ----------------------------------------------------------------------------- the prior notebook 06 measures
+
+
+def test_a_prior_trained_with_the_same_settings_is_reused_and_another_is_not_overwritten(project, data):
+    from vqlib.prior import prior_for
+
+    settings = dict(checkpoint_dir=None, class_conditional=True)  # the default folder: the notebook's case
+    first = prior_for(tiny_config(project, **settings), data, progress=False)
+    assert first.checkpoint_dir == project / "checkpoints" / "prior" / "K100_D64_transformer_cond"
+    stamp = first.best_checkpoint.stat().st_mtime_ns
+    again = prior_for(tiny_config(project, **settings), data, progress=False)
+    assert again.checkpoint_dir == first.checkpoint_dir and first.best_checkpoint.stat().st_mtime_ns == stamp
+    assert again.history == first.history
+    other = prior_for(tiny_config(project, width=16, **settings), data, progress=False)
+    assert other.checkpoint_dir.name.startswith("K100_D64_transformer_cond_") and other.best_checkpoint.is_file()
+    assert first.best_checkpoint.stat().st_mtime_ns == stamp  # left alone
+
+
+def test_a_published_prior_is_measured_by_name_beside_its_published_vqvae(project, data):
+    """The notebook's `prior_checkpoint="pretrained:K100_D64_prior"` with `vqvae_checkpoint="pretrained:K100_D64"`."""
+    from vqlib.prior import prior_to_measure, train_prior
+
+    pretrained = project / "checkpoints" / "pretrained"
+    shutil.copytree(REPO / "checkpoints" / "pretrained" / "K100_D64", pretrained / "K100_D64")
+    shutil.copytree(REPO / "checkpoints" / "pretrained" / "K50_D64", pretrained / "K50_D64")
+    config = tiny_config(
+        project, vqvae_checkpoint="pretrained:K100_D64", checkpoint_dir=str(pretrained / "K100_D64_prior")
+    )
+    train_prior(config, data, progress=False)
+    wanted = PriorConfig(vqvae_checkpoint="pretrained:K100_D64", device="cpu")
+    prior, vqvae, ckpt, name = prior_to_measure("pretrained:K100_D64_prior", wanted, data)
+    assert name == "pretrained:K100_D64_prior" and ckpt["vqvae_checkpoint"] == "pretrained:K100_D64"
+    assert prior.num_codes == vqvae.config.num_embeddings == 100
+    _, _, _, name = prior_to_measure("pretrained:K100_D64_prior", PriorConfig(device="cpu"), data)  # its own VQ-VAE
+    assert name == "pretrained:K100_D64_prior"
+    with pytest.raises(CheckpointError, match="K=100 .* K=50"):
+        prior_to_measure("pretrained:K100_D64_prior", PriorConfig(vqvae_checkpoint="pretrained:K50_D64"), data)

@@ -587,8 +587,8 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
         "--profile",
         choices=list(PROFILES),
         default="quick",
-        help="quick: about 19 minutes on a 2-core CPU (the study about 1,100 s, plus set-up); full: the original "
-        "study's protocol, hours on a CPU (default: quick)",
+        help="quick: about 19 minutes on a 2-core CPU before notebook 06 (the study about 1,100 s, plus set-up), "
+        "which adds about 570 CPU seconds; full: the original study's protocol, hours on a CPU (default: quick)",
     )
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
     add_config_options(
@@ -599,7 +599,9 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("run", "the whole study: grid, notebooks 02-04, HTML reports -> results/reports/index.html", _configure_run)
+@command(
+    "run", "the whole study: grid, notebooks 02-04 and 06, HTML reports -> results/reports/index.html", _configure_run
+)
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 

@@ -695,3 +695,116 @@ class PriorConfig:
             )
         _check_choice("device", self.device, DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass
+class GenerationConfig:
+    """Notebook 06: how good the prior is, in bits and in samples, beside baselines and real images.
+
+    Its fields sit beside PriorConfig's in the notebook's parameters cell: PriorConfig
+    trains (or finds) the prior, these measure it (vqlib.generation).
+    """
+
+    prior_checkpoint: Optional[str] = _opt(
+        None,
+        "prior checkpoint (or pretrained:NAME) to measure; None: the prior the PriorConfig fields describe, reused "
+        "when one was trained with the same settings, else trained now",
+    )
+    test_subset: Optional[int] = _opt(
+        None, "test codes whose likelihood is measured (classes balanced); None uses all 10,000"
+    )
+    num_samples: int = _opt(
+        10_000,
+        "samples of the prior and of the per-position model behind the Fréchet distances and the per-class "
+        "accuracy (classes balanced); as many test images and their reconstructions are compared",
+    )
+    reference_images: Optional[int] = _opt(
+        None, "validation images every Fréchet distance is measured against (classes balanced); None uses all 5,000"
+    )
+    temperature: float = _opt(1.0, "temperature of every measured sample; 1 is the model's own distribution")
+    top_k: Optional[int] = _opt(None, "sample each position from its k likeliest codes; None: from all of them")
+    sample_batch_size: int = _opt(500, "codes sampled at once")
+    feature_train_subset: Optional[int] = _opt(
+        None,
+        "real training images of the feature classifier (classes balanced); None uses all 55,000",
+    )
+    feature_epochs: int = _opt(
+        30, "cap on the feature classifier's epochs; early stopping on validation accuracy ends it first"
+    )
+    classifier_patience: int = _opt(
+        3, "epochs without a better validation accuracy before the feature and CAS classifiers stop"
+    )
+    cas_train_size: int = _opt(
+        55_000,
+        "CAS: class-conditional samples a classifier trains on; its real twin trains on as many real training images",
+    )
+    cas_val_size: int = _opt(
+        5_000,
+        "CAS: further samples that choose the sample-trained classifier's epoch (its twin: as many validation images)",
+    )
+    cas_epochs: int = _opt(30, "CAS: cap on the classifiers' epochs; early stopping on their validation ends it first")
+    nearest_images: int = _opt(
+        2_000, "samples, test images and reconstructions whose nearest training image is searched (memorisation)"
+    )
+    samples_per_class: int = _opt(8, "samples (and real test images) shown per class")
+    completion_images: int = _opt(4, "test images whose lower code rows are sampled again")
+    completion_rows: int = _opt(6, "code rows kept of each (of 12)")
+    completions: int = _opt(6, "completions drawn per image")
+    results_dir: Optional[str] = _opt(None, "folder of generation.json and the figures; None means results/prior")
+
+    def __post_init__(self) -> None:
+        for name in (
+            "num_samples",
+            "sample_batch_size",
+            "feature_epochs",
+            "classifier_patience",
+            "cas_train_size",
+            "cas_val_size",
+            "cas_epochs",
+            "nearest_images",
+            "samples_per_class",
+            "completion_images",
+            "completions",
+        ):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive integer, not {value!r}",
+            )
+        for name in ("num_samples", "cas_train_size", "cas_val_size", "nearest_images"):
+            _check(getattr(self, name) >= 10, f"{name} must be at least 10 (one per class), not {getattr(self, name)}")
+        for name, most in (("test_subset", 10_000), ("reference_images", 5_000), ("feature_train_subset", 55_000)):
+            value = getattr(self, name)
+            _check(
+                value is None or (isinstance(value, int) and not isinstance(value, bool) and 10 <= value <= most),
+                f"{name} must be an integer from 10 (one per class) to {most:,}, or None, not {value!r}",
+            )
+        _check(
+            self.cas_train_size <= 55_000,
+            f"cas_train_size must be at most 55,000 (its real twin trains on as many real images), not {self.cas_train_size}",
+        )
+        _check(
+            self.cas_val_size <= 5_000,
+            f"cas_val_size must be at most 5,000 (its twin chooses on as many validation images), not {self.cas_val_size}",
+        )
+        _check(
+            self.num_samples <= 10_000,
+            f"num_samples must be at most 10,000 (as many test images are compared), not {self.num_samples}",
+        )
+        _check(
+            self.nearest_images <= self.num_samples,
+            f"nearest_images ({self.nearest_images}) must be at most num_samples ({self.num_samples}): the samples "
+            "searched are those measured",
+        )
+        _check(
+            isinstance(self.temperature, (int, float)) and self.temperature > 0,
+            f"temperature must be positive, not {self.temperature!r}",
+        )
+        _check(
+            self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1),
+            f"top_k must be a positive integer or None, not {self.top_k!r}",
+        )
+        _check(
+            isinstance(self.completion_rows, int) and 0 <= self.completion_rows <= 12,
+            f"completion_rows must be an integer from 0 to 12 (the code's rows), not {self.completion_rows!r}",
+        )

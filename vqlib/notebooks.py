@@ -26,6 +26,7 @@ TRAIN_NOTEBOOK = "01_train_vqvae.ipynb"
 SUMMARY_NOTEBOOK = "02_grid_summary.ipynb"
 CLASSIFIER_NOTEBOOK = "03_classifier.ipynb"
 ANALYSIS_NOTEBOOK = "04_latent_analysis.ipynb"
+PRIOR_NOTEBOOK = "06_prior.ipynb"
 
 # The figures notebooks 02 and 04 save beside their results (tests/test_notebooks.py checks them);
 # notebook 03's label_efficiency.png is written by vqlib.label_efficiency.
@@ -42,6 +43,17 @@ ANALYSIS_FIGURES = (
     "interpolation_claim.png",
 )
 ANALYSIS_FILE = "analysis.json"
+# Notebook 06's figures and record, beside its executed copy (results/prior/ unless told otherwise).
+PRIOR_FIGURES = (
+    "position_bits.png",
+    "samples_per_class.png",
+    "completions.png",
+    "frechet.png",
+    "class_accuracy.png",
+    "nearest_distances.png",
+    "nearest_pairs.png",
+)
+GENERATION_FILE = "generation.json"
 LABEL_EFFICIENCY_FIGURE = "label_efficiency.png"
 
 

@@ -55,6 +55,11 @@ def analysis_dir() -> Path:
     return results_dir() / "analysis"
 
 
+def prior_dir() -> Path:
+    """Figures and generation.json of notebook 06 (the prior: bits and samples)."""
+    return results_dir() / "prior"
+
+
 def reports_dir() -> Path:
     """The study's HTML reports and their index."""
     return results_dir() / "reports"

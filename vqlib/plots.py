@@ -774,3 +774,125 @@ def reconstruction_claim_figure(claim: dict, *, title: Optional[str] = None):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- the prior (notebook 06)
+
+
+def position_bits_figure(maps: dict, *, title: Optional[str] = None):
+    """One heatmap per model of the mean test bits at each code position (12 x 12), on a shared colour scale,
+    and, when there are two or more, the first model's map minus the last's (what the last one gains where)."""
+    names = list(maps)
+    grids = [np.asarray(maps[name], dtype=float) for name in names]
+    panels = len(grids) + (1 if len(grids) >= 2 else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.4), squeeze=False)
+    vmax = max(float(g.max()) for g in grids)
+    for ax, name, grid in zip(axes[0], names, grids, strict=False):  # the last axis: the difference
+        image = ax.imshow(grid, cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(f"{name}\n{grid.sum():.0f} bits per image", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes[0][: len(grids)]), shrink=0.8, label="bits per position")
+    if len(grids) >= 2:
+        ax = axes[0][-1]
+        gain = grids[0] - grids[-1]
+        limit = float(np.abs(gain).max()) or 1.0
+        image = ax.imshow(gain, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"{names[0]}\nminus {names[-1]}", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+        fig.colorbar(image, ax=ax, shrink=0.8, label="bits saved")
+    fig.suptitle(title or "Mean test bits at each position of the 12 x 12 code (raster order: left to right, top down)")
+    return fig
+
+
+def samples_beside_real(groups: dict, class_names: Sequence[str], *, title: Optional[str] = None):
+    """One row per class, the groups of images side by side: `groups` maps a caption to (classes, n, 28, 28)
+    images (uint8 or float in [0, 1])."""
+    names = list(groups)
+    arrays = [np.asarray(groups[name]) for name in names]
+    per_group = [a.shape[1] for a in arrays]
+    rows = len(class_names)
+    columns = sum(per_group) + len(names) - 1  # a blank column between groups
+    fig, axes = plt.subplots(rows, columns, figsize=(0.62 * columns + 1.2, 0.66 * rows + 0.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    start = 0
+    for name, array, n in zip(names, arrays, per_group, strict=True):
+        images = _as_images(array.reshape(-1, *array.shape[-2:])).reshape(rows, n, *array.shape[-2:])
+        for r in range(rows):
+            for j in range(n):
+                axes[r, start + j].imshow(images[r, j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[0, start].set_title(name, fontsize=9, loc="left")
+        start += n + 1
+    for r, label in enumerate(class_names):
+        axes[r, 0].text(-4, 14, label, fontsize=8, ha="right", va="center")
+    fig.suptitle(title or "Per class: real test images beside samples", y=0.99)
+    fig.subplots_adjust(left=0.1, wspace=0.05, hspace=0.1)
+    return fig
+
+
+def completions_figure(originals, reconstructions, completions: Sequence, keep_rows: int, *, title=None):
+    """Per test image: the image, its reconstruction, then completions that keep its first `keep_rows` code rows.
+
+    `originals` and `reconstructions`: (n, 28, 28); `completions`: n batches of (m, 28, 28) or (m, 1, 28, 28).
+    """
+    rows = [
+        np.concatenate([_as_images(np.asarray(o)[None]), _as_images(np.asarray(r)[None]), _as_images(c)])
+        for o, r, c in zip(originals, reconstructions, completions, strict=True)
+    ]
+    n = len(completions[0]) if len(completions) else 0
+    return image_grid(
+        rows,
+        col_labels=["test image", "reconstruction", *[f"completion {i + 1}" for i in range(n)]],
+        title=title or f"Completions: the first {keep_rows} of 12 code rows kept, the rest sampled",
+    )
+
+
+def frechet_figure(table, *, title: Optional[str] = None):
+    """Horizontal bars of the Fréchet distance of each set (`generation.frechet_table`), its value written at the end."""
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(table) + 1.2))
+    names = [f"{s} ({n:,})" for s, n in zip(table["set"], table["images"], strict=True)]
+    values = table["frechet_distance"].to_numpy()
+    colors = plt.cm.viridis(np.linspace(0.15, 0.85, len(table)))
+    ax.barh(names[::-1], values[::-1], color=colors[::-1])
+    for y, value in enumerate(values[::-1]):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    ax.set(xlabel="Fréchet distance to the validation images' features (lower is closer)")
+    ax.set_title(title or "Fréchet distance in the feature space of a classifier trained on real pixels", fontsize=10)
+    ax.set_xlim(0, 1.18 * max(values.max(), 1e-9))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def class_accuracy_figure(table, *, title: Optional[str] = None):
+    """Grouped bars: the classifier's accuracy on each class (`generation.class_accuracy_table`), one bar per set."""
+    classes = [c for c in table.index if c != "all"]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / max(len(table.columns), 1)
+    x = np.arange(len(classes))
+    for i, column in enumerate(table.columns):
+        ax.bar(x + (i - (len(table.columns) - 1) / 2) * width, 100 * table.loc[classes, column], width, label=column)
+    ax.set_xticks(x)
+    ax.set_xticklabels(classes, rotation=30, ha="right")
+    ax.set(ylabel="classified as its class (%)", ylim=(0, 100))
+    ax.set_title(title or "How recognisably each class is drawn (the classifier trained on real pixels)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    # Below the class names: inside, it hid bars; above, the title.
+    ax.legend(fontsize=8, ncol=len(table.columns), loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def nearest_distance_figure(distances: dict, *, title: Optional[str] = None):
+    """Histograms (as outlines, on shared bins) of each set's distance to its nearest training image."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    values = np.concatenate([np.asarray(d, dtype=float) for d in distances.values()])
+    bins = np.linspace(0, float(values.max()) * 1.02 if len(values) else 1.0, 50)
+    for name, d in distances.items():
+        ax.hist(d, bins=bins, histtype="step", linewidth=1.6, density=True, label=f"{name} (median {np.median(d):.2f})")
+    ax.set(xlabel="Euclidean distance to the nearest training image (pixels in [0, 1])", ylabel="density")
+    ax.set_title(title or "Distance to the nearest training image: alike if the prior does not copy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

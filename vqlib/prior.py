@@ -33,6 +33,7 @@ from . import paths
 from .checkpoints import (
     PRETRAINED_PREFIX,
     build_checked,
+    checkpoint_label,
     checkpoint_precision,
     config_from_checkpoint,
     load_checkpoint,
@@ -47,7 +48,7 @@ from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fa
 from .device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
 from .files import atomic_path, ensure_dir, save_figure, utc_timestamp, write_json
-from .models.prior import GatedPixelCNN, PriorTransformer
+from .models.prior import GatedPixelCNN, PositionPrior, PriorTransformer
 from .progress import progress_bar
 
 KIND = "prior"
@@ -404,6 +405,110 @@ def read_last(path: Path, config: PriorConfig, digest: str) -> dict:
     return ckpt
 
 
+def prior_for(config: PriorConfig, data: Optional[FashionMNIST] = None, *, progress: bool = True) -> PriorRun:
+    """The prior `config` describes: one already trained with these settings on this VQ-VAE is reused (an
+    unfinished one is resumed), else it is trained now.
+
+    Where: `config.checkpoint_dir`, else the default folder
+    (checkpoints/prior/<VQ-VAE run>_<architecture>_<cond|uncond>). When the default
+    folder holds a prior trained with other settings (or on another VQ-VAE), that prior
+    is left alone and this one goes to a sibling folder named by its settings' digest, so
+    a quick profile's small prior and the protocol's never overwrite each other.
+    """
+    data = data or load_fashion_mnist()
+    if config.checkpoint_dir is None:
+        vqvae_path = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
+        folder = default_checkpoint_dir(config, vqvae_path)
+        same = _same_prior(folder / "last.pt", config, vqvae_path)
+        if same is None and ((folder / "last.pt").is_file() or (folder / "best.pt").is_file()):
+            folder = folder.with_name(f"{folder.name}_{settings_digest(config)[:8]}")
+            same = _same_prior(folder / "last.pt", config, vqvae_path)
+        # The same VQ-VAE may have been named otherwise (pretrained:NAME, a path): the run's own name resumes it.
+        config = dataclasses.replace(config, checkpoint_dir=str(folder), **(same or {}))
+    return train_prior(config, data, resume=True, progress=progress)
+
+
+# What may differ between a finished prior and one asked for again with the same settings.
+_NOT_SETTINGS = ("device", "checkpoint_dir", "vqvae_checkpoint")
+
+
+def settings_digest(config: PriorConfig) -> str:
+    """SHA-256 of the settings that decide what a prior learns (not where it runs or is written)."""
+    import json
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_SETTINGS}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _same_prior(path: Path, config: PriorConfig, vqvae_path: Path) -> Optional[dict]:
+    """When the last.pt at `path` is a run of these settings on this VQ-VAE (by its weights' digest): the
+    VQ-VAE as that run named it, {"vqvae_checkpoint": ...}; else None."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path, kind=KIND)
+    except CheckpointError:
+        return None
+    saved = ckpt.get("model_config")
+    if not isinstance(saved, dict):
+        return None
+    if changed_fields(with_defaults(PriorConfig, saved), dataclasses.asdict(config), ignore=_NOT_SETTINGS):
+        return None
+    vqvae, _ = load_vqvae(vqvae_path)
+    if ckpt.get("vqvae_digest") != weights_digest(vqvae):
+        return None
+    return {"vqvae_checkpoint": saved.get("vqvae_checkpoint")}
+
+
+def fit_position_prior(
+    codes: torch.Tensor,
+    num_codes: int,
+    classes: Optional[torch.Tensor] = None,
+    *,
+    num_classes: int = NUM_CLASSES,
+    smoothing: float = 1.0,
+) -> PositionPrior:
+    """The per-position categorical model of `codes` (N, H, W): counts of each code at each position, per class
+    (when `classes` are given) and over all codes (the "no class" row), smoothed by adding `smoothing` to
+    every count.
+
+    Add-one (Laplace) smoothing, as the OOD detector's code likelihood: a code never seen
+    at a position costs log2(N + K) bits, not infinity. It is the baseline of notebook 06:
+    what a prior knows without looking at any other position.
+    """
+    if codes.ndim != 3 or len(codes) == 0:
+        raise ConfigError(f"fit_position_prior needs codes shaped (N, H, W) with N >= 1, not {tuple(codes.shape)}")
+    if not smoothing > 0:
+        raise ConfigError(f"smoothing must be positive, not {smoothing!r}")
+    n, height, width = codes.shape
+    flat = codes.reshape(n, -1).long().cpu()
+    if int(flat.min()) < 0 or int(flat.max()) >= num_codes:
+        raise ConfigError(f"the codes hold indices outside 0-{num_codes - 1}")
+    length = height * width
+    positions = torch.arange(length).expand(n, length)
+    pooled = torch.zeros(length * num_codes, dtype=torch.float64)
+    pooled.index_add_(0, (positions * num_codes + flat).reshape(-1), torch.ones(n * length, dtype=torch.float64))
+    pooled = pooled.view(1, length, num_codes)
+    if classes is None:
+        counts = pooled.expand(num_classes, length, num_codes)
+    else:
+        classes = torch.as_tensor(classes).long().cpu().reshape(-1)
+        if len(classes) != n or int(classes.min()) < 0 or int(classes.max()) >= num_classes:
+            raise ConfigError(f"give one class in 0-{num_classes - 1} per code ({n})")
+        index = (classes[:, None] * length + positions) * num_codes + flat
+        counts = torch.zeros(num_classes * length * num_codes, dtype=torch.float64)
+        counts.index_add_(0, index.reshape(-1), torch.ones(n * length, dtype=torch.float64))
+        counts = counts.view(num_classes, length, num_codes)
+    counts = torch.cat([counts, pooled]) + smoothing
+    return PositionPrior((counts / counts.sum(-1, keepdim=True)).log(), grid_size=(height, width))
+
+
+def training_codes(ckpt: dict, vqvae, data: FashionMNIST) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, labels) a prior checkpoint was trained on: its training subset (seed and size from its config)."""
+    config = with_defaults(PriorConfig, ckpt["model_config"])
+    return split_codes(vqvae, data, "train", config["train_subset"], config["seed"])
+
+
 # ----------------------------------------------------------------------------- load and use
 
 
@@ -478,6 +583,31 @@ def load_pair(
     return model, vqvae, ckpt
 
 
+def prior_to_measure(
+    prior_checkpoint: Optional[str | os.PathLike],
+    config: PriorConfig,
+    data: Optional[FashionMNIST] = None,
+    *,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, torch.nn.Module, dict, str]:
+    """(prior, VQ-VAE, prior checkpoint, how to name it) for notebook 06, on `config.device`.
+
+    `prior_checkpoint` (a path or ``pretrained:NAME``) beside `config.vqvae_checkpoint`
+    (None: the VQ-VAE the prior names); without one, the prior `config` describes
+    (`prior_for`: reused when trained with these settings, else trained now).
+    """
+    path = prior_checkpoint or prior_for(config, data, progress=progress).best_checkpoint
+    prior, vqvae, ckpt = load_pair(
+        path, config.vqvae_checkpoint if prior_checkpoint else None, device=resolve_device(config.device)
+    )
+    return prior, vqvae, ckpt, checkpoint_label(path)
+
+
+def trained_config(ckpt: dict, name: str | os.PathLike = "the prior checkpoint") -> PriorConfig:
+    """The PriorConfig a prior checkpoint was trained with."""
+    return config_from_checkpoint(PriorConfig, ckpt["model_config"], name, "prior")
+
+
 @torch.no_grad()  # not inference_mode: the codes it returns may be trained on
 def bits_per_image(prior, codes: torch.Tensor, classes=None, *, batch_size: int = 500) -> torch.Tensor:
     """-log2 p(code) of each code (N, 12, 12): (N,) float64 bits. `classes`: None, or (N,) class indices."""
@@ -487,6 +617,21 @@ def bits_per_image(prior, codes: torch.Tensor, classes=None, *, batch_size: int 
         part = None if classes is None else torch.as_tensor(classes)[start : start + batch_size].to(device)
         out.append(-prior.log_prob(codes[start : start + batch_size].to(device), part).double().cpu() / LN2)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+@torch.no_grad()
+def position_bits(prior, codes: torch.Tensor, classes=None, *, batch_size: int = 500) -> torch.Tensor:
+    """-log2 p(c_i | c_<i, class) of every position of each code (N, 12, 12): (N, 144) float64 bits.
+
+    Their sum over positions is `bits_per_image`; their mean over codes, a map of
+    where in the image the code is hard to predict.
+    """
+    device = next(prior.parameters()).device
+    out = []
+    for start in range(0, len(codes), batch_size):
+        part = None if classes is None else torch.as_tensor(classes)[start : start + batch_size].to(device)
+        out.append(-prior.position_log_probs(codes[start : start + batch_size].to(device), part).double().cpu() / LN2)
+    return torch.cat(out) if out else torch.zeros(0, getattr(prior, "length", 0), dtype=torch.float64)
 
 
 def _generator(seed: Optional[int], device) -> Optional[torch.Generator]:

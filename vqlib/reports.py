@@ -28,7 +28,9 @@ from .grid import collect_grid, grid_dir
 from .notebooks import (
     ANALYSIS_NOTEBOOK,
     CLASSIFIER_NOTEBOOK,
+    GENERATION_FILE,
     LABEL_EFFICIENCY_FIGURE,
+    PRIOR_NOTEBOOK,
     SUMMARY_NOTEBOOK,
     TRAIN_NOTEBOOK,
 )
@@ -40,6 +42,8 @@ HEADLINE_FIGURES = (
     ("03_classifier", "classifier", LABEL_EFFICIENCY_FIGURE, "Label efficiency"),
     ("04_latent_analysis", "analysis", "tsne.png", "t-SNE of the code and of the pixels"),
     ("04_latent_analysis", "analysis", "reconstructions_per_class.png", "Reconstructions per class"),
+    ("06_prior", "prior", "samples_per_class.png", "Samples of the prior per class, beside real test images"),
+    ("06_prior", "prior", "frechet.png", "Fréchet distance of samples, reconstructions and real images"),
 )
 THUMBNAIL_SIZE = (360, 240)  # pixels, at most; the aspect ratio is kept
 
@@ -60,11 +64,12 @@ def export_html(notebook: str | os.PathLike, output: str | os.PathLike, *, with_
 
 
 def executed_notebooks(
-    grid_folder: Optional[Path] = None, analysis_folder: Optional[Path] = None
+    grid_folder: Optional[Path] = None, analysis_folder: Optional[Path] = None, prior_folder: Optional[Path] = None
 ) -> list[tuple[str, Path, str]]:
     """(report name, executed notebook, title) of every executed notebook of the study that exists, in reading order."""
     grid_folder = Path(grid_folder or grid_dir())
     analysis_folder = Path(analysis_folder or paths.analysis_dir())
+    prior_folder = Path(prior_folder or paths.prior_dir())
     found = []
     summary = grid_folder / SUMMARY_NOTEBOOK
     if summary.is_file():
@@ -77,6 +82,9 @@ def executed_notebooks(
         found.append(
             ("04_latent_analysis", analysis, "Latent space: t-SNE, codebook usage, reconstructions, interpolation")
         )
+    prior = prior_folder / PRIOR_NOTEBOOK
+    if prior.is_file():
+        found.append(("06_prior", prior, "The prior over the code: bits, samples, Fréchet distance, CAS, memorisation"))
     for run in collect_grid(grid_folder).itertuples():
         path = grid_folder / run.name / TRAIN_NOTEBOOK
         if path.is_file():
@@ -125,6 +133,32 @@ def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
     }
 
 
+def prior_headline(prior_folder: Optional[Path] = None, vqvae_checkpoint: Optional[str] = None) -> dict:
+    """What notebook 06 recorded (generation.json), as the index's headline shows it: the prior's test bits per
+    image beside the per-position model's, and the Fréchet distances of its samples and of real test images;
+    {} when it did not run, or ran on another VQ-VAE than `vqvae_checkpoint` (the chosen one) when given."""
+    record = read_json_or_empty(Path(prior_folder or paths.prior_dir()) / GENERATION_FILE)
+    trained_on = (record.get("prior_config") or {}).get("vqvae_checkpoint")
+    if vqvae_checkpoint and trained_on not in (None, vqvae_checkpoint):
+        return {}
+    rows = {
+        row.get("model"): row.get("bits_per_image") for row in record.get("likelihood") or [] if isinstance(row, dict)
+    }
+    distances = {
+        row.get("set"): row.get("frechet_distance") for row in record.get("frechet") or [] if isinstance(row, dict)
+    }
+    if not rows:
+        return {}
+    models = list(rows)
+    return {
+        "prior_bits": rows.get(models[-1]),
+        "prior_model": models[-1],
+        "baseline_bits": rows.get("per-position model"),
+        "prior_frechet": distances.get("prior samples"),
+        "real_frechet": distances.get("real test images"),
+    }
+
+
 def thumbnail_uri(figure: str | os.PathLike, size: tuple[int, int] = THUMBNAIL_SIZE) -> str:
     """A PNG data URI of `figure` shrunk to fit `size`: inline, so the index needs no other file."""
     from PIL import Image
@@ -152,13 +186,15 @@ def write_reports(
     with_code: bool = False,
     grid_folder: Optional[Path] = None,
     analysis_folder: Optional[Path] = None,
+    prior_folder: Optional[Path] = None,
     failures: Optional[list[str]] = None,
     profile_description: str = "",
 ) -> Path:
     """Export every executed notebook to results/reports/*.html and write index.html; return its path."""
     grid_folder = Path(grid_folder or grid_dir())
     analysis_folder = Path(analysis_folder or paths.analysis_dir())
-    executed = executed_notebooks(grid_folder, analysis_folder)
+    prior_folder = Path(prior_folder or paths.prior_dir())
+    executed = executed_notebooks(grid_folder, analysis_folder, prior_folder)
     if not executed:
         raise OutputError(f"no executed notebooks found under {paths.results_dir()}; run `vqlib run` first")
     out = ensure_dir(paths.reports_dir())
@@ -174,12 +210,22 @@ def write_reports(
             "grid": grid_folder,
             "classifier": classifier["source"].parent if classifier else None,
             "analysis": analysis_folder,
+            "prior": prior_folder,
         },
     )
     index = out / "index.html"
     with atomic_path(index) as tmp:
         tmp.write_text(
-            _index_html(reports, best, classifier, grid, failures or [], profile_description, thumbnails),
+            _index_html(
+                reports,
+                best,
+                classifier,
+                grid,
+                failures or [],
+                profile_description,
+                thumbnails,
+                prior_headline(prior_folder, best.get("checkpoint")),
+            ),
             encoding="utf-8",
         )
     return index
@@ -247,6 +293,7 @@ def _index_html(
     failures: list[str],
     description: str,
     thumbnails: list[tuple[str, str, str]] = (),
+    prior: Optional[dict] = None,
 ) -> str:
     esc = html.escape
     headline = [
@@ -267,6 +314,17 @@ def _index_html(
             _fmt(classifier.get("test_accuracy"), ".2%"),
         ),
     ]
+    if prior:
+        headline += [
+            (
+                f"Prior: test bits per image ({prior.get('prior_model')}; per-position model)",
+                f"{_fmt(prior.get('prior_bits'), '.1f')}; {_fmt(prior.get('baseline_bits'), '.1f')}",
+            ),
+            (
+                "Fréchet distance of its samples (of real test images)",
+                f"{_fmt(prior.get('prior_frechet'), '.3f')} ({_fmt(prior.get('real_frechet'), '.3f')})",
+            ),
+        ]
     rows = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline)
     links = "\n".join(f'<li><a href="{esc(path.name)}">{esc(title)}</a></li>' for path, title in reports)
     # Every number is formatted by grid_table already.

@@ -1,9 +1,10 @@
-"""The whole study: named profiles and `vqlib run` (grid, notebooks 02-04, reports).
+"""The whole study: named profiles and `vqlib run` (grid, notebooks 02-04 and 06, reports).
 
 A profile is a dict of overrides per stage (vqvae, train, grid, summary,
-classifier, analysis); `run_study` runs the grid with it, then notebook 02
-(summary and choice), 03 (classifier) and 04 (analysis) on the chosen
-VQ-VAE, and exports every executed notebook to HTML.
+classifier, analysis, prior); `run_study` runs the grid with it, then notebook 02
+(summary and choice), 03 (classifier), 04 (analysis) and 06 (the prior over the
+code: bits and samples) on the chosen VQ-VAE, and exports every executed
+notebook to HTML.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .grid import grid_dir, run_grid
 from .notebooks import (
     ANALYSIS_NOTEBOOK,
     CLASSIFIER_NOTEBOOK,
+    PRIOR_NOTEBOOK,
     SUMMARY_NOTEBOOK,
     NotebookError,
     execute_notebook,
@@ -40,7 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # 10,000 training images twice (about 30 s with its kernel start); the code is still
     # good enough for the classifier to pass 85 % test accuracy.
     "quick": {
-        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 19 minutes on a 2-core CPU (the study about 1,100 s, plus set-up)",
+        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 19 minutes on a 2-core CPU before notebook 06 (the study about 1,100 s, plus set-up), which adds about 570 CPU seconds",
         "vqvae": {},
         "train": {"epochs": 2, "train_subset": 10_000},
         "grid": {},
@@ -64,6 +66,28 @@ PROFILES: dict[str, dict[str, Any]] = {
             "linear_c": "0.003,0.01,0.1",
         },
         "analysis": {"tsne_points": 2000},
+        # A small class-conditional transformer on 5,000 training codes for 2 epochs, every measure of notebook 06
+        # on 2,000 samples, the classifier that judges them trained on 5,000 real images. Measured with
+        # 6,000 codes, 10,000 judge images, 5 judge and 8 CAS epochs: 1,000 CPU seconds, a third each for
+        # the prior, the judge and the three CAS classifiers (docs/prior.md); these sizes about halve it.
+        "prior": {
+            "class_conditional": True,
+            "layers": 2,
+            "heads": 2,
+            "width": 64,
+            "epochs": 2,
+            "warmup_steps": 20,
+            "train_subset": 5000,
+            "val_subset": 500,
+            "test_subset": 2000,
+            "num_samples": 2000,
+            "feature_train_subset": 5000,
+            "feature_epochs": 4,
+            "cas_train_size": 2000,
+            "cas_val_size": 500,
+            "cas_epochs": 5,
+            "nearest_images": 1000,
+        },
     },
     # The protocol of the original study: 50 epochs on all 55,000 training images. About 7-10 hours on a
     # 2-core CPU (two configurations at once, one thread each); minutes per configuration on a GPU.
@@ -86,9 +110,13 @@ PROFILES: dict[str, dict[str, Any]] = {
             "cnn_epochs_all": 100,
         },
         "analysis": {"tsne_points": 10_000},
+        # The protocol's prior: the default PriorConfig (a 4 x 128 transformer, up to 20 epochs on all
+        # 55,000 training codes), class-conditional; notebook 06's measures at their defaults (10,000
+        # samples, CAS on 55,000 samples).
+        "prior": {"class_conditional": True},
     },
 }
-PROFILE_STAGES = ("vqvae", "train", "grid", "summary", "classifier", "analysis")
+PROFILE_STAGES = ("vqvae", "train", "grid", "summary", "classifier", "analysis", "prior")
 
 
 def get_profile(profile: str | dict) -> dict[str, Any]:
@@ -126,6 +154,27 @@ def classifier_parameters(notebook: str | os.PathLike, overrides: dict[str, Any]
             f"the profile sets {', '.join(unknown)}, which {Path(notebook).name} does not take "
             f"(its parameters: {', '.join(sorted(names))})"
         )
+    return plain_parameters(overrides)
+
+
+def prior_parameters(notebook: str | os.PathLike, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Parameters for notebook 06: the profile's overrides, each checked against PriorConfig, GenerationConfig and
+    the notebook's parameters cell (an override it does not take is an error, not an ignored setting)."""
+    from .config import GenerationConfig, PriorConfig
+
+    names = {f.name for cls in (PriorConfig, GenerationConfig) for f in dataclasses.fields(cls)}
+    names |= set(notebook_parameter_names(notebook))
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(
+            f"the profile sets {', '.join(unknown)}, which {Path(notebook).name} does not take "
+            f"(its parameters: {', '.join(sorted(names))})"
+        )
+    # Every value checked before the grid's hours, as the dataclasses check them.
+    PriorConfig(**{k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(PriorConfig)}})
+    GenerationConfig(
+        **{k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(GenerationConfig)}}
+    )
     return plain_parameters(overrides)
 
 
@@ -173,16 +222,17 @@ def run_study(
     grid_overrides: Optional[dict[str, Any]] = None,
     progress: bool = True,
     classifier: bool = True,
+    prior: bool = True,
 ) -> StudyResult:
-    """The grid, notebooks 02, 03 and 04, then HTML reports; returns where index.html is.
+    """The grid, notebooks 02, 03, 04 and 06, then HTML reports; returns where index.html is.
 
-    Like the grid's finished points, a notebook 03 or 04 that already ran to its end on the
+    Like the grid's finished points, a notebook 03, 04 or 06 that already ran to its end on the
     chosen VQ-VAE with the same parameters is reused (`finished_notebook`); notebook 02 always
     runs again (seconds), since the grid may have changed.
 
     A failed notebook after the grid is recorded and reported (its executed
     copy shows the error); the stages that need its output are skipped.
-    `classifier=False` leaves notebook 03 out (its own tests run it).
+    `classifier=False` leaves notebook 03 out (its own tests run it), `prior=False` notebook 06.
     """
     prof = get_profile(profile)
     # The grid's options given on the command line (executor, placement, seeds) override the profile's.
@@ -197,6 +247,9 @@ def run_study(
     classifier_params = (
         classifier_parameters(classifier_nb, prof["classifier"]) if classifier and classifier_nb.is_file() else None
     )
+    prior_nb = notebooks / PRIOR_NOTEBOOK
+    prior_params = prior_parameters(prior_nb, prof["prior"]) if prior and prior_nb.is_file() else None
+    prior_folder = Path(prof["prior"].get("results_dir") or paths.prior_dir())
 
     def say(text: str) -> None:
         if progress:
@@ -239,7 +292,7 @@ def run_study(
             dataclasses.asdict(summary_config),
         )
     else:
-        result.failures.append("every grid configuration failed, so notebooks 02, 03 and 04 were not run")
+        result.failures.append("every grid configuration failed, so notebooks 02, 03, 04 and 06 were not run")
     if have_best:
         best = read_best(grid_dir(grid_config))
         # Notebooks 03 and 04 read only the chosen VQ-VAE: a finished run on the same one is reused.
@@ -261,11 +314,22 @@ def run_study(
             {**dataclasses.asdict(analysis_config), "vqvae_checkpoint": best["checkpoint"]},
             chosen,
         )
+        if prior_params is not None:
+            stage(
+                "prior",
+                prior_nb,
+                prior_folder / PRIOR_NOTEBOOK,
+                {**prior_params, "vqvae_checkpoint": best["checkpoint"]},
+                chosen,
+            )
+        elif prior:
+            result.failures.append(f"{prior_nb} does not exist, so the prior was not measured")
     t0 = time.perf_counter()
     result.index = write_reports(
         with_code=with_code,
         grid_folder=grid_dir(grid_config),
         analysis_folder=(Path(analysis_config.results_dir or paths.analysis_dir())),
+        prior_folder=prior_folder,
         failures=result.failures,
         profile_description=prof["description"],
     )

@@ -442,3 +442,47 @@ class GatedPixelCNN(_Prior):
         state["codes"][:, fed : fed + tokens.shape[1]] = tokens
         state["fed"] = fed + tokens.shape[1]
         return self.logits(state["codes"], state["classes"])[:, min(state["fed"], self.length - 1)]
+
+
+# ----------------------------------------------------------------------------- per-position categorical
+
+
+class PositionPrior(_Prior):
+    """Every position drawn on its own from a categorical table: p(c | class) = prod_i p_i(c_i | class).
+
+    The baseline any autoregressive prior must beat: it knows which codes each
+    position (and each class, at each position) uses, and nothing of their
+    neighbours. The table is its only parameter (log-probabilities in nats, one
+    row per class plus row `num_classes` for "no class"), set by counting
+    (`vqlib.prior.fit_position_prior`), never by gradients. Its logits do not
+    depend on the codes, so it shares the contract of the networks above:
+    log_prob, sample, temperature and top-k, prefixes.
+    """
+
+    def __init__(self, log_probs: torch.Tensor, *, grid_size: tuple[int, int] = (12, 12)):
+        super().__init__()
+        if log_probs.ndim != 3 or log_probs.shape[1] != grid_size[0] * grid_size[1]:
+            raise ValueError(
+                f"log_probs must be (classes + 1, {grid_size[0] * grid_size[1]}, K), not {log_probs.shape}"
+            )
+        self.num_codes, self.grid_size = int(log_probs.shape[2]), tuple(grid_size)
+        self.num_classes = int(log_probs.shape[0]) - 1
+        self.log_probs = nn.Parameter(log_probs.double(), requires_grad=False)
+
+    def logits(self, codes: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        flat = self._flat(codes)
+        return self.log_probs[self._classes(classes, len(flat), flat.device)]
+
+    def position_log_probs(self, codes: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # A gather from the table: the (N, H*W, K) logits above would be 58 MB for 1,000 codes of K=100.
+        flat = self._flat(codes)
+        rows = self._classes(classes, len(flat), flat.device)
+        positions = torch.arange(self.length, device=flat.device)
+        return self.log_probs[rows[:, None], positions[None, :], flat]
+
+    def _start(self, n: int, classes: torch.Tensor) -> dict:
+        return {"classes": classes, "fed": 0}
+
+    def _next_logits(self, state: dict, tokens: torch.Tensor) -> torch.Tensor:
+        state["fed"] += tokens.shape[1]
+        return self.log_probs[state["classes"], state["fed"]]
