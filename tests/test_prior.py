@@ -452,3 +452,18 @@ def test_a_published_prior_is_measured_by_name_beside_its_published_vqvae(projec
     assert name == "pretrained:K100_D64_prior"
     with pytest.raises(CheckpointError, match="K=100 .* K=50"):
         prior_to_measure("pretrained:K100_D64_prior", PriorConfig(vqvae_checkpoint="pretrained:K50_D64"), data)
+
+
+def test_perturbation_replaces_the_stated_share_of_positions_and_names_a_background(tmp_path):
+    from vqlib.prior import perturb_codes, run_name
+
+    codes = torch.zeros(2000, 12, 12, dtype=torch.long)
+    perturbed = perturb_codes(codes, 0.1, 100, generator=torch.Generator().manual_seed(0))
+    changed = (perturbed != codes).double().mean().item()
+    assert changed == pytest.approx(0.1 * 0.99, abs=0.005)  # a drawn code may be the one already there
+    assert int(perturbed.min()) >= 0 and int(perturbed.max()) == 99 and codes.abs().sum() == 0  # a copy
+    assert perturb_codes(codes, 0.0, 100) is codes
+    assert run_name(tiny_config(tmp_path, perturbation=0.1), PROTOCOL) == "K100_D64_transformer_uncond_background"
+    assert run_name(tiny_config(tmp_path), PROTOCOL) == "K100_D64_transformer_uncond"
+    with pytest.raises(ValueError, match="perturbation must lie in"):
+        tiny_config(tmp_path, perturbation=1.0)

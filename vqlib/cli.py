@@ -375,6 +375,21 @@ def cmd_eval_cls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prior_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prior",
+        default=None,
+        help="the prior over the VQ-VAE's code for the out-of-distribution score (a best.pt or pretrained:NAME; "
+        "default: pretrained:<VQ-VAE>_prior for a published VQ-VAE)",
+    )
+    parser.add_argument(
+        "--background-prior",
+        default=None,
+        help="the prior's background model, trained with --perturbation (default: beside the prior, in the folder "
+        "of the prior's name + _background)",
+    )
+
+
 def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a classifier checkpoint (best.pt)")
     p.add_argument(
@@ -387,25 +402,40 @@ def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
         help="--invert for dark garments on a light background, --no-invert to never invert "
         "(default: decide from each image's border)",
     )
-    p.add_argument("--output", default=None, help="also write the predictions to this .csv or .json file")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="also write the predictions to this .csv or .json file (default: only beyond 20 images, which are "
+        "summarised on the terminal, to results/infer-cls/<first input>_predictions.csv)",
+    )
     p.add_argument(
         "--vqvae-checkpoint",
         default=None,
         help="the VQ-VAE the classifier was trained on, for the out-of-distribution score "
         "(default: the path the classifier recorded)",
     )
+    _prior_options(p)
     _device_option(p)
     _precision_option(p, "the classifier's forward pass (the OOD score stays fp32)")
 
 
 @command(
     "infer-cls",
-    "predict the class of images (IDX or PNG/JPEG) with a classifier; prints and writes probabilities",
+    "predict the class of images (IDX or PNG/JPEG) with a classifier; prints and writes probabilities and whether "
+    "each image looks like FashionMNIST",
     _configure_infer_cls,
 )
 def cmd_infer_cls(args: argparse.Namespace) -> int:
     from .device import resolve_device
-    from .infer import infer_images, unreliable_sentence
+    from .infer import (
+        TABLE_ROWS,
+        class_counts,
+        default_predictions_path,
+        infer_images,
+        ood_summary,
+        write_predictions,
+    )
+    from .paths import shown
 
     frame = infer_images(
         args.checkpoint,
@@ -414,12 +444,21 @@ def cmd_infer_cls(args: argparse.Namespace) -> int:
         invert=args.invert,
         device=str(resolve_device(args.device)),
         vqvae_checkpoint=args.vqvae_checkpoint,
+        prior=args.prior,
+        background_prior=args.background_prior,
         precision=args.precision,
+        progress=True,
     )
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(unreliable_sentence(frame))
-    if args.output:
-        print(f"predictions: {args.output}")
+    output = args.output
+    if len(frame) <= TABLE_ROWS:
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    else:
+        if output is None:
+            output = write_predictions(default_predictions_path(args.inputs), frame)
+        print(f"{len(frame)} images, predicted: {class_counts(frame)}")
+    print(ood_summary(frame, table=shown(output) if output else None))
+    if output:
+        print(f"predictions: {shown(output)}")
     return 0
 
 
@@ -427,11 +466,22 @@ def _configure_ood_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vqvae-checkpoint",
         default=None,
-        help="the VQ-VAE whose detector is measured (default: the grid's best, else the published one)",
+        help="the VQ-VAE whose detector is measured (default: the prior's, when --prior is given; else the grid's "
+        "best, else the published one)",
     )
-    p.add_argument("--refit", action="store_true", help="fit the detector again even when it is cached")
+    _prior_options(p)
+    p.add_argument("--refit", action="store_true", help="calibrate the detector again even when it is cached")
     p.add_argument(
-        "--results-dir", default=None, help="where ood_eval.csv and ood_selection.csv go (default: results/ood)"
+        "--limit",
+        type=int,
+        default=None,
+        help="at most this many images of each set and of the training images the Mahalanobis baseline is fitted "
+        "on (a quick check; the published table uses none)",
+    )
+    p.add_argument(
+        "--results-dir",
+        default=None,
+        help="where ood_eval.csv, ood_photos.csv and ood_eval.json go (default: results/ood)",
     )
     _device_option(p)
     _data_option(p)
@@ -439,34 +489,47 @@ def _configure_ood_eval(p: argparse.ArgumentParser) -> None:
 
 @command(
     "ood-eval",
-    "AUROC of the out-of-distribution detector and of its single signals on digits, noise, blank and inverted "
-    "images against the FashionMNIST test set, and its false-positive rate; writes results/ood/ood_eval.csv",
+    "AUROC and share flagged of the out-of-distribution detector and its baselines on real and synthetic sets it "
+    "never saw, against the FashionMNIST test set, and the verdict on whole sample photos; writes results/ood/",
     _configure_ood_eval,
 )
 def cmd_ood_eval(args: argparse.Namespace) -> int:
-    from . import ood, paths
-    from .checkpoints import resolve_vqvae_checkpoint
+    from . import ood, ood_eval, paths
     from .device import resolve_device
-    from .files import write_csv
+    from .files import utc_timestamp, write_csv, write_json
 
-    checkpoint = resolve_vqvae_checkpoint(args.vqvae_checkpoint)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of images, not {args.limit}")
     data = _load_data(args)
-    vqvae, detector = ood.detector_for(checkpoint, data, device=resolve_device(args.device), refit=args.refit)
-    table = ood.evaluate_detector(detector, vqvae, data)
+    detector = ood.detector_for(
+        args.vqvae_checkpoint,
+        args.prior,
+        args.background_prior,
+        data=data,
+        device=resolve_device(args.device),
+        refit=args.refit,
+    )
+    table = ood_eval.evaluate_detector(detector, data, limit=args.limit, progress=True)
+    photos = ood_eval.photo_table(detector)
     folder = Path(args.results_dir) if args.results_dir else paths.results_dir() / "ood"
     write_csv(folder / "ood_eval.csv", table)
-    if "selection" in detector:
-        import pandas as pd
-
-        write_csv(folder / "ood_selection.csv", pd.DataFrame(detector["selection"]))
-    config = detector["model_config"]
-    print(f"VQ-VAE {checkpoint}; detector {ood.detector_path(vqvae)}: max of {config['combination']}")
+    write_csv(folder / "ood_photos.csv", photos)
+    write_json(
+        folder / "ood_eval.json",
+        {"detector": detector.info, "limit": args.limit, "code": paths.code_version(), "written": utc_timestamp()},
+    )
+    names = detector.models.names
+    print(
+        f"detector: likelihood ratio of {names['prior']} against {names['background']} on the code of "
+        f"{names['vqvae']}; calibration {paths.shown(detector.path) if detector.path else '(not cached)'}"
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     print(
-        f"flagged = share above the validation {config['threshold_percentile']:g}th percentile "
-        "(on the FashionMNIST test set: the false-positive rate)"
+        f"flagged = share above the validation {detector.threshold_percentile:g}th percentile, or a photo that "
+        "fails a premise of its preparation (on the FashionMNIST rows: the false-positive rate)"
     )
-    print(f"table: {folder / 'ood_eval.csv'}")
+    print(photos.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"tables: {paths.shown(folder / 'ood_eval.csv')}, {paths.shown(folder / 'ood_photos.csv')}")
     return 0
 
 
@@ -854,7 +917,7 @@ def _image_to_complete(text: str, args: argparse.Namespace):
         if not 0 <= index < len(data.test_images):
             raise ConfigError(f"{text!r} names no test image; write test:INDEX with INDEX from 0 to 9999")
         return data.test_images[index]
-    from .infer import load_images
+    from .photos import load_images
 
     images, _ = load_images([text])
     return images[0]

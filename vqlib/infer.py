@@ -1,13 +1,14 @@
 """Inference on images from outside the data set: reconstructions, and classes of user photos and IDX files.
 
-`load_images` turns photos of any size and IDX files into FashionMNIST-like
-uint8 tensors; `infer_images` is `vqlib infer-cls`.
+`vqlib.photos.load_inputs` turns photos of any size and IDX files into
+FashionMNIST-like uint8 tensors; `infer_images` is `vqlib infer-cls`: classes,
+probabilities, and whether each image looks like FashionMNIST (`vqlib.ood`, and
+for a photo the premises of its preparation).
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,10 +17,12 @@ import torch
 
 from .checkpoints import load_vqvae
 from .classify import load_classifier, predict
-from .data import CLASS_NAMES, IMAGE_SIZE, FashionMNIST, load_fashion_mnist, read_idx, to_float
+from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
 from .device import autocast, resolve_device, resolve_precision
 from .errors import CheckpointError, ConfigError, DataError
 from .files import save_figure, write_csv, write_json
+from .photos import PreparedPhoto, load_inputs, photo_problem
+from .photos import load_images as load_images  # where callers have always found it
 from .plots import reconstruction_figure
 from .train import evaluate_vqvae
 
@@ -73,164 +76,6 @@ def infer_vqvae(
 
 # ----------------------------------------------------------------------------- user images and infer-cls
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def _is_idx(path: Path) -> bool:
-    if path.suffix == ".gz":
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc.strerror or exc})") from None
-    return head in (b"\x00\x00\x08\x03", b"\x00\x00\x08\x01")
-
-
-# The largest photo decoded: Pillow's own bomb threshold (89.5 megapixels, about 270 MB as
-# RGB), where Pillow only warns and decodes anyway; here it is a refusal. A 30 kB PNG can
-# declare 16,000 x 16,000 pixels: the size in the header is checked before
-# anything is decoded. Kept as vqlib's own number in case another library changes Pillow's.
-MAX_PHOTO_PIXELS = 1024 * 1024 * 1024 // 4 // 3
-# fashion_mnist_like works in float32 on the whole photo; the result has 28 x 28 pixels, so
-# a longer side of 1,024 keeps the crop exact to a thirty-sixth of an output pixel.
-WORKING_SIDE = 1024
-# What Pillow's decoders raise on bytes they cannot decode: each format plugin has its own
-# (SyntaxError for a broken PNG chunk, struct.error for a short TIFF tag, ValueError for bad
-# EXIF, ...). They are caught around Pillow's calls only, never around vqlib's own code.
-_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error)
-
-
-def _decode_photo(path: Path):
-    """Open, size-check, decode and orient one photo with Pillow; every failure is a DataError naming it."""
-    import warnings
-
-    from PIL import Image, ImageOps
-
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns (and decodes anyway) between 89 and 179 megapixels: here that is an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PHOTO_PIXELS:
-                    raise DataError(
-                        f"{path} is {width} x {height} pixels, more than the {MAX_PHOTO_PIXELS // 1_000_000} "
-                        "megapixels vqlib decodes (a decompression bomb, or a photo to scale down first)"
-                    )
-                image.draft("RGB", (WORKING_SIDE, WORKING_SIDE))  # JPEG decodes at 1/2 to 1/8 scale when large
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                if max(image.size) > WORKING_SIDE:
-                    image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
-                image = _normalise_mode(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path} is refused as a decompression bomb ({str(exc).split('.')[0]})") from None
-    except _DECODER_ERRORS as exc:
-        raise DataError(
-            f"{path} is neither an IDX file nor an image Pillow can read ({str(exc).splitlines()[0][:160] or type(exc).__name__})"
-        ) from None
-    if min(image.size) < 1:
-        raise DataError(f"{path} has no pixels ({image.size[0]} x {image.size[1]})")
-    return image
-
-
-def _normalise_mode(image):
-    """An image in mode L, or RGBA where it has transparency: the two fashion_mnist_like needs."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return image.convert("RGBA")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # 16/32-bit and float grayscale: Pillow's convert("L") clips at 255; scale to the image's range instead.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = np.nanmin(array), np.nanmax(array)
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        from PIL import Image
-
-        return Image.fromarray(np.nan_to_num(scaled).astype(np.uint8))
-    return image.convert("L")
-
-
-def fashion_mnist_like(image, *, invert: Optional[bool] = None) -> np.ndarray:
-    """A Pillow image of any size and mode -> 28x28 uint8, garment light on a dark background.
-
-    FashionMNIST images are grayscale, the garment light on black, cropped to
-    the object and scaled so that its longer side fills the 28 pixels
-    (Xiao et al. 2017, section 2). `invert=None` decides from the border: a
-    light border means a dark-on-light photo, which is inverted.
-    """
-    from PIL import Image, ImageOps
-
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        # Transparent areas become the background of a photo (white); the inversion turns them dark.
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-        if invert is None:
-            invert = True
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    if invert is None:
-        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-        invert = bool(border.mean() > 127)
-    if invert:
-        gray = 255.0 - gray
-    # Crop to the object: pixels clearly above the background level.
-    background = np.percentile(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]), 50)
-    gray = np.clip(gray - background, 0, None)
-    mask = gray > 0.1 * max(gray.max(), 1e-6)
-    if mask.any():
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        gray = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    h, w = gray.shape
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=np.float32)
-    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = gray
-    if square.max() > 0:
-        square *= 255.0 / square.max()
-    small = Image.fromarray(square.astype(np.uint8), mode="L").resize(
-        (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS
-    )
-    return np.asarray(small, dtype=np.uint8)
-
-
-def load_images(
-    inputs: Sequence[str | os.PathLike], *, invert: Optional[bool] = None
-) -> tuple[torch.Tensor, list[str]]:
-    """IDX image files and/or image files -> uint8 (N, 28, 28) tensor and a name for each image.
-
-    IDX files are taken as they are (already FashionMNIST's format; `invert=True`
-    still inverts them); other images go through `fashion_mnist_like`. Any
-    input that cannot be read ends in a `DataError` naming it.
-    """
-    from PIL import Image
-
-    if not inputs:
-        raise ConfigError("no input given; pass an IDX file or image files")
-    images, names = [], []
-    for item in inputs:
-        path = Path(item)
-        if not path.is_file():
-            raise DataError(f"{path} does not exist or is not a file")
-        if _is_idx(path):
-            array = read_idx(path, expected_magic=0x00000803)
-            if len(array) == 0:
-                raise DataError(f"{path} is an IDX file of images that holds no image")
-            if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-                array = np.stack(
-                    [
-                        np.asarray(Image.fromarray(a).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
-                        for a in array
-                    ]
-                )
-            if invert:
-                array = 255 - array
-            images.append(array)
-            names += [f"{path}[{i}]" for i in range(len(array))]
-            continue
-        images.append(fashion_mnist_like(_decode_photo(path), invert=invert)[None])
-        names.append(str(path))
-    return torch.from_numpy(np.concatenate(images)), names
-
 
 def classifier_vqvae(ckpt: dict, vqvae_checkpoint: Optional[str | os.PathLike] = None) -> Path:
     """The VQ-VAE checkpoint a classifier was trained on: `vqvae_checkpoint`, else the path it recorded
@@ -249,38 +94,63 @@ def classifier_vqvae(ckpt: dict, vqvae_checkpoint: Optional[str | os.PathLike] =
     return found
 
 
+# More images than this and `vqlib infer-cls` prints a summary instead of the table (which goes to a file).
+TABLE_ROWS = 20
+
+
 def ood_scores(
     ckpt: dict,
     images: torch.Tensor,
+    photos: Optional[Sequence[Optional[PreparedPhoto]]] = None,
     *,
     vqvae_checkpoint: Optional[str | os.PathLike] = None,
+    prior: Optional[str | os.PathLike] = None,
+    background_prior: Optional[str | os.PathLike] = None,
     device: str = "cpu",
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """(OOD score, flag, note) per image for a classifier's checkpoint dict (see vqlib.ood).
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """(OOD score, flag, reason, note) per image for a classifier's checkpoint dict (see vqlib.ood).
 
-    The score needs the classifier's VQ-VAE (its decoder) and, the first time,
-    the FashionMNIST training and validation splits to fit the detector. Where
-    either is missing the predictions still stand: the scores are NaN and the
-    note says why, in one sentence.
+    The score is the detector's validation percentile of the image's likelihood
+    ratio; an image is flagged above the threshold percentile, and a photo also
+    when it fails a premise of its preparation (`vqlib.photos.photo_problem`);
+    `reason` says why, per image. The detector needs the classifier's VQ-VAE, a
+    prior over its code and the prior's background model (by default the published
+    ones), and the first time the FashionMNIST validation split. Where one is
+    missing and was not asked for by name, the predictions still stand: the scores
+    are NaN and the note says why, in one sentence; a prior passed by name that
+    cannot be used is an error.
     """
     from .classify import _same_code
-    from .ood import detector_for, score_images
+    from .ood import detector_for
 
-    missing = np.full(len(images), np.nan), np.zeros(len(images), dtype=bool)
+    photos = list(photos) if photos is not None else [None] * len(images)
+    reasons = [photo_problem(p) if p is not None else "" for p in photos]
+    flag = np.array([bool(r) for r in reasons], dtype=bool)
+    score = np.full(len(images), np.nan)
     try:
         path = classifier_vqvae(ckpt, vqvae_checkpoint)
-        vqvae, detector = detector_for(path, device=device)
+        detector = detector_for(path, prior, background_prior, device=device, progress=progress)
     except (CheckpointError, DataError) as exc:
-        return (*missing, f"no out-of-distribution score: {exc}")
+        if prior is not None or background_prior is not None:
+            raise
+        return score, flag, reasons, f"no out-of-distribution score: {exc}"
     finetuned = bool(ckpt.get("model_config", {}).get("finetune"))
-    if not finetuned and not _same_code(ckpt["state_dict"], vqvae.state_dict()):
+    if not finetuned and not _same_code(ckpt["state_dict"], detector.models.vqvae.state_dict()):
         return (
-            *missing,
+            score,
+            flag,
+            reasons,
             f"no out-of-distribution score: {path} is not the VQ-VAE this classifier was trained on; "
             "pass that one with --vqvae-checkpoint",
         )
-    score, flag = score_images(detector, vqvae, images)
-    return score, flag, ""
+    score, above = detector.score(images, progress=progress and len(images) > 1000)
+    limit = detector.threshold_percentile
+    reasons = [
+        "; ".join(filter(None, (f"score above the validation {limit:g}th percentile" if a else "", r)))
+        for a, r in zip(above, reasons, strict=True)
+    ]
+    return score, above | flag, reasons, ""
 
 
 def infer_images(
@@ -291,16 +161,20 @@ def infer_images(
     invert: Optional[bool] = None,
     device: str = "auto",
     vqvae_checkpoint: Optional[str | os.PathLike] = None,
+    prior: Optional[str | os.PathLike] = None,
+    background_prior: Optional[str | os.PathLike] = None,
     precision: str = "auto",
+    progress: bool = False,
 ):
     """Predict the class of each input image; returns a DataFrame (input, predicted, probability, ood_score,
-    ood_flag, one column per class).
+    ood_flag, ood_reason, one column per class).
 
     `ood_score` is the percentile, among FashionMNIST validation images, of how
-    unlike FashionMNIST the image looks to the classifier's VQ-VAE (vqlib.ood);
-    `ood_flag` marks the images beyond the detector's threshold (the validation
-    99th percentile), whose predictions are unreliable. ``frame.attrs`` holds
-    the threshold and, when no score could be computed, the reason.
+    unlike FashionMNIST the image looks to the prior over the classifier's code
+    (vqlib.ood); `ood_flag` marks the images beyond the detector's threshold (the
+    validation 99th percentile) and the photos that fail a premise of their
+    preparation (vqlib.photos); `ood_reason` says which. ``frame.attrs`` holds the
+    threshold and, when no score could be computed, the reason.
 
     With `output`, also writes it as CSV or JSON (by the suffix). `precision`
     ('auto', 'fp32', 'bf16') is that of the classifier's forward pass (resolved by
@@ -315,10 +189,19 @@ def infer_images(
     resolved = resolve_device(device)
     precision = resolve_precision(precision, resolved)
     model, ckpt = load_classifier(checkpoint, device=resolved)
-    images, names = load_images(inputs, invert=invert)
+    images, names, photos = load_inputs(inputs, invert=invert)
     probabilities = predict(model, images, precision=precision).numpy()
     predicted = probabilities.argmax(1)
-    score, flag, note = ood_scores(ckpt, images, vqvae_checkpoint=vqvae_checkpoint, device=resolved)
+    score, flag, reason, note = ood_scores(
+        ckpt,
+        images,
+        photos,
+        vqvae_checkpoint=vqvae_checkpoint,
+        prior=prior,
+        background_prior=background_prior,
+        device=resolved,
+        progress=progress,
+    )
     frame = pd.DataFrame(
         {
             "input": names,
@@ -326,29 +209,83 @@ def infer_images(
             "probability": probabilities.max(1),
             "ood_score": score,
             "ood_flag": flag,
+            "ood_reason": reason,
         }
     )
     for c, name in enumerate(CLASS_NAMES):
         frame[name] = probabilities[:, c]
     frame.attrs.update(ood_threshold_percentile=THRESHOLD_PERCENTILE, ood_note=note, precision=precision)
     if output is not None:
-        if Path(output).suffix.lower() == ".csv":
-            write_csv(output, frame)
-        else:
-            write_json(output, frame.to_dict(orient="records"))
+        write_predictions(output, frame)
     return frame
 
 
-def unreliable_sentence(frame, *, listed: int = 10) -> str:
-    """One plain sentence on which predictions of `infer_images` are unreliable (or why none could be judged)."""
-    if frame.attrs.get("ood_note"):
-        return frame.attrs["ood_note"]
-    flagged = frame.loc[frame["ood_flag"], "input"].tolist()
+def write_predictions(path: str | os.PathLike, frame) -> Path:
+    """The predictions as CSV or JSON (records), by the suffix; atomic."""
+    if Path(path).suffix.lower() == ".csv":
+        return write_csv(path, frame)
+    return write_json(path, frame.to_dict(orient="records"))
+
+
+def default_predictions_path(inputs: Sequence[str | os.PathLike]) -> Path:
+    """Where `vqlib infer-cls` writes a table too long to print: results/infer-cls/<first input>_predictions.csv."""
+    from . import paths
+
+    stem = Path(inputs[0]).name.split(".")[0] or "input"
+    return paths.results_dir() / "infer-cls" / f"{stem}_predictions.csv"
+
+
+def class_counts(frame) -> str:
+    """'Trouser 1000, T-shirt/top 998, ...': how many images each class was predicted for, most first."""
+    counts = frame["predicted"].value_counts()
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def expected_flagged(n: int, threshold_percentile: float) -> tuple[float, int]:
+    """(expected share, the count FashionMNIST itself could give): the share above the threshold percentile, and
+    the largest count of n FashionMNIST images flagged that is not unusual (the binomial 99.9% quantile)."""
+    from scipy.stats import binom
+
+    rate = (100.0 - threshold_percentile) / 100.0
+    return rate, int(binom.ppf(0.999, n, rate))
+
+
+def ood_summary(frame, *, listed: int = 10, table: Optional[str | os.PathLike] = None) -> str:
+    """Plain sentences on which predictions of `infer_images` are unreliable, beside the rate FashionMNIST itself
+    gives at the threshold (or why none could be judged). `table`: where the flagged rows can be read."""
     total, limit = len(frame), frame.attrs.get("ood_threshold_percentile", 99.0)
-    if not flagged:
-        return f"all {total} images look like FashionMNIST (out-of-distribution score at most the validation {limit:g}th percentile)"
-    names = ", ".join(flagged[:listed]) + (f" and {len(flagged) - listed} more" if len(flagged) > listed else "")
-    return (
-        f"{len(flagged)} of {total} images do not look like FashionMNIST (score above the validation {limit:g}th "
-        f"percentile): their predictions are unreliable: {names}"
+    rate, plausible = expected_flagged(total, limit)
+    flagged = frame.loc[frame["ood_flag"], "input"].tolist()
+    by_photo = int((frame["ood_flag"] & ~frame["ood_reason"].str.startswith("score above")).sum())
+    note = frame.attrs.get("ood_note", "")
+    threshold = f"the validation {limit:g}th percentile"
+    # The expected count, where it is at least about one image.
+    expected = f"about {rate:.0%} of FashionMNIST images" + (
+        f" ({rate * total:.0f} of {total})" if rate * total >= 1 else ""
     )
+    if len(flagged) <= listed:
+        which = ": " + ", ".join(flagged)
+    else:
+        which = f" (column ood_flag{f' of {table}' if table else ''})"
+    if not flagged:
+        text = f"none of the {total} images is flagged as unlike FashionMNIST ({expected} are, at {threshold})"
+    elif len(flagged) <= plausible and not by_photo:
+        text = (
+            f"{len(flagged)} of {total} images ({len(flagged) / total:.1%}) score above {threshold}, as {expected} "
+            f"do: a rate FashionMNIST itself gives, no sign of images from elsewhere; these predictions are the "
+            f"least reliable{which}"
+        )
+    else:
+        photos = f", {by_photo} of them photos that fail a premise of their preparation" if by_photo else ""
+        text = (
+            f"{len(flagged)} of {total} images ({len(flagged) / total:.1%}{photos}) do not look like FashionMNIST, "
+            f"where {expected} score above {threshold}: their predictions are unreliable{which}"
+        )
+    if note:  # no score: only the photos' own checks could flag anything
+        if not by_photo:
+            return note
+        return (
+            f"{note}; {by_photo} of {total} images are photos that fail a premise of their preparation (column "
+            f"ood_reason): their predictions are unreliable{which}"
+        )
+    return text

@@ -1,391 +1,330 @@
-"""Out-of-distribution scores from a frozen VQ-VAE: how unlike FashionMNIST an image is.
+"""Out-of-distribution detection from the prior over the VQ-VAE's code: how unlike FashionMNIST an image is.
 
 A classifier answers every input with a class; this module says which answers
-to distrust. Every signal comes from the frozen VQ-VAE:
+to distrust. The detector is a likelihood ratio (Ren et al. 2019) between two
+autoregressive priors over the code c of an image (vqlib.prior):
 
-- ``mse``: reconstruction error. Fails on simple images: digits reconstruct
-  better than clothes (measured: AUROC 0.06), the failure Nalisnick et al. 2019
-  describe for likelihoods.
-- ``mahalanobis``: class-conditional Mahalanobis distance of the flattened
-  quantized code after PCA to 50 dimensions, shared covariance (Lee et al. 2018).
-- ``code_nll``: bits of the code indices under a per-position categorical model
-  of the training codes (a discrete likelihood, so it has the same complexity
-  bias as any likelihood).
-- ``serra``: ``code_nll`` minus the image's complexity, its zlib-compressed size in
-  bits (the compressor PNG uses): Serra et al. 2020's S(x) = -log p(x) - L(x).
+    score(x) = bits_prior(c) - bits_background(c),   bits = -log2 p(c), classes=None
 
-Each is fitted on training images only, standardised on the validation split
-(median and spread), and the detector's score is the largest standardised
-signal of a combination chosen on validation against synthetic sets (uniform
-noise, blank, inverted validation images): never on the test set or the digits
-that `evaluate` reports. The score is calibrated as a percentile among the
-validation images, and an image is flagged beyond `threshold_percentile` (99:
-about 1% of FashionMNIST flagged by design).
+`prior` is the prior over the code of the FashionMNIST training split;
+`background` is the same network trained on the same codes with 10% of their
+positions replaced by uniformly drawn codes (`PriorConfig.perturbation`). The
+background learns what survives the perturbation, the population-level
+statistics (which codes are common, where the black background lies), and
+little of the garments' structure; the ratio cancels the first and keeps the
+second. A raw likelihood does not: it ranks simple inputs (blank images,
+digits on black) as likelier than FashionMNIST itself (Nalisnick et al. 2019).
 
-The fitted detector is a plain dict of tensors (a vqlib checkpoint of kind
-``ood``, loadable with ``torch.load(weights_only=True)``) cached under
-``checkpoints/ood-detectors/``, named by a hash of the VQ-VAE's weights: it
-depends only on that VQ-VAE and the data, so every classifier trained on that
-VQ-VAE shares it. `detector_for` fits it the first time it is needed (about
-35,000 images encoded and decoded: a minute or two on a 2-core CPU) and reuses
-it afterwards.
+The form was fixed before any out-of-distribution image was scored, from those
+two papers and the training and validation splits alone: no evaluation set,
+synthetic or real, chose among forms, weights or signals (docs/robustness.md
+says where each choice was made). Serra et al. 2020's correction (the input's
+bits under a generic compressor) is computed as a baseline in `vqlib.ood_eval`
+only: it subtracts the bits of the image's PNG from the bits of its code, two
+different objects, where the background prior models the code itself.
+
+The score is calibrated as a percentile among the 5,000 FashionMNIST validation
+images, and an image is flagged beyond `THRESHOLD_PERCENTILE` (99: about 1% of
+FashionMNIST flagged by design). The calibration is a vqlib checkpoint of kind
+``ood`` (loadable with ``torch.load(weights_only=True)``) cached under
+``checkpoints/ood-detectors/``, named by a hash of the three models' weights;
+`detector_for` fits it the first time it is needed and says so.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
-import zlib
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from . import paths
-from .checkpoints import load_checkpoint, load_vqvae, save_checkpoint
-from .data import IMAGE_SIZE, NUM_CLASSES, FashionMNIST, subset, to_float
+from .checkpoints import (
+    PRETRAINED_PREFIX,
+    checkpoint_label,
+    load_checkpoint,
+    load_vqvae,
+    resolve_checkpoint,
+    resolve_vqvae_checkpoint,
+    save_checkpoint,
+)
+from .classify import encode_codes
+from .data import FashionMNIST
 from .errors import CheckpointError, OutputError
 
 KIND = "ood"
-SIGNALS = ("mse", "mahalanobis", "code_nll", "serra")
-# Candidate combinations: every non-empty subset of the signals. Chosen on validation + synthetic sets.
-CANDIDATES = tuple("+".join(c) for r in range(1, len(SIGNALS) + 1) for c in itertools.combinations(SIGNALS, r))
-PCA_DIMS = 50  # the first Mahalanobis baseline measured: PCA to 50, shared covariance
-FIT_IMAGES = 10_000  # training images the signals are fitted on (stratified)
+# What a saved detector computes; a cached file of another form is fitted again.
+FORM = "likelihood_ratio"
 THRESHOLD_PERCENTILE = 99.0  # flag above the validation 99th percentile: a 1% false-positive target
-SYNTHETIC_SETS = ("noise", "blank", "inverted")
-LATENT_POSITIONS = 12 * 12  # the encoder's 28 -> 12 latent grid
+PRIOR_SUFFIX = "_prior"  # pretrained:K100_D64 -> pretrained:K100_D64_prior
+BACKGROUND_SUFFIX = "_background"  # a prior's folder NAME -> its background model's folder NAME_background
+BACKGROUND_PERTURBATION = 0.1  # Ren et al. 2019's released Fashion-MNIST background model (mutation rate 0.1)
 
 
-# ----------------------------------------------------------------------------- images
+# ----------------------------------------------------------------------------- which priors
 
 
-def complexity_bits(images: torch.Tensor) -> np.ndarray:
-    """Serra et al. 2020's L(x): bits of each uint8 28x28 image compressed by zlib at level 9 (PNG's deflate)."""
-    array = images.numpy()
-    return np.array([8.0 * len(zlib.compress(a.tobytes(), 9)) for a in array])
-
-
-def synthetic_images(kind: str, source: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """Synthetic out-of-distribution images: uniform noise, blank (all black, as a blank photo becomes), or
-    the `source` images inverted."""
-    if kind == "noise":
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randint(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
-    if kind == "blank":
-        return torch.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    if kind == "inverted":
-        return 255 - source[:n]
-    raise ValueError(f"unknown synthetic set {kind!r}")
-
-
-def digits_images() -> torch.Tensor:
-    """scikit-learn's 1,797 handwritten digits (8x8, values 0..16) made MNIST-like: 0..255, 20x20, padded to 28x28."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    small = (load_digits().images * (255.0 / 16.0)).round().astype(np.uint8)
-    pad = (IMAGE_SIZE - 20) // 2
-    out = np.zeros((len(small), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    for i, image in enumerate(small):
-        out[i, pad : pad + 20, pad : pad + 20] = np.asarray(
-            Image.fromarray(image).resize((20, 20), Image.Resampling.BILINEAR)
+def default_prior(vqvae_checkpoint: str | os.PathLike) -> str:
+    """The published prior over a published VQ-VAE's code: ``pretrained:NAME_prior`` for ``pretrained:NAME``."""
+    label = checkpoint_label(vqvae_checkpoint)
+    if not label.startswith(PRETRAINED_PREFIX):
+        raise CheckpointError(
+            f"no prior over the code of {label} is given; train one (vqlib train-prior --vqvae-checkpoint {label}) "
+            f"and its background model (the same with --perturbation {BACKGROUND_PERTURBATION:g}), and pass --prior"
         )
-    return torch.from_numpy(out)
+    return label + PRIOR_SUFFIX
 
 
-# ----------------------------------------------------------------------------- raw signals
+def default_background(prior: str | os.PathLike) -> str:
+    """Where the background model of a prior lives: the prior's folder name + _background, beside it.
+
+    ``pretrained:K100_D64_prior`` -> ``pretrained:K100_D64_prior_background``;
+    ``checkpoints/prior/K100_D64_transformer_cond/best.pt`` ->
+    ``checkpoints/prior/K100_D64_transformer_cond_background/best.pt``, which is where
+    `vqlib train-prior` puts a run of the same settings with --perturbation.
+    """
+    text = os.fspath(prior)
+    if text.startswith(PRETRAINED_PREFIX):
+        return text + BACKGROUND_SUFFIX
+    path = Path(text)
+    return str(path.parent.parent / (path.parent.name + BACKGROUND_SUFFIX) / path.name)
 
 
-@torch.inference_mode()
-def encode_for_ood(vqvae, images: torch.Tensor, *, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(reconstruction MSE per image, flattened quantized code (N, D*144), code indices (N, 144))."""
-    device = next(vqvae.parameters()).device
-    vqvae.eval()
-    mse, flat, indices = [], [], []
-    for start in range(0, len(images), batch_size):
-        x = to_float(images[start : start + batch_size], device)
-        out = vqvae(x)
-        mse.append((out.reconstruction - x).pow(2).mean(dim=(1, 2, 3)).float().cpu())
-        flat.append(out.vq.quantized.flatten(1).float().cpu())
-        indices.append(out.vq.indices.flatten(1).cpu())
-    return torch.cat(mse).numpy(), torch.cat(flat).numpy(), torch.cat(indices).numpy()
-
-
-def _raw_signals(state: dict, vqvae, images: torch.Tensor) -> dict[str, np.ndarray]:
-    mse, flat, indices = encode_for_ood(vqvae, images)
-    z = (flat - state["pca_mean"].numpy()) @ state["pca_components"].numpy().T
-    precision = state["precision"].numpy()
-    distances = np.stack(
-        [np.einsum("ij,jk,ik->i", z - mu, precision, z - mu) for mu in state["class_means"].numpy()], axis=1
+def _require(name: str, what: str, vqvae_label: str) -> None:
+    """A prior or background model that does not exist: one sentence on how to make it and where to pass it."""
+    try:
+        found = resolve_checkpoint(name, kind="prior").is_file()
+    except CheckpointError:
+        found = False
+    if found:
+        return
+    if what == "prior":
+        how, option = f"vqlib train-prior --vqvae-checkpoint {vqvae_label} --class-conditional", "--prior"
+    else:
+        how = f"the prior's own train-prior command plus --perturbation {BACKGROUND_PERTURBATION:g}"
+        option = "--background-prior"
+    where = "is not published here" if name.startswith(PRETRAINED_PREFIX) else "does not exist"
+    raise CheckpointError(
+        f"the out-of-distribution detector needs the {what} {name}, which {where}; train it ({how}) "
+        f"and pass its best.pt with {option}"
     )
-    log_probs = state["code_log2_probs"].numpy()  # (144, K)
-    code_nll = -log_probs[np.arange(indices.shape[1])[None, :], indices].sum(1)
-    return {
-        # log: errors and distances are skewed over orders of magnitude; the median/spread
-        # standardisation below expects a roughly symmetric spread.
-        "mse": np.log(mse + 1e-8),
-        "mahalanobis": np.log(distances.min(1) + 1e-8),
-        "code_nll": code_nll,
-        "serra": code_nll - complexity_bits(images),
-    }
 
 
-def _fit_state(vqvae, train_images: torch.Tensor, train_labels: torch.Tensor) -> dict:
-    from sklearn.decomposition import PCA
+@dataclass
+class Models:
+    """The three networks of the detector, in eval mode, and how they were named."""
 
-    _, flat, indices = encode_for_ood(vqvae, train_images)
-    pca = PCA(n_components=min(PCA_DIMS, flat.shape[1], len(flat)), random_state=0).fit(flat)
-    z = pca.transform(flat)
-    labels = np.asarray(train_labels)
-    means = np.stack([z[labels == c].mean(0) for c in range(NUM_CLASSES)])
-    centred = z - means[labels]
-    covariance = centred.T @ centred / len(z)
-    precision = np.linalg.pinv(covariance + 1e-6 * np.eye(len(covariance)))
-    k = vqvae.quantizer.num_embeddings
-    counts = np.stack([np.bincount(indices[:, p], minlength=k) for p in range(indices.shape[1])]).astype(np.float64)
-    # Add-one (Laplace) smoothing: a code never seen at a position costs log2(N + K) bits, not infinity.
-    log2_probs = np.log2((counts + 1.0) / (counts.sum(1, keepdims=True) + k))
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
-    return {
-        "pca_mean": t(pca.mean_),
-        "pca_components": t(pca.components_),
-        "class_means": t(means),
-        "precision": t(precision),
-        "code_log2_probs": t(log2_probs),
-    }
+    vqvae: torch.nn.Module
+    prior: torch.nn.Module
+    background: torch.nn.Module
+    names: dict = field(default_factory=dict)  # vqvae, prior, background: labels for messages and records
 
 
-# ----------------------------------------------------------------------------- standardised and combined
+def load_models(
+    vqvae_checkpoint: Optional[str | os.PathLike] = None,
+    prior: Optional[str | os.PathLike] = None,
+    background: Optional[str | os.PathLike] = None,
+    *,
+    device: torch.device | str = "cpu",
+) -> Models:
+    """The VQ-VAE, its prior and the prior's background model, each checked against the others.
 
+    Defaults: the VQ-VAE the prior was trained on when only the prior is given, else
+    `resolve_vqvae_checkpoint` (the grid's best, else the published one); the published
+    prior of a published VQ-VAE (`default_prior`); the background beside the prior
+    (`default_background`). A prior trained on perturbed codes where the prior belongs,
+    or an unperturbed one where the background belongs, is refused.
+    """
+    from .prior import check_pair, load_prior
 
-def _standardise(raw: dict[str, np.ndarray], state: dict) -> dict[str, np.ndarray]:
-    """(value - validation median) / validation spread (half the 16-84 percentile range: sigma for a Gaussian)."""
-    centre, spread = state["centre"].numpy(), state["spread"].numpy()
-    return {name: (raw[name] - centre[i]) / spread[i] for i, name in enumerate(SIGNALS)}
-
-
-def _combine(z: dict[str, np.ndarray], combination: str) -> np.ndarray:
-    """The largest standardised signal of the combination: an image is unusual when any of its signals is."""
-    return np.max(np.stack([z[name] for name in combination.split("+")]), axis=0)
-
-
-def auroc(inliers: np.ndarray, outliers: np.ndarray) -> float:
-    """Area under the ROC curve of `outliers` (positives) against `inliers`, higher score = more unusual."""
-    from sklearn.metrics import roc_auc_score
-
-    scores = np.concatenate([inliers, outliers])
-    truth = np.concatenate([np.zeros(len(inliers)), np.ones(len(outliers))])
-    return float(roc_auc_score(truth, scores))
-
-
-def choose_combination(val_z: dict[str, np.ndarray], synthetic_z: dict[str, dict[str, np.ndarray]]) -> tuple[str, list]:
-    """The candidate with the highest worst-case AUROC over the synthetic sets against validation, then the highest
-    mean share of synthetic images flagged at the validation 99th percentile, then the fewest signals.
-
-    Returns the choice and the table of every candidate (for the record)."""
-    table = []
-    for candidate in CANDIDATES:
-        val = _combine(val_z, candidate)
-        threshold = np.percentile(val, THRESHOLD_PERCENTILE)
-        aurocs = {k: auroc(val, _combine(z, candidate)) for k, z in synthetic_z.items()}
-        flagged = {k: float((_combine(z, candidate) > threshold).mean()) for k, z in synthetic_z.items()}
-        table.append(
-            {
-                "combination": candidate,
-                **{f"auroc_{k}": v for k, v in aurocs.items()},
-                **{f"flagged_{k}": v for k, v in flagged.items()},
-                "worst_auroc": min(aurocs.values()),
-                "mean_flagged": float(np.mean(list(flagged.values()))),
-            }
-        )
-    best = max(
-        table,
-        key=lambda row: (round(row["worst_auroc"], 3), round(row["mean_flagged"], 3), -row["combination"].count("+")),
+    if vqvae_checkpoint is None and prior is not None:
+        _require(os.fspath(prior), "prior", "VQ-VAE")
+        recorded = load_checkpoint(prior, kind="prior").get("vqvae_checkpoint")
+        vqvae_checkpoint = recorded if isinstance(recorded, str) and recorded else None
+    vqvae_path = resolve_vqvae_checkpoint(vqvae_checkpoint)
+    vqvae_label = checkpoint_label(vqvae_path)
+    prior = os.fspath(prior) if prior is not None else default_prior(vqvae_path)
+    background = os.fspath(background) if background is not None else default_background(prior)
+    vqvae, _ = load_vqvae(vqvae_path, device=device)
+    loaded = {}
+    for name, what in ((prior, "prior"), (background, "background model")):
+        _require(name, what, vqvae_label)
+        model, ckpt = load_prior(name, device=device)
+        check_pair(ckpt, vqvae, name, vqvae_label)
+        perturbation = ckpt["model_config"].get("perturbation", 0.0)
+        if what == "prior" and perturbation:
+            raise CheckpointError(
+                f"{name} was trained on perturbed codes (perturbation {perturbation:g}): it is a background model; "
+                "pass it as the background and the prior trained on the plain codes as the prior"
+            )
+        if what == "background model" and not perturbation:
+            raise CheckpointError(
+                f"{name} was trained on plain codes, so it cannot be the background model: train one with "
+                f"--perturbation {BACKGROUND_PERTURBATION:g} (Ren et al. 2019) and pass it as the background"
+            )
+        loaded[what] = model
+    return Models(
+        vqvae=vqvae,
+        prior=loaded["prior"],
+        background=loaded["background model"],
+        names={"vqvae": vqvae_label, "prior": checkpoint_label(prior), "background": checkpoint_label(background)},
     )
-    return best["combination"], table
 
 
-# ----------------------------------------------------------------------------- the detector
+# ----------------------------------------------------------------------------- the score
 
 
-def vqvae_fingerprint(vqvae) -> str:
-    """SHA-256 of the VQ-VAE's weights: a detector belongs to exactly one VQ-VAE."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(vqvae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+def code_bits(models: Models, codes: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
+    """Bits of each code (N, 12, 12) under the prior and the background (both unconditional), and their ratio."""
+    from .prior import bits_per_image
+
+    prior = bits_per_image(models.prior, codes, progress=progress, desc="prior").numpy()
+    background = bits_per_image(models.background, codes, progress=progress, desc="background model").numpy()
+    return {"prior_bits": prior, "background_bits": background, "likelihood_ratio": prior - background}
+
+
+@dataclass
+class Detector:
+    """A calibrated detector: the models and the sorted likelihood-ratio scores of the validation images."""
+
+    models: Models
+    val_scores: np.ndarray  # sorted ascending
+    info: dict  # the saved model_config: form, threshold, digests, names
+    path: Optional[Path] = None  # where it is cached, when it is
+
+    @property
+    def threshold_percentile(self) -> float:
+        return float(self.info["threshold_percentile"])
+
+    def bits(self, images: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
+        """`code_bits` of uint8 images (N, 28, 28), encoded by the VQ-VAE as the classifier reads them."""
+        return code_bits(self.models, encode_codes(self.models.vqvae, images).cpu(), progress=progress)
+
+    def percentile(self, scores: np.ndarray) -> np.ndarray:
+        """Percentile of each score among the validation images' (0-100; 100: beyond every one of them)."""
+        return 100.0 * np.searchsorted(self.val_scores, scores, side="right") / len(self.val_scores)
+
+    def score(self, images: torch.Tensor, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(OOD score, flag) per uint8 image (N, 28, 28): the score's validation percentile, and whether it lies
+        above the threshold percentile (99 by default)."""
+        percentile = self.percentile(self.bits(images, progress=progress)["likelihood_ratio"])
+        return percentile, percentile > self.threshold_percentile
+
+
+def _digest(model: torch.nn.Module) -> str:
+    from .prior import weights_digest
+
+    return weights_digest(model)
+
+
+def detector_key(models: Models) -> str:
+    """A hash of the form and the three models' weights: one detector per (VQ-VAE, prior, background)."""
+    digest = hashlib.sha256(FORM.encode())
+    for model in (models.vqvae, models.prior, models.background):
+        digest.update(_digest(model).encode())
     return digest.hexdigest()
 
 
-def fit_detector(
-    vqvae, data: FashionMNIST, *, fit_images: int = FIT_IMAGES, synthetic_per_set: Optional[int] = None, seed: int = 0
-) -> dict:
-    """Fit the signals on `fit_images` training images, standardise and calibrate them on the validation split,
-    and choose the combination on validation against synthetic sets. Returns the detector (a plain dict)."""
-    train_images, train_labels = subset(
-        data.train_images, data.train_labels, min(fit_images, len(data.train_labels)), seed
-    )
-    state = _fit_state(vqvae, train_images, train_labels)
-    val_raw = _raw_signals(state, vqvae, data.val_images)
-    stack = np.stack([val_raw[name] for name in SIGNALS])
-    low, centre, high = np.percentile(stack, [15.87, 50, 84.13], axis=1)
-    state["centre"] = torch.from_numpy(centre)
-    state["spread"] = torch.from_numpy(np.maximum((high - low) / 2, 1e-6))
-    val_z = _standardise(val_raw, state)
-    n = len(data.val_images)
-    m = min(synthetic_per_set or n, n)  # as many of each synthetic set as validation images, unless told
-    synthetic_z = {
-        kind: _standardise(_raw_signals(state, vqvae, synthetic_images(kind, data.val_images, m, seed)), state)
-        for kind in SYNTHETIC_SETS
-    }
-    combination, table = choose_combination(val_z, synthetic_z)
-    state["val_scores"] = torch.from_numpy(np.sort(_combine(val_z, combination)))
-    return {
-        "kind": KIND,
-        "model_config": {
-            "combination": combination,
-            "threshold_percentile": THRESHOLD_PERCENTILE,
-            "fit_images": len(train_images),
-            "val_images": n,
-            "signals": list(SIGNALS),
-            "vqvae_fingerprint": vqvae_fingerprint(vqvae),
-        },
-        "state_dict": state,
-        "selection": table,
-    }
+def detector_path(models: Models) -> Path:
+    """checkpoints/ood-detectors/<first 16 hex digits of `detector_key`>.pt.
 
-
-def detector_path(vqvae) -> Path:
-    """Where the detector of a VQ-VAE is cached: checkpoints/ood-detectors/<first 16 hex of its fingerprint>.pt.
-
-    Keyed by the weights, not by the checkpoint's folder: a published checkpoint
-    (tracked in git, perhaps read-only) gets no stray file beside it, and a
-    VQ-VAE retrained in the same folder never meets a stale detector.
+    Keyed by the weights, not stored beside a checkpoint: a published checkpoint
+    (tracked in git, perhaps read-only) gets no stray file, and a model retrained in
+    the same folder never meets a stale calibration.
     """
-    return paths.checkpoints_dir() / "ood-detectors" / f"{vqvae_fingerprint(vqvae)[:16]}.pt"
+    return paths.checkpoints_dir() / "ood-detectors" / f"{detector_key(models)[:16]}.pt"
 
 
-def load_detector(path: str | os.PathLike, vqvae) -> dict:
-    """A saved detector (weights_only, validated) for exactly this VQ-VAE."""
+def fit_detector(models: Models, data: FashionMNIST, *, progress: bool = False) -> Detector:
+    """Score the validation split (codes cached on disk by `vqlib.prior.split_codes`) and keep the sorted scores."""
+    from .prior import split_codes
+
+    codes, _ = split_codes(models.vqvae, data, "val")
+    scores = np.sort(code_bits(models, codes, progress=progress)["likelihood_ratio"])
+    info = {
+        "form": FORM,
+        "threshold_percentile": THRESHOLD_PERCENTILE,
+        "val_images": len(scores),
+        "key": detector_key(models),
+        **{f"{name}_digest": _digest(getattr(models, name)) for name in ("vqvae", "prior", "background")},
+        **{f"{name}": label for name, label in models.names.items()},
+    }
+    return Detector(models=models, val_scores=scores, info=info)
+
+
+def save_detector(path: str | os.PathLike, detector: Detector) -> Path:
+    state = {"val_scores": torch.from_numpy(np.ascontiguousarray(detector.val_scores, dtype=np.float64))}
+    return save_checkpoint(path, KIND, {"model_config": detector.info, "state_dict": state})
+
+
+def load_detector(path: str | os.PathLike, models: Models) -> Detector:
+    """A saved calibration (weights_only, validated) for exactly these three models."""
     ckpt = load_checkpoint(path, kind=KIND)
-    config, state = ckpt["model_config"], ckpt["state_dict"]
-    needed = {
-        "pca_mean",
-        "pca_components",
-        "class_means",
-        "precision",
-        "code_log2_probs",
-        "centre",
-        "spread",
-        "val_scores",
-    }
-    if not needed <= set(state) or not all(isinstance(state[k], torch.Tensor) for k in needed):
-        raise CheckpointError(f"{path} is not a complete OOD detector (it lacks {sorted(needed - set(state))})")
-    # A damaged or foreign cache file must fail here, in one sentence, not in the middle of scoring.
-    p, f = tuple(state["pca_components"].shape) if state["pca_components"].ndim == 2 else (0, 0)
-    shapes = {
-        "pca_mean": (f,),
-        "class_means": (NUM_CLASSES, p),
-        "precision": (p, p),
-        "code_log2_probs": (LATENT_POSITIONS, vqvae.quantizer.num_embeddings),
-        "centre": (len(SIGNALS),),
-        "spread": (len(SIGNALS),),
-    }
-    wrong = [k for k, shape in shapes.items() if tuple(state[k].shape) != shape]
-    if p < 1 or f != vqvae.config.embedding_dim * LATENT_POSITIONS or state["val_scores"].ndim != 1:
-        wrong.append("pca_components or val_scores")
-    if wrong or not len(state["val_scores"]):
-        raise CheckpointError(
-            f"{path} does not fit this VQ-VAE ({', '.join(wrong) or 'no validation scores'}); delete it"
-        )
-    if config.get("combination") not in CANDIDATES or not isinstance(config.get("threshold_percentile"), float):
-        raise CheckpointError(f"{path} names no known combination of signals; delete it and it is fitted again")
-    if config.get("vqvae_fingerprint") != vqvae_fingerprint(vqvae):
-        raise CheckpointError(f"{path} was fitted on another VQ-VAE than the one beside it; delete it to fit it again")
-    return ckpt
+    config, scores = ckpt["model_config"], ckpt["state_dict"].get("val_scores")
+    if config.get("form") != FORM:
+        raise CheckpointError(f"{path} is a detector of another form ({config.get('form')!r}); delete it")
+    if (
+        not isinstance(scores, torch.Tensor)
+        or scores.ndim != 1
+        or not len(scores)
+        or not scores.dtype.is_floating_point
+        or not bool(torch.isfinite(scores).all())
+        or not bool((scores[1:] >= scores[:-1]).all())
+    ):
+        raise CheckpointError(f"{path} holds no usable validation scores; delete it and it is fitted again")
+    if not isinstance(config.get("threshold_percentile"), float) or not 0 < config["threshold_percentile"] < 100:
+        raise CheckpointError(f"{path} holds no threshold percentile in (0, 100); delete it")
+    if config.get("key") != detector_key(models):
+        raise CheckpointError(f"{path} was fitted on other models than these; delete it to fit it again")
+    return Detector(models=models, val_scores=scores.numpy(), info=dict(config), path=Path(path))
 
 
-def save_detector(path: str | os.PathLike, detector: dict) -> Path:
-    return save_checkpoint(path, KIND, {k: v for k, v in detector.items() if k != "kind"})
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def detector_for(
-    vqvae_checkpoint: str | os.PathLike, data: Optional[FashionMNIST] = None, *, device="cpu", refit: bool = False
-):
-    """(VQ-VAE, detector) of a VQ-VAE checkpoint: the cached detector, or one fitted now and cached.
+    vqvae_checkpoint: Optional[str | os.PathLike] = None,
+    prior: Optional[str | os.PathLike] = None,
+    background: Optional[str | os.PathLike] = None,
+    *,
+    data: Optional[FashionMNIST] = None,
+    device: torch.device | str = "cpu",
+    refit: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = _say,
+) -> Detector:
+    """The detector of (VQ-VAE, prior, background) (`load_models`): the cached calibration, or one fitted now.
 
-    A cache folder that cannot be written only means the detector is fitted again next time.
+    Fitting scores the 5,000 validation images under both priors (minutes
+    on a 2-core CPU for the default transformers); `say` tells the user what is
+    happening and where the result is cached, with a progress bar when `progress`.
+    A cache folder that cannot be written only means fitting again next time.
     """
     from .data import load_fashion_mnist
 
-    vqvae, _ = load_vqvae(vqvae_checkpoint, device=device)
-    path = detector_path(vqvae)
+    models = load_models(vqvae_checkpoint, prior, background, device=device)
+    path = detector_path(models)
     if path.is_file() and not refit:
         try:
-            return vqvae, load_detector(path, vqvae)
+            return load_detector(path, models)
         except CheckpointError:
-            pass  # another VQ-VAE's or a damaged detector: fitted again and replaced below
-    detector = fit_detector(vqvae, data or load_fashion_mnist())
+            pass  # another form's or a damaged file: fitted again and replaced below
+    data = data or load_fashion_mnist()
+    say(
+        f"fitting the out-of-distribution detector of {models.names['prior']} (once; it is cached in "
+        f"{paths.shown(path)}): both priors score the {len(data.val_labels):,} FashionMNIST validation images, "
+        "a few minutes on a CPU"
+    )
+    detector = fit_detector(models, data, progress=progress)
     try:
         save_detector(path, detector)
-    except OutputError:
-        pass
-    return vqvae, detector
-
-
-def score_signals(detector: dict, vqvae, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Every standardised signal and the detector's combined score, per image."""
-    z = _standardise(_raw_signals(detector["state_dict"], vqvae, images), detector["state_dict"])
-    return {**z, "detector": _combine(z, detector["model_config"]["combination"])}
-
-
-def score_images(detector: dict, vqvae, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(OOD score, flag) per uint8 image (N, 28, 28).
-
-    The score is the percentile of the image's combined signal among the
-    validation images (0-100; 100 = beyond every validation image); the flag
-    says it lies above the detector's threshold percentile (99 by default).
-    """
-    combined = score_signals(detector, vqvae, images)["detector"]
-    val = detector["state_dict"]["val_scores"].numpy()
-    percentile = 100.0 * np.searchsorted(val, combined, side="right") / len(val)
-    return percentile, percentile > detector["model_config"]["threshold_percentile"]
-
-
-# ----------------------------------------------------------------------------- measurement (vqlib ood-eval)
-
-
-def evaluate_detector(detector: dict, vqvae, data: FashionMNIST, *, seed: int = 1):
-    """AUROC of every signal and of the detector for each out-of-distribution set against the FashionMNIST test
-    set, and the share of each set flagged at the detector's threshold (on the test set: the false-positive rate).
-
-    The sets: scikit-learn's handwritten digits (real images), uniform noise,
-    blank images and the inverted test set. None of them, nor the test set,
-    took part in fitting or choosing the detector.
-    """
-    import pandas as pd
-
-    test = data.test_images
-    sets = {
-        "FashionMNIST test (in-distribution)": test,
-        "digits (scikit-learn, MNIST-like)": digits_images(),
-        "uniform noise": synthetic_images("noise", test, len(test), seed),
-        "blank": synthetic_images("blank", test, 1000),
-        "inverted FashionMNIST test": synthetic_images("inverted", test, len(test)),
-    }
-    scores = {name: score_signals(detector, vqvae, images) for name, images in sets.items()}
-    percentiles = {name: score_images(detector, vqvae, images)[1] for name, images in sets.items()}
-    inliers = scores["FashionMNIST test (in-distribution)"]
-    rows = []
-    for name, images in sets.items():
-        row = {"set": name, "images": len(images)}
-        for signal in (*SIGNALS, "detector"):
-            row[f"auroc_{signal}"] = (
-                float("nan") if name.startswith("FashionMNIST") else auroc(inliers[signal], scores[name][signal])
-            )
-        row["flagged"] = float(percentiles[name].mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
+        detector.path = path
+    except OutputError as exc:
+        say(f"the detector could not be cached ({exc}); it is fitted again next time")
+    return detector

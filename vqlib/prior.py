@@ -165,9 +165,34 @@ class PriorRun:
 
 
 def run_name(config: PriorConfig, vqvae_checkpoint: str | os.PathLike) -> str:
-    """<VQ-VAE run folder>_<architecture>_<cond|uncond>, e.g. K100_D64_transformer_uncond."""
+    """<VQ-VAE run folder>_<architecture>_<cond|uncond>[_background], e.g. K100_D64_transformer_uncond.
+
+    A prior trained on perturbed codes (`perturbation` > 0) is the out-of-distribution
+    detector's background model: its name ends in _background, so that it sits beside
+    the prior it belongs to.
+    """
     cond = "cond" if config.class_conditional else "uncond"
-    return f"{Path(vqvae_checkpoint).resolve().parent.name}_{config.architecture}_{cond}"
+    background = "_background" if config.perturbation > 0 else ""
+    return f"{Path(vqvae_checkpoint).resolve().parent.name}_{config.architecture}_{cond}{background}"
+
+
+def perturb_codes(
+    codes: torch.Tensor, rate: float, num_codes: int, *, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """A copy of `codes` with each position replaced, with probability `rate`, by a code drawn uniformly from [0, K).
+
+    Ren et al. 2019's background model is trained on inputs perturbed this way: the
+    perturbation is meant to destroy the semantic structure and keep the population-level
+    statistics (which codes are common, and where), which the likelihood ratio then
+    cancels (how far 10% does so for a transformer over codes: docs/robustness.md).
+    The draw may return the code already there, as in their mutation.
+    """
+    if rate <= 0:
+        return codes
+    device = codes.device
+    replace = torch.rand(codes.shape, generator=generator, device=device) < rate
+    drawn = torch.randint(0, num_codes, codes.shape, generator=generator, device=device)
+    return torch.where(replace, drawn.to(codes.dtype), codes)
 
 
 def default_checkpoint_dir(config: PriorConfig, vqvae_checkpoint: str | os.PathLike) -> Path:
@@ -239,6 +264,10 @@ def train_prior(
     grid = tuple(train_codes.shape[1:])
     train_codes, train_labels = train_codes.to(device), train_labels.to(device)
     val_codes, val_labels = val_codes.to(device), val_labels.to(device)
+    if config.perturbation > 0:
+        # A background model is validated on its own objective: validation codes perturbed alike, once, by the seed.
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+        val_codes = perturb_codes(val_codes.long(), config.perturbation, k, generator=generator)
     write_json(
         ckpt_dir / "config.json",
         {"prior": dataclasses.asdict(config), "vqvae_checkpoint": recorded, "vqvae_digest": digest},
@@ -296,9 +325,11 @@ def train_prior(
                 # Class dropout: these sequences learn the unconditional distribution, so one
                 # model answers classes=None too (the classifier-free guidance recipe's trick).
                 classes[torch.rand(len(idx), device=device) < config.class_dropout] = NUM_CLASSES
+            # The background model sees each batch freshly perturbed (the global RNG, saved in last.pt: resumable).
+            batch = perturb_codes(train_codes[idx].long(), config.perturbation, k)
             # bf16 autocast covers the network's matmuls; the loss is computed from fp32 logits (model.loss).
             with autocast(precision, device):
-                loss = model.loss(train_codes[idx], classes)
+                loss = model.loss(batch, classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -609,13 +640,21 @@ def trained_config(ckpt: dict, name: str | os.PathLike = "the prior checkpoint")
 
 
 @torch.no_grad()  # not inference_mode: the codes it returns may be trained on
-def bits_per_image(prior, codes: torch.Tensor, classes=None, *, batch_size: int = 500) -> torch.Tensor:
-    """-log2 p(code) of each code (N, 12, 12): (N,) float64 bits. `classes`: None, or (N,) class indices."""
+def bits_per_image(
+    prior, codes: torch.Tensor, classes=None, *, batch_size: int = 500, progress: bool = False, desc: str = "bits"
+) -> torch.Tensor:
+    """-log2 p(code) of each code (N, 12, 12): (N,) float64 bits. `classes`: None, or (N,) class indices.
+
+    With `progress`, a bar counts the codes (10,000 take minutes on a CPU for the default transformer).
+    """
     device = next(prior.parameters()).device
     out = []
+    bar = progress_bar(total=len(codes), enabled=progress, desc=desc, unit="image")
     for start in range(0, len(codes), batch_size):
         part = None if classes is None else torch.as_tensor(classes)[start : start + batch_size].to(device)
         out.append(-prior.log_prob(codes[start : start + batch_size].to(device), part).double().cpu() / LN2)
+        bar.update(len(out[-1]))
+    bar.close()
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
