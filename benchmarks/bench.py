@@ -26,11 +26,15 @@ Prints a table and writes results/bench/bench.json (atomically):
 9. The label-efficiency regressions (`vqlib.label_efficiency.logistic_regression`,
    three values of C) on the encoder's continuous output at D = 64, after torch has
    run in the same process, with every core's BLAS threads and with one.
-10. The bf16 roof: bf16 matmul and 3x3 conv GFLOP/s beside the fp32 ones, and the
+10. The bf16 roof: bf16 matmul and 3x3 conv GFLOP/s beside the fp32 ones; the
    default training step in fp32 and in bf16, each as a share of its own
-   precision's matmul roof (docs/precision.md). Measured only where the CPU has
-   native bf16 units (`vqlib.device.native_bf16_cpu`) or on CUDA, unless
-   --force-bf16; `--only-bf16` runs this section alone.
+   precision's matmul and conv roofs, and its bf16 variants (NCHW; with
+   --compile, torch.compile); the bf16 step's layers timed alone; encoding the
+   test set in each precision, eager and with batch norm folded into the convs
+   (with --compile, also compiled), with the share of codes equal to fp32's
+   (docs/precision.md). bf16 is measured only where the CPU has native bf16
+   units (`vqlib.device.native_bf16_cpu`) or on CUDA, unless --force-bf16;
+   `--only-bf16` runs this section alone.
 11. The prior over the code (the default `PriorConfig` network on real codes of
    the published K100_D64): (11a) training sequences/s, in the precision
    `PriorConfig().precision` resolves to, and its FLOPs x sequences/s as a
@@ -469,6 +473,7 @@ def layer_breakdown(
     """
     seed_everything(0)
     model = apply_speed_switches(VQVAE(model_config).to(device).train(), train_config)
+    precision = resolve_precision(train_config.precision, device)
     inputs: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
 
     def keep_input(name: str) -> Callable:
@@ -482,7 +487,7 @@ def layer_breakdown(
         for name, module in model.named_modules()
         if layer_kind(module)
     ]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, device):  # each layer gets the dtype it gets in training
         model(images[: train_config.batch_size])
     for hook in hooks:
         hook.remove()
@@ -492,9 +497,10 @@ def layer_breakdown(
         x.requires_grad_(x.shape[1] > 1)
 
         def run(module=module, x=x) -> None:
-            y = module(x)
-            if isinstance(module, torch.nn.BatchNorm2d):
-                y = torch.relu(y)
+            with autocast(precision, device):
+                y = module(x)
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    y = torch.relu(y)
             y.backward(torch.ones_like(y))
 
         with FlopCounterMode(display=False) as counter:
@@ -508,7 +514,13 @@ def layer_breakdown(
     for group in groups.values():
         group["share"] = group["ms"] / timed
         group["gflops"] = group["gflop"] / (group["ms"] / 1e3) if group["gflop"] else None
-    return {"step_ms": step_ms, "groups": groups, "layers_ms": timed, "layers_over_step": timed / step_ms}
+    return {
+        "precision": precision,
+        "step_ms": step_ms,
+        "groups": groups,
+        "layers_ms": timed,
+        "layers_over_step": timed / step_ms,
+    }
 
 
 # ----------------------------------------------------------------------------- 4. nearest neighbour
@@ -771,6 +783,79 @@ def conv_gflops(shape: tuple[int, int, int], *, repeats: int, device: torch.devi
     return 2 * batch * channels * channels * 9 * side * side / seconds / 1e9
 
 
+def fold_batch_norm(model: VQVAE) -> VQVAE:
+    """A copy of an eval-mode VQ-VAE whose encoder has each batch norm that follows a conv folded into that
+    conv's weights (`torch.fx.experimental.optimization.fuse`); the other batch norms stay. Inference only."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    folded = copy.deepcopy(model).eval()
+    folded.encoder = fuse(folded.encoder).to(memory_format=torch.channels_last)
+    return folded
+
+
+def encode_rows(
+    model_config: VQVAEConfig,
+    test_images: torch.Tensor,
+    *,
+    profile: Profile,
+    device: torch.device,
+    precisions: tuple[str, ...],
+    compile_variant: bool = False,
+) -> list[dict]:
+    """Encoding `test_images` to code indices (`vqlib.classify.encode_codes`) in each precision: eager, with
+    the batch norms folded into the convs, and (`compile_variant`) under `torch.compile`; each row with the
+    share of codes equal to the eager fp32 encoding's (a tie between two nearest codes can flip)."""
+    from vqlib.classify import encode_codes
+
+    seed_everything(0)
+    # A trained model's statistics, not a fresh one's: the default architecture after one pass over the images.
+    model = VQVAE(model_config).to(device)
+    with torch.no_grad():
+        model.train()(to_float(test_images[:512], device))
+    model.eval()
+    variants = {"eager": model, "batch norm folded": fold_batch_norm(model)}
+    if compile_variant:
+        compiled = fold_batch_norm(model)
+        compiled.encoder = torch.compile(compiled.encoder)
+        variants["folded + torch.compile"] = compiled
+    repeats = max(3, profile.repeats // 2 + 1)
+    rows: list[dict] = []
+    reference = None
+    for precision in precisions:
+        for name, variant in variants.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                codes = encode_codes(variant, test_images, precision=precision)  # warm-up (and compilation)
+            first = time.perf_counter() - start
+            seconds, _ = median_seconds(
+                lambda variant=variant, precision=precision: encode_codes(variant, test_images, precision=precision),
+                repeats=repeats,
+                device=device,
+            )
+            reference = codes if reference is None else reference
+            rows.append(
+                {
+                    "name": f"{precision}, {name}",
+                    "precision": precision,
+                    "variant": name,
+                    "images": len(test_images),
+                    "images_per_s": len(test_images) / seconds,
+                    "first_call_seconds": first,
+                    "codes_equal_to_fp32": float((codes == reference).float().mean()),
+                }
+            )
+    return rows
+
+
+def add_conv_share(row: dict, conv_roofs: dict[str, Optional[float]]) -> dict:
+    """The row's FLOPs x images/s as a share of the 3x3-conv roof of its precision (None where not measured)."""
+    roof = conv_roofs.get(row.get("precision", "fp32"))
+    row["conv_roof_share"] = row["gflop_per_image"] * row["images_per_s"] / roof if roof else None
+    return row
+
+
 def bf16_roof(
     model_config: VQVAEConfig,
     train_config: TrainConfig,
@@ -780,8 +865,12 @@ def bf16_roof(
     device: torch.device,
     force: bool = False,
     matmul: Optional[dict] = None,
+    test_images: Optional[torch.Tensor] = None,
+    compile_variant: bool = False,
 ) -> dict:
-    """The fp32 and bf16 roofs (matmul and 3x3 conv) and the default step in each precision, against its own roof.
+    """The fp32 and bf16 roofs (matmul and 3x3 conv), the default step in each precision against both roofs of
+    its own precision, the step's bf16 variants (NCHW; `torch.compile` with `compile_variant`), the step's
+    layers timed alone in bf16, and (`test_images`) encoding the test set in each precision.
 
     `matmul` holds matmul peaks already measured this run (`matmul_gflops`,
     `matmul_bf16_gflops`); those missing are measured here. bf16 is measured
@@ -799,7 +888,9 @@ def bf16_roof(
     )
     fp32 = dataclasses.replace(train_config, precision="fp32")
     steps = {"fp32": train_row("default, fp32", model_config, fp32, images, profile=profile, device=device)}
+    precisions: tuple[str, ...] = ("fp32",)
     if native or force:
+        precisions = ("fp32", "bf16")
         result["matmul_bf16_gflops"] = matmul.get("matmul_bf16_gflops") or max(
             matmul_gflops(profile.matmul_sizes, repeats=profile.repeats, device=device, dtype=torch.bfloat16).values()
         )
@@ -808,13 +899,46 @@ def bf16_roof(
         )
         bf16 = dataclasses.replace(train_config, precision="bf16")
         steps["bf16"] = train_row("default, bf16", model_config, bf16, images, profile=profile, device=device)
+        steps["bf16, NCHW"] = train_row(
+            "default, bf16, NCHW",
+            model_config,
+            dataclasses.replace(bf16, channels_last=False),
+            images,
+            profile=profile,
+            device=device,
+        )
+        if compile_variant:
+            steps["bf16, compiled"] = train_row(
+                "default, bf16, compiled",
+                model_config,
+                dataclasses.replace(bf16, compile=True),
+                images,
+                profile=profile,
+                device=device,
+            )
         result["matmul_bf16_over_fp32"] = result["matmul_bf16_gflops"] / result["matmul_fp32_gflops"]
         result["conv_bf16_over_fp32"] = result["conv_bf16_gflops"] / result["conv_fp32_gflops"]
         result["step_bf16_speedup"] = steps["bf16"]["images_per_s"] / steps["fp32"]["images_per_s"]
+        result["layers_bf16"] = layer_breakdown(
+            model_config, bf16, images, steps["bf16"]["step_ms"], profile=profile, device=device
+        )
     else:
         result["skipped"] = BF16_SKIPPED
     roofs = {"fp32": result["matmul_fp32_gflops"], "bf16": result.get("matmul_bf16_gflops")}
-    result["steps"] = [add_mfu(row, roofs) for row in steps.values()]
+    conv_roofs = {"fp32": result["conv_fp32_gflops"], "bf16": result.get("conv_bf16_gflops")}
+    result["steps"] = [add_conv_share(add_mfu(row, roofs), conv_roofs) for row in steps.values()]
+    if test_images is not None:
+        result["encode"] = encode_rows(
+            model_config,
+            test_images,
+            profile=profile,
+            device=device,
+            precisions=precisions,
+            compile_variant=compile_variant,
+        )
+        rate = {row["name"]: row["images_per_s"] for row in result["encode"]}
+        if "bf16, eager" in rate:
+            result["encode_bf16_speedup"] = rate["bf16, eager"] / rate["fp32, eager"]
     return result
 
 
@@ -831,12 +955,25 @@ def print_bf16(r: dict, p) -> None:
         p(f"   {name:<22}{fp32:>10.1f}{_fmt(bf16):>10}{ratio:>11}")
     if "skipped" in r:
         p(f"   {r['skipped']}")
-    p(f"   {'training step':<22}{'images/s':>10}{'step ms':>9}{'of its roof':>13}")
+    p(f"   {'training step':<26}{'images/s':>10}{'step ms':>9}{'of matmul roof':>16}{'of conv roof':>14}")
     for row in r["steps"]:
         share = f"{row['mfu']:.0%}" if row["mfu"] is not None else "n/a"
-        p(f"   {row['name']:<22}{row['images_per_s']:>10.0f}{row['step_ms']:>9.1f}{share:>13}")
+        conv = f"{row['conv_roof_share']:.0%}" if row.get("conv_roof_share") is not None else "n/a"
+        p(f"   {row['name']:<26}{row['images_per_s']:>10.0f}{row['step_ms']:>9.1f}{share:>16}{conv:>14}")
     if "step_bf16_speedup" in r:
         p(f"   bf16 step: {r['step_bf16_speedup']:.2f}x the fp32 step's images/s")
+    if "layers_bf16" in r:
+        p("   the bf16 step's convolutions and batch norms, each timed alone, forward + backward (of the bf16 roof):")
+        print_layers(r["layers_bf16"], r.get("matmul_bf16_gflops"), lambda text: p("  " + text))
+    if r.get("encode"):
+        p(f"   {'encoding the test set':<34}{'images/s':>10}{'first call s':>14}{'codes = fp32':>14}")
+        for row in r["encode"]:
+            p(
+                f"   {row['name']:<34}{row['images_per_s']:>10.0f}{row['first_call_seconds']:>14.2f}"
+                f"{row['codes_equal_to_fp32']:>14.2%}"
+            )
+        if "encode_bf16_speedup" in r:
+            p(f"   bf16 encoding: {r['encode_bf16_speedup']:.2f}x fp32's images/s")
 
 
 # ----------------------------------------------------------------------------- 11. the prior
@@ -1178,7 +1315,15 @@ def run_benchmark(profile: Profile, *, compile_variant: bool = False, force_bf16
     result["regression"] = regression_threads(data, profile=profile)
     section()
     result["bf16"] = bf16_roof(
-        base_model, base_train, images, profile=profile, device=device, force=force_bf16, matmul=result
+        base_model,
+        base_train,
+        images,
+        profile=profile,
+        device=device,
+        force=force_bf16,
+        matmul=result,
+        test_images=data.test_images[: profile.encode_images],
+        compile_variant=compile_variant,
     )
     section()
     result["prior"] = prior_speed(
@@ -1205,6 +1350,18 @@ def _fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return str(value)
+
+
+def print_layers(lay: dict, peak: Optional[float], p) -> None:
+    """The per-layer table of `layer_breakdown`, each kind's GFLOP/s against `peak` (the roof of its precision)."""
+    p(f"   {'layer kind':<24}{'layers':>7}{'ms':>8}{'share':>8}{'GFLOP/s':>9}{'of peak':>9}")
+    for kind, g in lay["groups"].items():
+        of_peak = f"{g['gflops'] / peak:.0%}" if g["gflops"] and peak else ""
+        p(f"   {kind:<24}{g['layers']:>7}{g['ms']:>8.1f}{g['share']:>8.0%}{_fmt(g['gflops']):>9}{of_peak:>9}")
+    p(
+        f"   {'all of them':<24}{'':>7}{lay['layers_ms']:>8.1f}   ({lay['layers_over_step']:.0%} of the whole step's "
+        f"{lay['step_ms']:.1f} ms: alone, a layer loses the step's cache reuse)"
+    )
 
 
 def print_table(result: dict, out=sys.stdout) -> None:
@@ -1248,15 +1405,10 @@ def print_table(result: dict, out=sys.stdout) -> None:
         p(f"   {name:<32}{ms:8.3f} ms {o['parts_share'][name]:7.2%}")
     p(f"   {'all of them':<32}{o['total_ms']:8.3f} ms {o['total_share']:7.2%}")
     lay = result["layers"]
-    p("2d. the default step's convolutions and batch norms, each timed alone, forward + backward:")
-    p(f"   {'layer kind':<24}{'layers':>7}{'ms':>8}{'share':>8}{'GFLOP/s':>9}{'of peak':>9}")
-    for kind, g in lay["groups"].items():
-        of_peak = f"{g['gflops'] / result['matmul_gflops']:.0%}" if g["gflops"] else ""
-        p(f"   {kind:<24}{g['layers']:>7}{g['ms']:>8.1f}{g['share']:>8.0%}{_fmt(g['gflops']):>9}{of_peak:>9}")
-    p(
-        f"   {'all of them':<24}{'':>7}{lay['layers_ms']:>8.1f}   ({lay['layers_over_step']:.0%} of the whole step's "
-        f"{lay['step_ms']:.1f} ms: alone, a layer loses the step's cache reuse)"
-    )
+    precision = lay.get("precision", "fp32")
+    p(f"2d. the default step's convolutions and batch norms, each timed alone, forward + backward, in {precision}:")
+    peak = result["matmul_bf16_gflops"] if precision == "bf16" else result["matmul_gflops"]
+    print_layers(lay, peak, p)
     p("\n4. nearest code (ms per batch; agreement with the broadcast reference)")
     p(f"   {'K':>5}{'vectors':>9}{'vqlib':>9}{'cdist':>9}{'broadcast':>11}{'x cdist':>9}{'x bcast':>9}{'agree':>7}")
     for r in result["nearest"]:
@@ -1432,7 +1584,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "load_start": load_average(),
             },
             "bf16": bf16_roof(
-                VQVAEConfig(), train_config, images, profile=profile, device=device, force=args.force_bf16
+                VQVAEConfig(),
+                train_config,
+                images,
+                profile=profile,
+                device=device,
+                force=args.force_bf16,
+                test_images=data.test_images[: profile.encode_images],
+                compile_variant=args.compile,
             ),
         }
         result["environment"]["load_end"] = load_average()

@@ -314,8 +314,19 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     assert bf16["conv_fp32_gflops"] > 0 and bf16["steps"][0]["precision"] == "fp32"
     if bf16["native_bf16"]:
         assert bf16["conv_bf16_gflops"] > 0 and bf16["steps"][1]["precision"] == "bf16"
+        # Each step's share of the 3x3-conv roof of its own precision; the bf16 step's layers timed in bf16.
+        for row in bf16["steps"]:
+            conv_roof = bf16["conv_bf16_gflops" if row["precision"] == "bf16" else "conv_fp32_gflops"]
+            assert row["conv_roof_share"] == pytest.approx(row["gflop_per_image"] * row["images_per_s"] / conv_roof)
+        assert bf16["layers_bf16"]["precision"] == "bf16" and bf16["layers_bf16"]["groups"]["3x3 conv"]["ms"] > 0
+        assert bf16["encode_bf16_speedup"] > 0
     else:
         assert "bf16 roof not measured" in proc.stdout and "conv_bf16_gflops" not in bf16
+    # Encoding the test set, eager and with batch norm folded, in each precision measured; folding changes no code.
+    encode = {row["name"]: row for row in bf16["encode"]}
+    assert {"fp32, eager", "fp32, batch norm folded"} <= set(encode)
+    assert all(row["images_per_s"] > 0 for row in encode.values())
+    assert encode["fp32, batch norm folded"]["codes_equal_to_fp32"] > 0.99
     # The prior's section takes its share against this run's peak of the precision it trained in.
     prior = result["prior"]["train"]
     roof = result["matmul_gflops"] if prior["precision"] == "fp32" else result.get("matmul_bf16_gflops")
