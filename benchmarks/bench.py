@@ -37,8 +37,9 @@ Prints a table and writes results/bench/bench.json (atomically):
    `--only-bf16` runs this section alone.
 11. The prior over the code (the default `PriorConfig` network on real codes of
    the published K100_D64): (11a) training sequences/s, in the precision
-   `PriorConfig().precision` resolves to, and its FLOPs x sequences/s as a
-   share of that precision's matmul peak; (11b) 64 samples, sampled and
+   `PriorConfig().precision` resolves to (and, where that is bf16, the same
+   steps in fp32 beside them), and its FLOPs x sequences/s as a share of
+   that precision's matmul peak; (11b) 64 samples, sampled and
    decoded (the target: at most 1 s); (11c) the log-likelihood of all 10,000
    test codes. (11d) is the place of the explorer's 3 x 3 resampling figure,
    measured once `vqlib.prior.resample` exists. `--only-prior` runs this
@@ -1025,34 +1026,40 @@ def prior_speed(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
     model.train()
 
-    def train_steps() -> None:
-        for i in range(steps):
-            with autocast(precision, device):
-                loss = model.loss(codes[i * batch : (i + 1) * batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    def train_row(precision: str) -> dict:
+        def train_steps() -> None:
+            for i in range(steps):
+                with autocast(precision, device):
+                    loss = model.loss(codes[i * batch : (i + 1) * batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
-    seconds, _ = median_seconds(train_steps, repeats=profile.repeats, device=device)
-    with FlopCounterMode(display=False) as counter:
-        with autocast(precision, device):
-            loss = model.loss(codes[:batch])
-        loss.backward()
-    optimizer.zero_grad(set_to_none=True)
-    flops_per_sequence = counter.get_total_flops() / batch
-    sequences_per_s = steps * batch / seconds
-    peak = peaks.get(precision)
-    result["train"] = {
-        "batch_size": batch,
-        "steps_per_repeat": steps,
-        "threads": torch.get_num_threads(),
-        "precision": precision,
-        "sequences_per_s": sequences_per_s,
-        "step_ms": 1000 * seconds / steps,
-        "gflop_per_sequence": flops_per_sequence / 1e9,
-        "share_of_peak": flops_per_sequence * sequences_per_s / (peak * 1e9) if peak else None,
-        "peak_gflops": peak,
-    }
+        seconds, _ = median_seconds(train_steps, repeats=profile.repeats, device=device)
+        with FlopCounterMode(display=False) as counter:
+            with autocast(precision, device):
+                loss = model.loss(codes[:batch])
+            loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+        flops_per_sequence = counter.get_total_flops() / batch
+        sequences_per_s = steps * batch / seconds
+        peak = peaks.get(precision)
+        return {
+            "batch_size": batch,
+            "steps_per_repeat": steps,
+            "threads": torch.get_num_threads(),
+            "precision": precision,
+            "sequences_per_s": sequences_per_s,
+            "step_ms": 1000 * seconds / steps,
+            "gflop_per_sequence": flops_per_sequence / 1e9,
+            "share_of_peak": flops_per_sequence * sequences_per_s / (peak * 1e9) if peak else None,
+            "peak_gflops": peak,
+        }
+
+    result["train"] = train_row(precision)
+    if precision == "bf16":  # the same steps in fp32 beside them: what bf16 gains on the prior
+        result["train_fp32"] = train_row("fp32")
+        result["train_bf16_speedup"] = result["train"]["sequences_per_s"] / result["train_fp32"]["sequences_per_s"]
 
     # 11b. 64 samples: the prior's sampler and the VQ-VAE's decoder, as `vqlib sample` runs them.
     # Beside the wall time, this process's CPU time: sampling runs in one thread, so on a busy machine the CPU
@@ -1113,6 +1120,13 @@ def print_prior(r: dict, p) -> None:
         f"thread{'s' * (t['threads'] > 1)}: {t['sequences_per_s']:.1f} sequences/s, {t['step_ms']:.0f} ms per step, "
         f"{t['gflop_per_sequence']:.3f} GFLOP per sequence forward and backward: {share}"
     )
+    if "train_fp32" in r:
+        f = r["train_fp32"]
+        fp32_share = f"{f['share_of_peak']:.0%} of the fp32 matmul peak" if f["share_of_peak"] is not None else ""
+        p(
+            f"        the same steps in fp32: {f['sequences_per_s']:.1f} sequences/s, {f['step_ms']:.0f} ms per step, "
+            f"{fp32_share}: bf16 is {r['train_bf16_speedup']:.2f}x"
+        )
     s = r["samples"]
     verdict = "within" if s["within_target"] else "OVER"
     p(

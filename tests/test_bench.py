@@ -331,6 +331,11 @@ def test_smoke_benchmark_writes_its_keys_and_table(tmp_path):
     prior = result["prior"]["train"]
     roof = result["matmul_gflops"] if prior["precision"] == "fp32" else result.get("matmul_bf16_gflops")
     assert prior["peak_gflops"] == roof and result["prior_sequences_per_s"] > 0
+    if prior["precision"] == "bf16":  # the fp32 steps beside the bf16 ones
+        fp32 = result["prior"]["train_fp32"]
+        assert fp32["precision"] == "fp32" and result["prior"]["train_bf16_speedup"] == pytest.approx(
+            prior["sequences_per_s"] / fp32["sequences_per_s"]
+        )
 
 
 def test_only_prior_measures_training_samples_and_the_test_likelihood(tmp_path):
