@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +216,25 @@ def test_cli_refuses_a_bad_class_and_a_prior_of_another_k(tiny_prior, tmp_path, 
     assert "K=100" in _error_line(capsys)
     assert main(["sample", "--prior", str(tiny_prior), "--complete", "test:99999", "--output", out]) == 2
     assert "test:INDEX" in _error_line(capsys)
+
+
+def test_a_prior_trained_without_classes_refuses_to_draw_one(data, tmp_path, capsys):
+    """Its class embeddings were never trained: asking it for a class is an error, not a silent draw."""
+    from vqlib.checkpoints import load_vqvae
+    from vqlib.cli import main
+    from vqlib.prior import load_prior, sample_images, train_prior
+
+    run = train_prior(tiny_config(tmp_path, class_conditional=False), data, progress=False)
+    prior, _ = load_prior(run.best_checkpoint)
+    assert prior.class_conditional is False
+    vqvae, _ = load_vqvae(PROTOCOL)
+    images, codes = sample_images(prior, vqvae, 2, seed=0)  # without a class it samples
+    assert codes.shape == (2, 12, 12)
+    with pytest.raises(ConfigError, match="trained without classes"):
+        sample_images(prior, vqvae, 2, classes="Trouser", seed=0)
+    out = str(tmp_path / "x.png")
+    assert main(["sample", "--prior", str(run.best_checkpoint), "--class", "Trouser", "--output", out]) == 2
+    assert "trained without classes" in _error_line(capsys) and not Path(out).exists()
 
 
 # ----------------------------------------------------------------------------- resampling given all other cells

@@ -111,9 +111,14 @@ def split_codes(vqvae, data: FashionMNIST, split: str, size: Optional[int] = Non
 
 
 def build_prior(config: PriorConfig, num_codes: int, grid_size: tuple[int, int] = (12, 12)):
-    """The network a config describes, for a code of `num_codes` indices on a `grid_size` grid."""
+    """The network a config describes, for a code of `num_codes` indices on a `grid_size` grid.
+
+    Its `class_conditional` attribute (not a weight) says whether it is trained
+    with classes: the class embeddings of a prior trained without them are never
+    trained, and sampling refuses to use them.
+    """
     if config.architecture == "pixelcnn":
-        return GatedPixelCNN(
+        model = GatedPixelCNN(
             num_codes,
             grid_size=grid_size,
             num_classes=NUM_CLASSES,
@@ -121,15 +126,18 @@ def build_prior(config: PriorConfig, num_codes: int, grid_size: tuple[int, int] 
             width=config.width,
             kernel=config.kernel,
         )
-    return PriorTransformer(
-        num_codes,
-        grid_size=grid_size,
-        num_classes=NUM_CLASSES,
-        layers=config.layers,
-        heads=config.heads,
-        width=config.width,
-        dropout=config.dropout,
-    )
+    else:
+        model = PriorTransformer(
+            num_codes,
+            grid_size=grid_size,
+            num_classes=NUM_CLASSES,
+            layers=config.layers,
+            heads=config.heads,
+            width=config.width,
+            dropout=config.dropout,
+        )
+    model.class_conditional = bool(config.class_conditional)
+    return model
 
 
 def class_index(name: str | int) -> int:
@@ -677,9 +685,14 @@ def _generator(seed: Optional[int], device) -> Optional[torch.Generator]:
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
-def _class_tensor(classes, num: int, num_classes: int) -> Optional[torch.Tensor]:
+def _class_tensor(classes, num: int, num_classes: int, prior=None) -> Optional[torch.Tensor]:
     if classes is None:
         return None
+    if prior is not None and not getattr(prior, "class_conditional", True):
+        raise ConfigError(
+            "this prior was trained without classes (no --class-conditional), so it cannot draw a given class; "
+            "sample without a class, or train a prior with --class-conditional"
+        )
     if isinstance(classes, (str, int)):
         classes = [class_index(classes)] * num
     classes = torch.as_tensor([class_index(c) if isinstance(c, str) else int(c) for c in classes])
@@ -707,7 +720,7 @@ def sample_images(
     device = next(prior.parameters()).device
     codes = prior.sample(
         num,
-        _class_tensor(classes, num, prior.num_classes),
+        _class_tensor(classes, num, prior.num_classes, prior),
         temperature=temperature,
         top_k=top_k,
         generator=_generator(seed, device),
@@ -743,7 +756,7 @@ def complete(
     device = next(prior.parameters()).device
     codes = prior.sample(
         num,
-        _class_tensor(classes, num, prior.num_classes),
+        _class_tensor(classes, num, prior.num_classes, prior),
         temperature=temperature,
         top_k=top_k,
         generator=_generator(seed, device),
@@ -808,7 +821,7 @@ def full_conditional(
     prior.eval()
     try:
         logits = prior.full_conditional_logits(
-            flat.to(device), row * width + col, _class_tensor(classes, len(flat), prior.num_classes), top_k=top_k
+            flat.to(device), row * width + col, _class_tensor(classes, len(flat), prior.num_classes, prior), top_k=top_k
         )
     finally:
         prior.train(was_training)
@@ -848,7 +861,7 @@ def resample(
     device = next(prior.parameters()).device
     out = codes.reshape(-1, prior.length).long().to(device, copy=True)
     cells = torch.nonzero(mask.reshape(-1)).reshape(-1).tolist()
-    classes = _class_tensor(classes, len(out), prior.num_classes)
+    classes = _class_tensor(classes, len(out), prior.num_classes, prior)
     generator = _generator(seed, device)
     was_training = prior.training
     prior.eval()
