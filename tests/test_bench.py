@@ -376,3 +376,30 @@ def test_code_histogram_equals_bincount():
     indices = torch.tensor([[0, 3, 3], [7, 0, 3]])
     assert code_histogram(indices, 12).tolist() == torch.bincount(indices.reshape(-1), minlength=12).tolist()
     assert code_histogram(indices, 12)[8:].sum() == 0 and len(code_histogram(indices, 12)) == 12
+
+
+def test_precision_quality_verdicts_pair_the_seeds(tmp_path):
+    """benchmarks/precision_quality.py: verdicts on paired seeds, and nothing written where nothing was trained."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("precision_quality", REPO / "benchmarks" / "precision_quality.py")
+    pq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pq)
+    seeds = [0, 1, 2]
+
+    def frame(fp32, bf16):
+        return pd.DataFrame({"precision": ["fp32"] * 3 + ["bf16"] * 3, "seed": seeds * 2, "m": [*fp32, *bf16]})
+
+    # Seeds move both precisions alike: a shift that the unpaired spread would hide is a paired difference.
+    assert pq.agreement(frame([1.0, 2.0, 3.0], [1.1, 2.1, 3.1]), "m")["verdict"] == (
+        "a paired difference, within the seed spread"
+    )
+    assert pq.agreement(frame([1.0, 2.0, 3.0], [1.2, 1.9, 3.0]), "m")["verdict"] == "no difference shown"
+    assert pq.agreement(frame([1.0, 1.1, 1.2], [3.0, 3.1, 3.2]), "m")["verdict"] == "differs beyond the seed spread"
+    row = pq.agreement(frame([1.0, 2.0, 3.0], [1.1, 2.1, 3.1]), "m")
+    assert row["difference"] == pytest.approx(0.1) and row["seeds"] == 3
+    # Nothing trained under the root: one sentence, exit code 2, nothing written.
+    out = tmp_path / "out"
+    assert pq.main(["--runs", str(tmp_path), "--out", str(out)]) == 2 and not out.exists()
