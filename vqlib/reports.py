@@ -246,7 +246,7 @@ def grid_table(grid: pd.DataFrame) -> pd.DataFrame:
     """The index's table of grid runs, one row per run, formatted for reading.
 
     Training time is the sum of the epochs' own times (``train_seconds``), so a run
-    resumed over several sessions shows all of its training, not its last session;
+    resumed several times shows all of its training, not only its last stretch;
     an empty training subset means every training image.
     """
 
