@@ -41,8 +41,7 @@ Prints a table and writes results/bench/bench.json (atomically):
    steps in fp32 beside them), and its FLOPs x sequences/s as a share of
    that precision's matmul peak; (11b) 64 samples, sampled and
    decoded (the target: at most 1 s); (11c) the log-likelihood of all 10,000
-   test codes. (11d) is the place of the explorer's 3 x 3 resampling figure,
-   measured once `vqlib.prior.resample` exists. `--only-prior` runs this
+   test codes, (11d) the explorer's 3 x 3 resampling, exact and top_k=20. `--only-prior` runs this
    section alone.
 
 Every training row runs in the precision `TrainConfig().precision` resolves to
@@ -981,6 +980,7 @@ def print_bf16(r: dict, p) -> None:
 
 PRIOR_VQVAE = "pretrained:K100_D64"  # the protocol model, whose code the published prior models
 SAMPLES_TARGET_SECONDS = 1.0  # 64 samples on 2 cores
+RESAMPLE_TARGET_SECONDS = 0.3  # the explorer's 3 x 3 resampling
 
 
 def prior_speed(
@@ -998,7 +998,7 @@ def prior_speed(
     """
     from vqlib.checkpoints import load_vqvae, resolve_vqvae_checkpoint
     from vqlib.config import PriorConfig
-    from vqlib.prior import bits_per_image, build_prior, sample_images, split_codes
+    from vqlib.prior import bits_per_image, build_prior, resample, sample_images, split_codes
 
     result: dict[str, Any] = {"load_before": load_average(), "vqvae": PRIOR_VQVAE}
     config = PriorConfig()
@@ -1098,7 +1098,33 @@ def prior_speed(
         "uniform_bits_per_image": model.length * math.log2(k),
     }
 
-    # 11d. The explorer's 3 x 3 resampling figure (`vqlib.prior.resample`) is timed here once it exists.
+    # 11d. The explorer's 3 x 3 resampling: one Gibbs sweep over a 3 x 3 selection in the middle of the map, each
+    # cell drawn from its exact full conditional (K candidates scored at once), and with top_k=20, in one thread as
+    # the explorer computes it and with this process's threads.
+    mask = torch.zeros(model.grid_size, dtype=torch.bool)
+    middle = model.grid_size[0] // 2 - 1
+    mask[middle : middle + 3, middle : middle + 3] = True
+    one_code = test_codes[0].reshape(model.grid_size)
+    rows = []
+    for top_k in (None, 20):
+        for threads in sorted({1, torch.get_num_threads()}):
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                seeds = iter(range(1000))
+                seconds, times = median_seconds(
+                    lambda seeds=seeds, top_k=top_k: resample(model, one_code, mask, seed=next(seeds), top_k=top_k),
+                    repeats=max(3, profile.repeats // 2),
+                    device=device,
+                )
+            finally:
+                torch.set_num_threads(before)
+            rows.append({"top_k": top_k, "threads": threads, "median_seconds": seconds, "max_seconds": max(times)})
+    result["resample"] = {
+        "cells": f"rows and columns {middle}-{middle + 2}",
+        "rows": rows,
+        "target_seconds": RESAMPLE_TARGET_SECONDS,
+    }
     result["load_after"] = load_average()
     return result
 
@@ -1139,7 +1165,15 @@ def print_prior(r: dict, p) -> None:
         f"{ll['threads']} thread{'s' * (ll['threads'] > 1)}), {ll['codes_per_s']:,.0f} codes/s "
         f"({ll['mean_bits_per_image']:.0f} bits per image after the timed steps; uniform {ll['uniform_bits_per_image']:.0f})"
     )
-    p("   11d. the explorer's 3 x 3 resampling figure: not measured yet (it comes with vqlib.prior.resample)")
+    rs = r["resample"]
+    for row in rs["rows"]:
+        how = "exact (all K candidates)" if row["top_k"] is None else f"top_k={row['top_k']}"
+        verdict = "within" if row["median_seconds"] <= rs["target_seconds"] else "OVER"
+        p(
+            f"   11d. resampling a 3 x 3 selection ({rs['cells']}), one sweep, {how}, {row['threads']} "
+            f"thread{'s' * (row['threads'] > 1)}: {1e3 * row['median_seconds']:.0f} ms median "
+            f"({1e3 * row['max_seconds']:.0f} ms worst), {verdict} the {1e3 * rs['target_seconds']:.0f} ms target"
+        )
 
 
 # ----------------------------------------------------------------------------- the run

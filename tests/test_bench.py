@@ -365,7 +365,11 @@ def test_only_prior_measures_training_samples_and_the_test_likelihood(tmp_path):
     from vqlib.device import resolve_precision
 
     assert train["precision"] == resolve_precision(PriorConfig().precision, "cpu")
-    for heading in ("11a. training in", "11b. 8 samples", "11c. log-likelihood of 200 test codes", "11d."):
+    # The explorer's 3 x 3 resampling: exact and top_k=20, each in one thread, medians within their own runs.
+    resampled = prior["resample"]
+    assert {row["top_k"] for row in resampled["rows"]} == {None, 20} and resampled["target_seconds"] == 0.3
+    assert all(0 < row["median_seconds"] <= row["max_seconds"] and row["threads"] == 1 for row in resampled["rows"])
+    for heading in ("11a. training in", "11b. 8 samples", "11c. log-likelihood of 200 test codes", "11d. resampling"):
         assert heading in proc.stdout
 
 
