@@ -101,6 +101,7 @@ def prior_runs(root: Path) -> pd.DataFrame:
     for precision, seed, folder in _checkpoint_runs(root, "prior"):
         history = read_json(folder / "history.json")
         config = read_json(folder / "config.json")
+        config = config.get("prior", config)  # train_prior writes {"prior": PriorConfig, "vqvae_checkpoint": ...}
         entries = history if isinstance(history, list) else history.get("epochs", [])
         if not entries or not (folder / "best.pt").is_file() or len(entries) < config.get("epochs", 0):
             continue

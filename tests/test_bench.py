@@ -407,3 +407,30 @@ def test_precision_quality_verdicts_pair_the_seeds(tmp_path):
     # Nothing trained under the root: one sentence, exit code 2, nothing written.
     out = tmp_path / "out"
     assert pq.main(["--runs", str(tmp_path), "--out", str(out)]) == 2 and not out.exists()
+
+
+def test_precision_quality_labels_a_prior_by_its_recorded_config(tmp_path):
+    """A prior's row names its network and budget from config.json as train_prior writes it ({"prior": ...})."""
+    import dataclasses
+    import importlib.util
+
+    from vqlib.config import PriorConfig
+    from vqlib.files import write_json
+
+    spec = importlib.util.spec_from_file_location("precision_quality", REPO / "benchmarks" / "precision_quality.py")
+    pq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pq)
+    config = PriorConfig(layers=2, width=64, heads=2, train_subset=8000, epochs=2)
+    for precision in ("fp32", "bf16"):
+        folder = tmp_path / "checkpoints" / "precision" / "prior" / f"{precision}_s0"
+        write_json(folder / "config.json", {"prior": dataclasses.asdict(config), "vqvae_checkpoint": "x"})
+        write_json(
+            folder / "history.json", [{"epoch": 1, "val_bits_per_code": 4.0}, {"epoch": 2, "val_bits_per_code": 3.5}]
+        )
+        (folder / "best.pt").write_bytes(b"")
+    runs = pq.prior_runs(tmp_path)
+    assert set(runs["config"]) == {"2 x 64 transformer, 8000 codes x 2 epochs"}
+    assert list(runs["val_bits_per_code"]) == [3.5, 3.5] and list(runs["best_epoch"]) == [2, 2]
+    # A run with fewer epochs than its config asks for is still training: left out.
+    write_json(folder / "history.json", [{"epoch": 1, "val_bits_per_code": 4.0}])
+    assert list(pq.prior_runs(tmp_path)["precision"]) == ["fp32"]
