@@ -487,3 +487,58 @@ def test_perturbation_replaces_the_stated_share_of_positions_and_names_a_backgro
     assert run_name(tiny_config(tmp_path), PROTOCOL) == "K100_D64_transformer_uncond"
     with pytest.raises(ValueError, match="perturbation must lie in"):
         tiny_config(tmp_path, perturbation=1.0)
+
+
+def test_a_prior_is_snapshotted_while_training_and_published_by_name_when_finished(project, data):
+    """`vqlib publish --prior DIR`: an unfinished prior goes to checkpoints/inprogress/prior/ and comes back
+    with `--restore` where --resume continues it; a finished one loads as pretrained:K100_D64_prior, no path
+    of this machine in its files; a background model publishes beside it as ..._prior_background."""
+    import dataclasses
+    import json
+
+    from vqlib.checkpoints import load_checkpoint, save_checkpoint
+    from vqlib.files import read_json, write_json
+    from vqlib.prior import load_prior, train_prior
+    from vqlib.publish import publish_prior, restore_priors
+
+    pretrained = project / "checkpoints" / "pretrained"
+    shutil.copytree(REPO / "checkpoints" / "pretrained" / "K100_D64", pretrained / "K100_D64")
+    config = tiny_config(project, vqvae_checkpoint="pretrained:K100_D64", checkpoint_dir=None, epochs=2)
+    folder = project / "checkpoints" / "prior" / "K100_D64_transformer_uncond"
+    # What a 2-epoch run killed after its first epoch leaves: last.pt and config.json of a 2-epoch run, 1 row.
+    train_prior(dataclasses.replace(config, epochs=1), data, progress=False)
+    last = load_checkpoint(folder / "last.pt", kind="prior")
+    save_checkpoint(folder / "last.pt", "prior", {**last, "model_config": dataclasses.asdict(config)})
+    write_json(folder / "config.json", {**read_json(folder / "config.json"), "prior": dataclasses.asdict(config)})
+
+    result = publish_prior(folder)
+    snapshot = project / "checkpoints" / "inprogress" / "prior" / "K100_D64_transformer_uncond"
+    assert not result.published and "1 of 2 epochs" in result.note
+    assert sorted(p.name for p in snapshot.iterdir()) == ["best.pt", "config.json", "history.json", "last.pt"]
+    assert not (pretrained / "K100_D64_prior").exists()
+
+    # Another machine: only the tracked folders. Restore, resume, publish.
+    shutil.rmtree(folder)
+    assert restore_priors() == ["K100_D64_transformer_uncond"] and restore_priors() == []
+    run = train_prior(config, data, resume=True, progress=False)
+    assert len(run.history) == 2
+    result = publish_prior(folder)
+    assert result.published and not snapshot.exists()
+    published = pretrained / "K100_D64_prior"
+    assert sorted(p.name for p in published.iterdir()) == ["best.pt", "config.json", "history.json"]
+    for path in published.iterdir():
+        text = (
+            json.dumps(torch.load(path, weights_only=True), default=str) if path.suffix == ".pt" else path.read_text()
+        )
+        assert str(project) not in text and "/work" not in text and str(REPO) not in text, path.name
+    prior, ckpt = load_prior("pretrained:K100_D64_prior")
+    assert ckpt["vqvae_checkpoint"] == "pretrained:K100_D64" and len(ckpt["history"]) in (1, 2)
+    assert torch.equal(
+        prior.state_dict()["head.weight"],
+        load_checkpoint(folder / "best.pt", kind="prior")["state_dict"]["head.weight"],
+    )
+
+    background = dataclasses.replace(config, epochs=1, perturbation=0.1)
+    train_prior(background, data, progress=False)
+    result = publish_prior(project / "checkpoints" / "prior" / "K100_D64_transformer_uncond_background")
+    assert result.published and (pretrained / "K100_D64_prior_background" / "best.pt").is_file()

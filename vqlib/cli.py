@@ -728,6 +728,16 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
         "--seeds 1,2 --grid-dir GRID_DIR --checkpoint-root CKPT): finished ones as pretrained:NAME and in "
         "results/published/protocol_seeds/, unfinished ones snapshotted; with --restore, back into GRID_DIR and CKPT",
     )
+    p.add_argument(
+        "--prior",
+        action="append",
+        default=None,
+        metavar="PRIOR_DIR",
+        help="instead: a prior's checkpoint folder (vqlib train-prior on pretrained:NAME; repeatable): finished, as "
+        "pretrained:NAME_prior (its background model as NAME_prior_background); unfinished, snapshotted in "
+        "checkpoints/inprogress/prior/ (vqlib publish --restore puts them back into checkpoints/prior/, where "
+        "train-prior --resume continues them)",
+    )
 
 
 @command(
@@ -749,6 +759,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         publish_stages,
         published_bytes,
         restore_label_efficiency,
+        restore_priors,
         restore_runs,
         snapshot_label_efficiency,
         snapshot_unfinished,
@@ -756,6 +767,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     if args.seed_spread:
         print(publish_seed_spread(args.seed_spread).line())
+        return 0
+    if args.prior and not args.restore:
+        from .publish import publish_prior
+
+        for prior_dir in args.prior:
+            print(publish_prior(prior_dir).line())
         return 0
     if args.protocol_seeds:
         return _publish_protocol_seeds(args)
@@ -767,6 +784,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"restored {len(names)} run(s) into {folder}: {', '.join(names) or 'none needed'}")
         for name in restore_label_efficiency():
             print(f"restored the finished label-efficiency rows of {name}: notebook 03 continues from them")
+        for name in restore_priors():
+            print(
+                f"restored the unfinished prior {name} into checkpoints/prior/{name}: train-prior --resume continues it"
+            )
         return 0
     names = publish_runs(folder, checkpoints)
     snapshots = snapshot_unfinished(folder, checkpoints)
