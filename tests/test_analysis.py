@@ -9,7 +9,7 @@ import torch
 
 from vqlib import analysis
 from vqlib.config import VQVAEConfig
-from vqlib.data import CLASS_NAMES, NUM_CLASSES
+from vqlib.data import CLASS_NAMES, NUM_CLASSES, class_examples
 from vqlib.errors import ConfigError
 from vqlib.models import VQVAE
 
@@ -420,11 +420,11 @@ def test_interpolation_pairs_cross_classes(sample):
 
 def test_class_examples_one_row_per_class(sample):
     _, labels = sample
-    rows = analysis.class_examples(labels, 4, seed=0)
+    rows = class_examples(labels, 4, seed=0)
     assert rows.shape == (10, 4)
     assert all((labels[row] == c).all() for c, row in enumerate(rows))
     with pytest.raises(ConfigError):
-        analysis.class_examples(labels, 31)
+        class_examples(labels, 31)
 
 
 def test_grid_loss_curves_read_like_the_grid_and_count_whole_epochs():

@@ -268,21 +268,6 @@ def _ordinal(n: int) -> str:
     return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
-def class_examples(labels: np.ndarray | torch.Tensor, per_class: int, *, seed: int = 0) -> np.ndarray:
-    """(classes, per_class) indices: `per_class` images of each class, chosen at random (seeded)."""
-    labels = np.asarray(labels)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    rows = []
-    for c in range(NUM_CLASSES):
-        members = np.flatnonzero(labels == c)
-        if len(members) < per_class:
-            raise ConfigError(
-                f"asked for {per_class} images of class {CLASS_NAMES[c]}, but there are only {len(members)}"
-            )
-        rows.append(np.sort(rng.permutation(members)[:per_class]))
-    return np.stack(rows)
-
-
 # ----------------------------------------------------------------------------- interpolation
 
 

@@ -337,6 +337,21 @@ def subset(
     return images[idx], labels[idx]
 
 
+def class_examples(labels: np.ndarray | torch.Tensor, per_class: int, *, seed: int = 0) -> np.ndarray:
+    """(classes, per_class) indices: `per_class` images of each class, chosen at random (seeded)."""
+    labels = np.asarray(labels)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    rows = []
+    for c in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ConfigError(
+                f"asked for {per_class} images of class {CLASS_NAMES[c]}, but there are only {len(members)}"
+            )
+        rows.append(np.sort(rng.permutation(members)[:per_class]))
+    return np.stack(rows)
+
+
 def to_float(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], on `device`.
 

@@ -30,7 +30,7 @@ from . import paths
 from .checkpoints import build_checked, load_checkpoint, save_checkpoint
 from .classify import Inputs, encode_codes, evaluate_logits, fit, stopping
 from .config import ClassifierConfig, VQVAEConfig
-from .data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, subset, to_float
+from .data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, FashionMNIST, class_examples, subset, to_float
 from .device import resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, OutputError
 from .files import utc_timestamp, write_json
@@ -93,15 +93,7 @@ def class_rows(labels, per_class: int, seed: int = 0) -> torch.Tensor:
     """
     if labels is None:
         return torch.arange(NUM_CLASSES * per_class).view(NUM_CLASSES, per_class)
-    labels = np.asarray(labels)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    rows = []
-    for c in range(NUM_CLASSES):
-        members = np.flatnonzero(labels == c)
-        if len(members) < per_class:
-            raise ConfigError(f"asked for {per_class} images of class {CLASS_NAMES[c]}, but there are {len(members)}")
-        rows.append(np.sort(rng.permutation(members)[:per_class]))
-    return torch.from_numpy(np.stack(rows))
+    return torch.from_numpy(class_examples(labels, per_class, seed=seed))
 
 
 def one_per_class(labels, num: int, seed: int = 0) -> torch.Tensor:
