@@ -8,6 +8,7 @@ subsets of FashionMNIST, and the priors are tiny so that each test takes seconds
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import shutil
@@ -542,3 +543,25 @@ def test_a_prior_is_snapshotted_while_training_and_published_by_name_when_finish
     train_prior(background, data, progress=False)
     result = publish_prior(project / "checkpoints" / "prior" / "K100_D64_transformer_uncond_background")
     assert result.published and (pretrained / "K100_D64_prior_background" / "best.pt").is_file()
+
+
+def test_a_published_prior_with_the_asked_settings_is_measured_instead_of_trained(project, data):
+    """Notebook 06 without `prior_checkpoint` (as `vqlib run` calls it): the published prior of these settings on
+    this VQ-VAE's weights is measured; other settings, or another VQ-VAE, train their own."""
+    from vqlib.prior import prior_to_measure, published_prior_for, train_prior
+
+    pretrained = project / "checkpoints" / "pretrained"
+    for name in ("K100_D64", "K100_D32"):
+        shutil.copytree(REPO / "checkpoints" / "pretrained" / name, pretrained / name)
+    config = tiny_config(project, vqvae_checkpoint="pretrained:K100_D64", checkpoint_dir=None)
+    train_prior(dataclasses.replace(config, checkpoint_dir=str(pretrained / "K100_D64_prior")), data, progress=False)
+    assert published_prior_for(config) == "pretrained:K100_D64_prior"
+    # By the VQ-VAE's weights, not its name: the same file given by path finds it too.
+    by_path = dataclasses.replace(config, vqvae_checkpoint=str(pretrained / "K100_D64" / "best.pt"))
+    assert published_prior_for(by_path) == "pretrained:K100_D64_prior"
+    _, _, _, name = prior_to_measure(None, config, data, progress=False)
+    assert name == "pretrained:K100_D64_prior" and not (project / "checkpoints" / "prior").exists()
+    assert published_prior_for(dataclasses.replace(config, epochs=2)) is None
+    assert published_prior_for(dataclasses.replace(config, vqvae_checkpoint="pretrained:K100_D32")) is None
+    _, _, _, name = prior_to_measure(None, dataclasses.replace(config, epochs=2), data, progress=False)
+    assert name != "pretrained:K100_D64_prior" and (project / "checkpoints" / "prior").is_dir()

@@ -471,12 +471,33 @@ def prior_for(config: PriorConfig, data: Optional[FashionMNIST] = None, *, progr
 _NOT_SETTINGS = ("device", "checkpoint_dir", "vqvae_checkpoint")
 
 
-def settings_digest(config: PriorConfig) -> str:
+def settings_digest(config: PriorConfig | dict) -> str:
     """SHA-256 of the settings that decide what a prior learns (not where it runs or is written)."""
     import json
 
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_SETTINGS}
+    values = config if isinstance(config, dict) else dataclasses.asdict(config)
+    settings = {k: v for k, v in values.items() if k not in _NOT_SETTINGS}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def published_prior_for(config: PriorConfig) -> Optional[str]:
+    """``pretrained:NAME`` of a published prior trained with `config`'s settings on the code of `config`'s
+    VQ-VAE (the same weights, by their digest), so that it need not be trained again; None when there is none."""
+    names = pretrained_names(KIND)
+    if not names:
+        return None
+    vqvae, _ = load_vqvae(resolve_vqvae_checkpoint(config.vqvae_checkpoint))
+    digest, wanted = weights_digest(vqvae), settings_digest(config)
+    for name in names:
+        try:
+            ckpt = load_checkpoint(PRETRAINED_PREFIX + name, kind=KIND)
+        except CheckpointError:
+            continue
+        saved = ckpt.get("model_config")
+        if ckpt.get("vqvae_digest") == digest and isinstance(saved, dict):
+            if settings_digest(with_defaults(PriorConfig, saved)) == wanted:
+                return PRETRAINED_PREFIX + name
+    return None
 
 
 def _same_prior(path: Path, config: PriorConfig, vqvae_path: Path) -> Optional[dict]:
@@ -632,10 +653,14 @@ def prior_to_measure(
     """(prior, VQ-VAE, prior checkpoint, how to name it) for notebook 06, on `config.device`.
 
     `prior_checkpoint` (a path or ``pretrained:NAME``) beside `config.vqvae_checkpoint`
-    (None: the VQ-VAE the prior names); without one, the prior `config` describes
-    (`prior_for`: reused when trained with these settings, else trained now).
+    (None: the VQ-VAE the prior names); without one, the prior `config` describes: a published one trained
+    with these settings on this VQ-VAE (`published_prior_for`), else `prior_for` (reused when trained here with
+    these settings, else trained now).
     """
-    path = prior_checkpoint or prior_for(config, data, progress=progress).best_checkpoint
+    path = prior_checkpoint or published_prior_for(config)
+    if path is not None and prior_checkpoint is None and progress:
+        print(f"the prior with these settings is published: {path} is measured, not trained again")
+    path = path or prior_for(config, data, progress=progress).best_checkpoint
     prior, vqvae, ckpt = load_pair(
         path, config.vqvae_checkpoint if prior_checkpoint else None, device=resolve_device(config.device)
     )
