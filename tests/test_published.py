@@ -11,10 +11,12 @@ from vqlib import paths
 from vqlib.checkpoints import load_vqvae
 from vqlib.files import read_json
 from vqlib.publish import (
+    LR_SCHEDULE_SUFFIX,
     PUBLISHED_LIMIT_BYTES,
     finished_runs,
     published_classifier_dir,
     published_grid_dir,
+    published_lr_schedule_dir,
     published_protocol_seeds_dir,
 )
 from vqlib.train import METRICS_FILE, evaluate_vqvae
@@ -30,20 +32,28 @@ def repo_paths(monkeypatch):
     assert paths.project_root() == REPO
 
 
-PUBLISHED_RUNS = [("grid", name) for name in finished_runs(REPO / "results" / "published" / "grid")] + [
-    ("protocol_seeds", name) for name in finished_runs(REPO / "results" / "published" / "protocol_seeds")
+# The folders of published runs, and the suffix of their checkpoints' names (the cosine runs share the study's names).
+PUBLISHED_RUN_FOLDERS = {
+    "grid": (published_grid_dir, ""),
+    "protocol_seeds": (published_protocol_seeds_dir, ""),
+    "lr_schedule": (published_lr_schedule_dir, LR_SCHEDULE_SUFFIX),
+}
+PUBLISHED_RUNS = [
+    (folder, name)
+    for folder in PUBLISHED_RUN_FOLDERS
+    for name in finished_runs(REPO / "results" / "published" / folder)
 ]
 
 
 @pytest.mark.parametrize(("folder", "name"), PUBLISHED_RUNS)
 def test_published_checkpoint_reproduces_its_validation_mse(folder, name, data, monkeypatch):
-    """Loaded by name, the checkpoint (of the study's grid or of its protocol seeds) measures the validation MSE
-    its run recorded for its best epoch."""
+    """Loaded by name, the checkpoint (of the study's grid, of its protocol seeds or of the cosine-rate runs)
+    measures the validation MSE its run recorded for its best epoch."""
     repo_paths(monkeypatch)
-    published = published_grid_dir() if folder == "grid" else published_protocol_seeds_dir()
-    metrics = read_json(published / name / METRICS_FILE)
-    assert metrics["checkpoint"] == f"pretrained:{name}"
-    model, ckpt = load_vqvae(f"pretrained:{name}")
+    published, suffix = PUBLISHED_RUN_FOLDERS[folder]
+    metrics = read_json(published() / name / METRICS_FILE)
+    assert metrics["checkpoint"] == f"pretrained:{name}{suffix}"
+    model, ckpt = load_vqvae(f"pretrained:{name}{suffix}")
     assert ckpt["epoch"] == metrics["best_epoch"]
     measured = evaluate_vqvae(model, data.val_images)
     # Another thread count sums in another order: float32 agreement, not bitwise.
@@ -92,6 +102,10 @@ def test_no_published_file_is_ignored_by_git():
         "checkpoints/pretrained/K100_D64_all_frozen/config.json",
         "checkpoints/inprogress/K50_D16/last.pt",
         "checkpoints/inprogress/label_efficiency/K100_D64_all_frozen/label_efficiency.runs.jsonl",
+        "checkpoints/inprogress/lr_schedule/K100_D64_s1/last.pt",
+        "checkpoints/pretrained/K100_D64_cosine/best.pt",
+        "results/published/lr_schedule/K100_D64/01_train_vqvae.ipynb",
+        "results/published/lr_schedule/comparison.csv",
         "results/published/grid/K100_D64/01_train_vqvae.ipynb",
         "results/published/grid/best.json",
         "results/published/grid/heatmaps.png",

@@ -729,6 +729,16 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
         "results/published/protocol_seeds/, unfinished ones snapshotted; with --restore, back into GRID_DIR and CKPT",
     )
     p.add_argument(
+        "--lr-schedule",
+        default=None,
+        metavar="GRID_DIR",
+        help="instead: the runs of a grid trained at the protocol with the cosine learning rate (vqlib grid --profile "
+        "full --lr-schedule cosine --grid-dir GRID_DIR --checkpoint-root CKPT): finished ones in "
+        "results/published/lr_schedule/ and as pretrained:NAME_cosine, unfinished ones snapshotted in "
+        "checkpoints/inprogress/lr_schedule/, and their comparison with the published constant-rate runs of the same "
+        "seeds; with --restore, back into GRID_DIR and CKPT",
+    )
+    p.add_argument(
         "--prior",
         action="append",
         default=None,
@@ -776,6 +786,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 0
     if args.protocol_seeds:
         return _publish_protocol_seeds(args)
+    if args.lr_schedule:
+        return _publish_lr_schedule(args)
 
     folder = Path(args.grid_dir) if args.grid_dir else grid_dir()
     checkpoints = Path(args.checkpoint_root) if args.checkpoint_root else checkpoint_root()
@@ -836,6 +848,37 @@ def _publish_protocol_seeds(args: argparse.Namespace) -> int:
     print(publish_protocol_seeds(folder, checkpoints).line())
     for name, epochs in snapshot_unfinished(folder, checkpoints).items():
         print(f"snapshot of {name}, still training: {epochs} epochs done (checkpoints/inprogress/{name})")
+    return 0
+
+
+def _publish_lr_schedule(args: argparse.Namespace) -> int:
+    from .paths import shown
+    from .publish import (
+        LR_SCHEDULE_SUFFIX,
+        finished_runs,
+        lr_schedule_snapshots_dir,
+        publish_lr_schedule,
+        publish_lr_schedule_comparison,
+        restore_lr_schedule,
+        snapshot_lr_schedule,
+    )
+
+    if not args.checkpoint_root:
+        raise ConfigError("--lr-schedule needs --checkpoint-root: the folder the cosine grid trains into")
+    folder, checkpoints = Path(args.lr_schedule), Path(args.checkpoint_root)
+    if args.restore:
+        names = restore_lr_schedule(folder, checkpoints)
+        print(f"restored {len(names)} run(s) into {folder}: {', '.join(names) or 'none needed'}")
+        return 0
+    names = publish_lr_schedule(folder, checkpoints)
+    if names:
+        done = ", ".join(f"{name} as pretrained:{name}{LR_SCHEDULE_SUFFIX}" for name in names)
+    else:
+        done = "all up to date" if finished_runs(folder) else f"none finished in {shown(folder)} yet"
+    print(f"published {len(names)} new or updated cosine run(s): {done}")
+    print(publish_lr_schedule_comparison().line())
+    for name, epochs in snapshot_lr_schedule(folder, checkpoints).items():
+        print(f"snapshot of {name}, still training: {epochs} epochs done ({shown(lr_schedule_snapshots_dir() / name)})")
     return 0
 
 

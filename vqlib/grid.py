@@ -383,6 +383,19 @@ def with_seed_statistics(frame: pd.DataFrame, metric: str = SELECTION_METRIC) ->
     )
 
 
+def paired_interval(differences: pd.Series, confidence: float = 0.95) -> tuple[int, float, float, float]:
+    """(n, mean, low, high) of per-seed paired differences: their mean and its t-interval (n - 1 degrees of
+    freedom). With fewer than 2 differences the interval is not measured (NaN), and with none the mean either."""
+    from scipy import stats
+
+    n = len(differences)
+    mean = float(differences.mean()) if n else math.nan
+    if n < 2:
+        return n, mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * differences.std(ddof=1) / math.sqrt(n))
+    return n, mean, mean - half, mean + half
+
+
 def paired_seed_differences(
     frame: pd.DataFrame, metric: str = SELECTION_METRIC, *, over: str = "embedding_dim", confidence: float = 0.95
 ) -> pd.DataFrame:
@@ -395,8 +408,6 @@ def paired_seed_differences(
     per-seed differences (n - 1 degrees of freedom). `verdict` says whether the
     interval excludes 0. With one seed the interval is not measured (NaN).
     """
-    from scipy import stats
-
     other = "num_embeddings" if over == "embedding_dim" else "embedding_dim"
     ok = frame[frame["status"] == "success"]
     rows = []
@@ -406,14 +417,10 @@ def paired_seed_differences(
         for i, a in enumerate(levels):
             for b in levels[i + 1 :]:
                 diff = (table[b] - table[a]).dropna()
-                n = len(diff)
-                mean = float(diff.mean()) if n else math.nan
+                n, mean, low, high = paired_interval(diff, confidence)
                 if n >= 2:
-                    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * diff.std(ddof=1) / math.sqrt(n))
-                    low, high = mean - half, mean + half
                     verdict = "b lower" if high < 0 else "b higher" if low > 0 else "no difference shown"
                 else:
-                    low = high = math.nan
                     verdict = "not measured (one seed)"
                 rows.append(
                     {
@@ -430,6 +437,48 @@ def paired_seed_differences(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+NOT_MEASURED = "not measured (fewer than 2 paired seeds)"
+
+
+def paired_comparison(
+    frame: pd.DataFrame, metric: str, *, by: str, a: str, b: str, confidence: float = 0.95
+) -> dict[str, Any]:
+    """`metric` of the rows whose column `by` is `b` against those where it is `a`, paired by seed.
+
+    `frame` holds one row per (`by`, seed), of one configuration. Over the seeds
+    that both have: each setting's mean and standard deviation, and the paired
+    difference b - a with its t-interval (`paired_interval`). The verdict is "no
+    difference shown" when the interval holds 0; else "<b> lower" or "<b> higher",
+    "beyond the seed spread" when the mean difference exceeds the larger of the
+    two standard deviations and "within the seed spread" when it does not. With
+    fewer than 2 paired seeds nothing is claimed.
+    """
+    table = frame.pivot_table(index="seed", columns=by, values=metric, aggfunc="first")
+    paired = table.reindex(columns=[a, b]).dropna()
+    n, mean, low, high = paired_interval(paired[b] - paired[a], confidence)
+    spread = max(float(paired[a].std(ddof=1)), float(paired[b].std(ddof=1))) if n >= 2 else math.nan
+    if n < 2:
+        verdict = NOT_MEASURED
+    elif low <= 0 <= high:
+        verdict = "no difference shown"
+    else:
+        verdict = f"{b} {'lower' if mean < 0 else 'higher'}, " + (
+            "beyond the seed spread" if abs(mean) > spread else "within the seed spread"
+        )
+    return {
+        "metric": metric,
+        "seeds": n,
+        f"{a}_mean": float(paired[a].mean()) if n else math.nan,
+        f"{a}_std": float(paired[a].std(ddof=1)) if n >= 2 else math.nan,
+        f"{b}_mean": float(paired[b].mean()) if n else math.nan,
+        f"{b}_std": float(paired[b].std(ddof=1)) if n >= 2 else math.nan,
+        "mean_difference": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "verdict": verdict,
+    }
 
 
 def soak_table(frame: pd.DataFrame) -> pd.DataFrame:

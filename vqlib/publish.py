@@ -36,6 +36,12 @@ with several seeds (``vqlib grid --seeds 0,1,2``) into
 ``results/published/seed_spread/summary.csv``: the seed-to-seed spread that
 says whether the study's winner won by more than the noise of one training run.
 
+A grid trained at the protocol with the cosine learning rate (``vqlib grid --lr-schedule cosine``)
+publishes apart from the study whose run names it shares (`publish_lr_schedule`): its runs in
+``results/published/lr_schedule/NAME/``, their checkpoints as ``pretrained:NAME_cosine``, its
+unfinished runs snapshotted in ``checkpoints/inprogress/lr_schedule/NAME/``, and a summary and
+a comparison with the published constant-rate runs of the same seeds beside them.
+
 No published JSON names a path of the machine that ran the study: checkpoints
 become ``pretrained:NAME``, other paths inside the project become relative.
 """
@@ -48,15 +54,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import paths
 from .checkpoints import BEST_FILE, PRETRAINED_PREFIX
-from .errors import CheckpointError, OutputError, ResultFileError
+from .errors import CheckpointError, ConfigError, OutputError, ResultFileError
 from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_csv, write_json
 from .grid import RUN_FILE, SUMMARY_FILE, with_seed_statistics
 from .notebooks import ANALYSIS_FIGURES, ANALYSIS_FILE, LABEL_EFFICIENCY_FIGURE, SUMMARY_FIGURES, TRAIN_NOTEBOOK
 from .train import METRICS_FILE
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHECKPOINT_FILES = ("best.pt", "config.json", "history.json")
 SNAPSHOT_FILES = ("last.pt", *CHECKPOINT_FILES)
@@ -164,10 +173,11 @@ def source_project_root(path: str | os.PathLike) -> Path:
     return paths.project_root()
 
 
-def run_renames(checkpoint_root: str | os.PathLike, names: list[str]) -> dict[str, str]:
-    """{path of a grid run's best.pt, as the grid writes it: pretrained:NAME} for published runs."""
+def run_renames(checkpoint_root: str | os.PathLike, names: list[str], suffix: str = "") -> dict[str, str]:
+    """{path of a grid run's best.pt, as the grid writes it: pretrained:NAME} for published runs
+    (``pretrained:NAME<suffix>`` for runs published under another name than their run's)."""
     root = Path(checkpoint_root).resolve()
-    return {str(root / name / "best.pt"): PRETRAINED_PREFIX + name for name in names}
+    return {str(root / name / "best.pt"): PRETRAINED_PREFIX + name + suffix for name in names}
 
 
 def portable_vqvae_payload(ckpt: dict) -> dict:
@@ -267,6 +277,8 @@ def publish_runs(
     names: Optional[list[str]] = None,
     *,
     published: Optional[Path] = None,
+    suffix: str = "",
+    snapshots: Optional[Path] = None,
 ) -> list[str]:
     """Copy finished runs (all, or `names`) of a grid into the published folders; return the names copied.
 
@@ -274,12 +286,16 @@ def publish_runs(
     metrics; the checkpoint is written before the metrics that name it. The run
     folders go to `published` (default: the study's grid, whose summary and
     choice are published too; the protocol's extra seeds go to their own folder).
+    The checkpoint is published as ``pretrained:NAME<suffix>``, and the run's
+    snapshot, kept while it trained, is removed from `snapshots` (default:
+    `inprogress_dir`).
     """
     from .checkpoints import load_checkpoint
 
     grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
     study = published is None
     published = published_grid_dir() if study else Path(published)
+    snapshots = inprogress_dir() if snapshots is None else Path(snapshots)
     done = finished_runs(grid_folder)
     wanted = done if names is None else names
     missing = sorted(set(wanted) - set(done))
@@ -295,25 +311,26 @@ def publish_runs(
             if not (checkpoint_root / name / file).is_file():
                 raise OutputError(f"cannot publish {name}: {checkpoint_root / name / file} is missing")
         writer = _Writer()
+        pretrained = paths.pretrained_dir() / (name + suffix)
         for file in CHECKPOINT_FILES:
             if file.endswith(".json"):  # config.json names the folders it was trained in
-                write_json(paths.pretrained_dir() / name / file, portable(read_json(checkpoint_root / name / file)))
+                write_json(pretrained / file, portable(read_json(checkpoint_root / name / file)))
             else:  # best.pt: the same weights, without the folders its TrainConfig names
                 ckpt = load_checkpoint(checkpoint_root / name / file, kind="vqvae")
-                writer.checkpoint(paths.pretrained_dir() / name / file, "vqvae", portable_vqvae_payload(ckpt))
+                writer.checkpoint(pretrained / file, "vqvae", portable_vqvae_payload(ckpt))
         if (grid_folder / name / TRAIN_NOTEBOOK).is_file():
             # The executed notebook prints its config and folders, and papermill records its paths.
             writer.text(
                 grid_folder / name / TRAIN_NOTEBOOK,
                 published / name / TRAIN_NOTEBOOK,
-                run_renames(checkpoint_root, [name]),
+                run_renames(checkpoint_root, [name], suffix),
             )
         if (grid_folder / name / RUN_FILE).is_file():
             write_json(published / name / RUN_FILE, portable(read_json(grid_folder / name / RUN_FILE)))
         metrics = read_json(source_metrics)
-        metrics = portable({**metrics, "checkpoint": PRETRAINED_PREFIX + name})
+        metrics = portable({**metrics, "checkpoint": PRETRAINED_PREFIX + name + suffix})
         write_json(target_metrics, metrics)
-        shutil.rmtree(inprogress_dir() / name, ignore_errors=True)
+        shutil.rmtree(snapshots / name, ignore_errors=True)
         copied.append(name)
     if study:
         _publish_choice(grid_folder)
@@ -338,14 +355,18 @@ def _publish_choice(grid_folder: Path) -> None:
         writer.csv(published_grid_dir() / SUMMARY_FILE, summary)
 
 
-def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> dict[str, int]:
-    """Snapshot every unfinished run with a last.pt into checkpoints/inprogress/; return {name: epochs done}.
+def snapshot_unfinished(
+    grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike, *, snapshots: Optional[Path] = None
+) -> dict[str, int]:
+    """Snapshot every unfinished run with a last.pt into `snapshots` (default: checkpoints/inprogress/);
+    return {name: epochs done}.
 
     The snapshot holds no path of the machine: the checkpoints' TrainConfig folders are dropped and
     config.json made portable (a resumed run may change its folders: train.RESUMABLE_CHANGES).
     """
     from .checkpoints import load_checkpoint, save_checkpoint
 
+    snapshots = inprogress_dir() if snapshots is None else Path(snapshots)
     done = set(finished_runs(grid_folder))
     taken = {}
     for folder in sorted(Path(checkpoint_root).glob("K*_D*")):
@@ -354,7 +375,7 @@ def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | o
             continue
         # last.pt first: copied before best.pt, the snapshot never holds a last.pt newer than its best.pt.
         for file in SNAPSHOT_FILES:
-            source, target = folder / file, inprogress_dir() / name / file
+            source, target = folder / file, snapshots / name / file
             if not source.is_file():
                 continue
             ensure_dir(target.parent)
@@ -364,7 +385,7 @@ def snapshot_unfinished(grid_folder: str | os.PathLike, checkpoint_root: str | o
                 write_json(target, portable(read_json(source)))
             else:
                 _copy(source, target)
-        taken[name] = load_checkpoint(inprogress_dir() / name / "last.pt")["epoch"]
+        taken[name] = load_checkpoint(snapshots / name / "last.pt")["epoch"]
     return taken
 
 
@@ -412,7 +433,12 @@ def restore_label_efficiency() -> list[str]:
 
 
 def restore_runs(
-    grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike, *, published: Optional[Path] = None
+    grid_folder: str | os.PathLike,
+    checkpoint_root: str | os.PathLike,
+    *,
+    published: Optional[Path] = None,
+    suffix: str = "",
+    snapshots: Optional[Path] = None,
 ) -> list[str]:
     """Copy the published runs into a grid's folders where the grid has no finished run of that name,
     and the snapshots of unfinished runs where the grid has no last.pt of its own.
@@ -421,18 +447,22 @@ def restore_runs(
     writes them; the grid then reuses a finished run when its settings match,
     and continues an unfinished one from its last.pt. `published` is where the
     runs were published (default: the study's grid, whose runs and snapshots
-    have seed 0; the protocol's extra seeds have other seeds).
+    have seed 0; the protocol's extra seeds have other seeds). `suffix` and
+    `snapshots` are those the runs were published with (`publish_runs`): a
+    study of its own, with its own snapshot folder, takes every snapshot in it.
     """
     grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
     study = published is None
     published_grid = published_grid_dir() if study else Path(published)
+    own_snapshots = snapshots is not None
+    snapshots = Path(snapshots) if own_snapshots else inprogress_dir()
     have = set(finished_runs(grid_folder))
     restored = []
     for name in finished_runs(published_grid):
         if name in have:
             continue
         for file in CHECKPOINT_FILES:
-            _copy(paths.pretrained_dir() / name / file, checkpoint_root / name / file)
+            _copy(paths.pretrained_dir() / (name + suffix) / file, checkpoint_root / name / file)
         if (published_grid / name / TRAIN_NOTEBOOK).is_file():
             _copy(published_grid / name / TRAIN_NOTEBOOK, grid_folder / name / TRAIN_NOTEBOOK)
         if (published_grid / name / RUN_FILE).is_file():
@@ -446,11 +476,11 @@ def restore_runs(
         published_time = (published_grid / name / METRICS_FILE).stat().st_mtime
         os.utime(grid_folder / name / METRICS_FILE, (published_time, published_time))
         restored.append(name)
-    for snapshot in sorted(inprogress_dir().glob("K*_D*")):
+    for snapshot in sorted(snapshots.glob("K*_D*")):
         name = snapshot.name
         if name in have or name in restored or (checkpoint_root / name / "last.pt").is_file():
             continue  # a local last.pt is at least as new as the snapshot it was taken from
-        if (paths.parse_vqvae_run_name(name)[2] == 0) != study:
+        if not own_snapshots and (paths.parse_vqvae_run_name(name)[2] == 0) != study:
             continue  # the study's grid has seed 0; the protocol's extra seeds go to their own grid
         for file in SNAPSHOT_FILES:
             if (snapshot / file).is_file():
@@ -482,8 +512,6 @@ def publish_seed_spread(grid_folder: str | os.PathLike) -> StageResult:
     """Publish the summary.csv of a grid trained with several seeds per configuration, without
     its machine paths, into ``results/published/seed_spread/``."""
     import pandas as pd
-
-    from .errors import ConfigError
 
     summary = Path(grid_folder) / SUMMARY_FILE
     if not summary.is_file():
@@ -557,6 +585,175 @@ def publish_protocol_seeds(grid_folder: str | os.PathLike, checkpoint_root: str 
         writer.note(
             f"{len(extra)} run(s) with other seeds beside the study's {len(study)}, "
             f"in {paths.shown(target / SUMMARY_FILE)}"
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------- the cosine learning-rate schedule
+
+LR_SCHEDULE = "cosine"
+LR_SCHEDULE_SUFFIX = "_cosine"  # K100_D64 trained with the cosine rate publishes as pretrained:K100_D64_cosine
+COMPARISON_FILE = "comparison.csv"
+LR_SCHEDULE_COLUMNS = (
+    "name",
+    "schedule",
+    "num_embeddings",
+    "embedding_dim",
+    "seed",
+    "val_mse",
+    "val_perplexity",
+    "val_usage",
+    "best_epoch",
+    "epochs",
+    "checkpoint",
+)
+LR_SCHEDULE_METRICS = ("val_mse", "val_perplexity")
+
+
+def published_lr_schedule_dir() -> Path:
+    return paths.published_dir() / "lr_schedule"
+
+
+def lr_schedule_snapshots_dir() -> Path:
+    """Snapshots of cosine runs still training. Their names are those of the study's runs (K100_D64, ...),
+    so they live apart from the study's snapshots, which `restore_runs` finds as inprogress/K*_D*."""
+    return inprogress_dir() / "lr_schedule"
+
+
+def _recorded_schedule(train_config: Any) -> str:
+    """The learning-rate schedule a recorded TrainConfig names (constant for runs recorded before it existed)."""
+    from .config import TrainConfig, with_defaults
+
+    return str(with_defaults(TrainConfig, train_config if isinstance(train_config, dict) else {})["lr_schedule"])
+
+
+def _check_cosine(grid_folder: Path, checkpoint_root: Path) -> None:
+    """Refuse a grid whose finished or unfinished runs were not trained with the cosine rate: published as
+    NAME_cosine, a constant-rate run would pass for what it is not."""
+    records = {
+        name: read_json_or_empty(grid_folder / name / METRICS_FILE).get("train_config")
+        for name in finished_runs(grid_folder)
+    }
+    for folder in sorted(checkpoint_root.glob("K*_D*")):
+        if folder.name not in records and (folder / "last.pt").is_file():
+            records[folder.name] = read_json_or_empty(folder / "config.json").get("train")
+    for name, train_config in records.items():
+        schedule = _recorded_schedule(train_config)
+        if schedule != LR_SCHEDULE:
+            raise ConfigError(
+                f"{name} in {paths.shown(grid_folder)} was trained with the {schedule} learning-rate schedule: "
+                f"--lr-schedule publishes runs of `vqlib grid --lr-schedule {LR_SCHEDULE}` only"
+            )
+
+
+def publish_lr_schedule(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> list[str]:
+    """Publish the finished runs of a grid trained with the cosine learning rate (``vqlib grid --profile full
+    --lr-schedule cosine --grid-dir GRID_DIR --checkpoint-root CKPT``); return the names copied.
+
+    Each finished run's metrics.json, run.json and executed notebook go to
+    ``results/published/lr_schedule/NAME/`` and its checkpoint to
+    ``checkpoints/pretrained/NAME_cosine/`` (``pretrained:NAME_cosine``): the
+    plain names are the study's constant-rate models, never replaced. Unfinished
+    runs are snapshotted by `snapshot_lr_schedule`, the comparison with the
+    constant rate written by `publish_lr_schedule_comparison`.
+    """
+    grid_folder, checkpoint_root = Path(grid_folder), Path(checkpoint_root)
+    if not grid_folder.is_dir():
+        raise OutputError(
+            f"{paths.shown(grid_folder)} does not exist: give --lr-schedule the --grid-dir of "
+            f"`vqlib grid --lr-schedule {LR_SCHEDULE}`"
+        )
+    if not checkpoint_root.is_dir():
+        raise OutputError(
+            f"{paths.shown(checkpoint_root)} does not exist: give --checkpoint-root the one that grid trains into"
+        )
+    _check_cosine(grid_folder, checkpoint_root)
+    return publish_runs(
+        grid_folder,
+        checkpoint_root,
+        published=published_lr_schedule_dir(),
+        suffix=LR_SCHEDULE_SUFFIX,
+        snapshots=lr_schedule_snapshots_dir(),
+    )
+
+
+def snapshot_lr_schedule(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> dict[str, int]:
+    """Snapshot the cosine grid's unfinished runs into ``checkpoints/inprogress/lr_schedule/NAME/``
+    (as `snapshot_unfinished` does the study's); return {name: epochs done}."""
+    return snapshot_unfinished(grid_folder, checkpoint_root, snapshots=lr_schedule_snapshots_dir())
+
+
+def restore_lr_schedule(grid_folder: str | os.PathLike, checkpoint_root: str | os.PathLike) -> list[str]:
+    """Copy the published cosine runs and the snapshots of unfinished ones back into GRID_DIR and CKPT
+    (`restore_runs`), where the same ``vqlib grid`` command reuses the first and continues the second."""
+    return restore_runs(
+        grid_folder,
+        checkpoint_root,
+        published=published_lr_schedule_dir(),
+        suffix=LR_SCHEDULE_SUFFIX,
+        snapshots=lr_schedule_snapshots_dir(),
+    )
+
+
+def lr_schedule_summary() -> pd.DataFrame:
+    """One row per published cosine run and one per published constant-rate run of the same K, D and seed
+    (seed 0: the study's grid; other seeds: the protocol seeds), read from the published folders alone."""
+    import pandas as pd
+
+    from .grid import collect_grid
+
+    cosine = collect_grid(published_lr_schedule_dir())
+    cosine = cosine[cosine["status"] == "success"].assign(
+        schedule=LR_SCHEDULE, checkpoint=lambda f: PRETRAINED_PREFIX + f["name"] + LR_SCHEDULE_SUFFIX
+    )
+    frames = [cosine]
+    for run in cosine.itertuples():
+        folder = published_grid_dir() if run.seed == 0 else published_protocol_seeds_dir()
+        constant = collect_grid(folder, names=[run.name])
+        constant = constant[constant["status"] == "success"]
+        frames.append(constant.assign(schedule="constant", checkpoint=PRETRAINED_PREFIX + run.name))
+    frame = pd.concat(frames, ignore_index=True)[list(LR_SCHEDULE_COLUMNS)]
+    return frame.sort_values(["num_embeddings", "embedding_dim", "seed", "schedule"], ignore_index=True)
+
+
+def lr_schedule_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per K x D and metric (`LR_SCHEDULE_METRICS`): cosine - constant paired by seed, with both schedules'
+    mean and std and a verdict (`vqlib.grid.paired_comparison`)."""
+    import pandas as pd
+
+    from .grid import paired_comparison
+
+    rows = [
+        {
+            "num_embeddings": k,
+            "embedding_dim": d,
+            **paired_comparison(group, metric, by="schedule", a="constant", b=LR_SCHEDULE),
+        }
+        for (k, d), group in summary.groupby(["num_embeddings", "embedding_dim"])
+        for metric in LR_SCHEDULE_METRICS
+    ]
+    return pd.DataFrame(rows)
+
+
+def publish_lr_schedule_comparison() -> StageResult:
+    """Write ``results/published/lr_schedule/summary.csv`` and ``comparison.csv`` from the published runs."""
+    stage = "lr schedule comparison"
+    target = published_lr_schedule_dir()
+    summary = lr_schedule_summary()
+    if summary.empty:
+        return StageResult(stage, False, f"no finished cosine run is published in {paths.shown(target)} yet")
+    comparison = lr_schedule_comparison(summary)
+    writer = _Writer()
+    writer.csv(target / SUMMARY_FILE, summary)
+    writer.csv(target / COMPARISON_FILE, comparison)
+    counts = summary["schedule"].value_counts()
+    verdicts = "; ".join(f"{row.metric}: {row.verdict}" for row in comparison.itertuples())
+    return StageResult(
+        stage,
+        True,
+        writer.note(
+            f"{counts.get(LR_SCHEDULE, 0)} cosine run(s) beside {counts.get('constant', 0)} constant-rate run(s) "
+            f"({verdicts}), in {paths.shown(target / SUMMARY_FILE)} and {COMPARISON_FILE}"
         ),
     )
 
