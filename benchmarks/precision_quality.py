@@ -18,16 +18,15 @@ ROOT holds results/precision/{fp32,bf16}/K{K}_D{D}/ (the grids), checkpoints/pre
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-from scipy import stats
 
 from vqlib import paths
 from vqlib.files import read_json, write_csv
+from vqlib.grid import paired_interval
 
 PRECISIONS = ("fp32", "bf16")
 METRICS = {
@@ -127,12 +126,9 @@ def agreement(runs: pd.DataFrame, metric: str, confidence: float = 0.95) -> Opti
     if not set(PRECISIONS) <= set(table.columns):
         return None
     paired = table.dropna()
-    diff = paired["bf16"] - paired["fp32"]
-    n = len(diff)
-    mean = float(diff.mean()) if n else math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * diff.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+    n, mean, low, high = paired_interval(paired["bf16"] - paired["fp32"], confidence)
     spread = max(float(table["fp32"].std(ddof=1)), float(table["bf16"].std(ddof=1)))
-    holds_zero = n >= 2 and (mean - half) <= 0 <= (mean + half)
+    holds_zero = n >= 2 and low <= 0 <= high
     within = n >= 2 and abs(mean) <= spread
     if n < 2:
         verdict = "not measured (fewer than 2 paired seeds)"
@@ -150,8 +146,8 @@ def agreement(runs: pd.DataFrame, metric: str, confidence: float = 0.95) -> Opti
         "bf16_mean": float(table["bf16"].mean()),
         "bf16_std": float(table["bf16"].std(ddof=1)),
         "difference": mean,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
+        "ci_low": low,
+        "ci_high": high,
         "interval_holds_zero": bool(holds_zero),
         "within_seed_std": bool(within),
         "verdict": verdict,
