@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from vqlib import ood, ood_eval, photos
+from vqlib.device import NO_BF16_UNITS, native_bf16_cpu
 from vqlib.errors import CheckpointError
 
 from .conftest import REPO, VQLIB
@@ -263,6 +264,9 @@ def test_infer_cls_summarises_many_images_and_flags_photos(detector, data, root,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
+    # A CPU without bf16 units says once that it falls back to fp32 (vqlib.device), before what the command reports.
+    if not native_bf16_cpu():
+        assert lines.pop(0) == f"precision: fp32 ({NO_BF16_UNITS})", result.stdout
     assert len(lines) == 3, result.stdout  # the class counts, the sentence, where the table is
     assert lines[0].startswith("28 images, predicted: ")
     assert "do not look like FashionMNIST" in lines[1] and "2 of them photos that fail a premise" in lines[1]
