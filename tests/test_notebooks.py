@@ -428,6 +428,7 @@ def test_publish_copies_every_stage_after_the_grid_without_machine_paths(publish
         ("grid summary", True),
         ("classifier", True),
         ("analysis", True),
+        ("prior", True),
         ("reports", True),
     ], [s.line() for s in published["stages"]]
     out = root / "results" / "published"
@@ -438,6 +439,9 @@ def test_publish_copies_every_stage_after_the_grid_without_machine_paths(publish
         assert (classifier / name).stat().st_size > 0, name
     for name in (*vqnotebooks.ANALYSIS_FIGURES, vqnotebooks.ANALYSIS_FILE):
         assert (out / "analysis" / name).stat().st_size > 0, name
+    for name in (*vqnotebooks.PRIOR_FIGURES, vqnotebooks.GENERATION_FILE):
+        assert (out / "prior" / name).stat().st_size > 0, name
+    assert read_json(out / "prior" / vqnotebooks.GENERATION_FILE)["vqvae"] == "pretrained:K8_D4"
     assert {p.name for p in (out / "reports").iterdir()} == {f"{n}.html" for n in EXPECTED_IMAGES} | {"index.html"}
     # Checkpoints by their published names, no path of this machine in any published JSON.
     metrics = read_json(classifier / "metrics.json")
@@ -477,9 +481,10 @@ def test_publish_says_what_it_published_and_leaves_an_incomplete_stage_out(publi
     assert main(["publish"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "published 0 new or updated run(s): all up to date"
-    assert [line.split(":")[0] for line in lines[1:5]] == ["grid summary", "classifier", "analysis", "reports"]
-    assert all(line.endswith("(up to date)") for line in lines[1:5]), lines
-    assert lines[5].startswith("the published study holds ")
+    stage_names = ["grid summary", "classifier", "analysis", "prior", "reports"]
+    assert [line.split(":")[0] for line in lines[1:6]] == stage_names
+    assert all(line.endswith("(up to date)") for line in lines[1:6]), lines
+    assert lines[6].startswith("the published study holds ")
     assert {p: p.stat().st_mtime_ns for p in before} == before
     tsne.rename(tsne.with_suffix(".aside"))
     try:

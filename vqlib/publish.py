@@ -61,7 +61,15 @@ from .checkpoints import BEST_FILE, PRETRAINED_PREFIX
 from .errors import CheckpointError, ConfigError, OutputError, ResultFileError
 from .files import atomic_path, ensure_dir, read_json, read_json_or_empty, write_csv, write_json
 from .grid import RUN_FILE, SUMMARY_FILE, with_seed_statistics
-from .notebooks import ANALYSIS_FIGURES, ANALYSIS_FILE, LABEL_EFFICIENCY_FIGURE, SUMMARY_FIGURES, TRAIN_NOTEBOOK
+from .notebooks import (
+    ANALYSIS_FIGURES,
+    ANALYSIS_FILE,
+    GENERATION_FILE,
+    LABEL_EFFICIENCY_FIGURE,
+    PRIOR_FIGURES,
+    SUMMARY_FIGURES,
+    TRAIN_NOTEBOOK,
+)
 from .train import METRICS_FILE
 
 if TYPE_CHECKING:
@@ -772,7 +780,7 @@ def publish_stages(
     """Publish the grid summary's figures, the chosen classifier, the analysis and the reports,
     each only when the grid's best.json names a published run and all the stage's outputs exist."""
     grid_folder = Path(grid_folder)
-    stages = ("grid summary", "classifier", "analysis", "reports")
+    stages = ("grid summary", "classifier", "analysis", "prior", "reports")
     best = read_json_or_empty(grid_folder / BEST_FILE)
     name, checkpoint = best.get("name"), best.get("checkpoint")
     if not isinstance(name, str) or not isinstance(checkpoint, str):
@@ -781,7 +789,12 @@ def publish_stages(
     if name not in finished_runs(published_grid_dir()):
         why = f"the grid's best configuration, {name}, is not a published run"
         return [StageResult(stage, False, why) for stage in stages]
-    done = [_publish_summary(grid_folder), _publish_classifier(name, checkpoint), _publish_analysis(name, checkpoint)]
+    done = [
+        _publish_summary(grid_folder),
+        _publish_classifier(name, checkpoint),
+        _publish_analysis(name, checkpoint),
+        _publish_prior_measures(name, checkpoint),
+    ]
     return [*done, _publish_reports(grid_folder, done, Path(checkpoint_root) if checkpoint_root else None)]
 
 
@@ -895,6 +908,47 @@ def _publish_analysis(vqvae_name: str, vqvae_checkpoint: str) -> StageResult:
     writer.remove_others(target)
     return StageResult(
         stage, True, writer.note(f"{ANALYSIS_FILE} and {len(ANALYSIS_FIGURES)} figures in {paths.shown(target)}")
+    )
+
+
+def published_prior_measures_dir() -> Path:
+    return paths.published_dir() / "prior"
+
+
+def _publish_prior_measures(vqvae_name: str, vqvae_checkpoint: str) -> StageResult:
+    """Notebook 06's record (generation.json) and figures, when they measure a prior over the grid's best VQ-VAE."""
+    stage = "prior"
+    source = paths.prior_dir()
+    missing = _missing([source / GENERATION_FILE] + [source / f for f in PRIOR_FIGURES])
+    if missing:
+        return StageResult(stage, False, f"{missing} (notebook 06 writes them)")
+    record = read_json_or_empty(source / GENERATION_FILE)
+    published_vqvae = PRETRAINED_PREFIX + vqvae_name
+    measured = str(record.get("vqvae"))
+    # A prior records its VQ-VAE as pretrained:NAME or as an absolute path; the grid's choice may name the same file
+    # by another spelling of its path.
+    local = not measured.startswith(PRETRAINED_PREFIX) and Path(measured).resolve() == Path(vqvae_checkpoint).resolve()
+    if measured != published_vqvae and not local:
+        return StageResult(
+            stage,
+            False,
+            f"{paths.shown(source / GENERATION_FILE)} measures a prior over {record.get('vqvae')}, not over the "
+            f"grid's best, {vqvae_name} (notebook 06 runs on it in `vqlib run`)",
+        )
+    writer = _Writer()
+    target = published_prior_measures_dir()
+    for file in PRIOR_FIGURES:
+        writer.copy(source / file, target / file)
+    writer.json(
+        target / GENERATION_FILE, portable(record, {vqvae_checkpoint: published_vqvae, measured: published_vqvae})
+    )
+    writer.remove_others(target)
+    return StageResult(
+        stage,
+        True,
+        writer.note(
+            f"{GENERATION_FILE} of {record.get('prior')} and {len(PRIOR_FIGURES)} figures in {paths.shown(target)}"
+        ),
     )
 
 
