@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .errors import ConfigError, VqlibError
+from ..errors import ConfigError, VqlibError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -96,7 +96,7 @@ def _data_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _precision_option(parser: argparse.ArgumentParser, what: str) -> None:
-    from .config import PRECISIONS
+    from ..config import PRECISIONS
 
     parser.add_argument(
         "--precision",
@@ -108,7 +108,7 @@ def _precision_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _load_data(args: argparse.Namespace):
-    from .data import load_fashion_mnist
+    from ..data import load_fashion_mnist
 
     return load_fashion_mnist(getattr(args, "data_dir", None))
 
@@ -123,7 +123,7 @@ def _configure_data(p: argparse.ArgumentParser) -> None:
 
 @command("data", "find (or download) and verify FashionMNIST; print where it is", _configure_data)
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import find_data_dir, load_fashion_mnist
+    from ..data import find_data_dir, load_fashion_mnist
 
     folder = find_data_dir(args.data_dir, allow_download=not args.no_download)
     data = load_fashion_mnist(folder)
@@ -138,7 +138,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _configure_train_vqvae(p: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig, VQVAEConfig
+    from ..config import TrainConfig, VQVAEConfig
 
     add_config_options(p, VQVAEConfig)
     add_config_options(p, TrainConfig)
@@ -148,8 +148,8 @@ def _configure_train_vqvae(p: argparse.ArgumentParser) -> None:
 
 @command("train-vqvae", "train one VQ-VAE; writes best.pt, last.pt and history.json", _configure_train_vqvae)
 def cmd_train_vqvae(args: argparse.Namespace) -> int:
-    from .config import TrainConfig, VQVAEConfig
-    from .train import train_vqvae
+    from ..config import TrainConfig, VQVAEConfig
+    from ..train import train_vqvae
 
     model_config, train_config = config_from_args(VQVAEConfig, args), config_from_args(TrainConfig, args)
     data = _load_data(args)
@@ -176,9 +176,9 @@ def _configure_infer_vqvae(p: argparse.ArgumentParser) -> None:
 
 @command("infer-vqvae", "reconstruct test images into a PNG grid and print the test metrics", _configure_infer_vqvae)
 def cmd_infer_vqvae(args: argparse.Namespace) -> int:
-    from . import paths
-    from .checkpoints import resolve_checkpoint
-    from .infer import infer_vqvae
+    from .. import paths
+    from ..checkpoints import resolve_checkpoint
+    from ..infer import infer_vqvae
 
     # The run's folder name (K100_D64 for pretrained:K100_D64 or checkpoints/grid/K100_D64/best.pt), not the
     # folder of whatever path was typed: resolved first, so that pretrained:NAME names its run too.
@@ -217,7 +217,7 @@ def _parse_config(text: str) -> tuple[int, int]:
 
 
 def _configure_ablation(p: argparse.ArgumentParser) -> None:
-    from .ablation import SEED_GRID_EXTREMES, VARIANTS
+    from ..ablation import SEED_GRID_EXTREMES, VARIANTS
 
     p.add_argument(
         "--configs",
@@ -268,8 +268,8 @@ def _configure_ablation(p: argparse.ArgumentParser) -> None:
     _configure_ablation,
 )
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from . import paths
-    from .ablation import codebook_ablation, resolve_variants, with_thresholds
+    from .. import paths
+    from ..ablation import codebook_ablation, resolve_variants, with_thresholds
 
     variants = resolve_variants(args.variants)
     if args.restart_thresholds:
@@ -305,7 +305,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 
 def _configure_train_cls(p: argparse.ArgumentParser) -> None:
-    from .config import ClassifierConfig
+    from ..config import ClassifierConfig
 
     add_config_options(p, ClassifierConfig)
     _data_option(p)
@@ -319,8 +319,8 @@ def _configure_train_cls(p: argparse.ArgumentParser) -> None:
     _configure_train_cls,
 )
 def cmd_train_cls(args: argparse.Namespace) -> int:
-    from .classify import train_classifier
-    from .config import ClassifierConfig
+    from ..classify import train_classifier
+    from ..config import ClassifierConfig
 
     run = train_classifier(config_from_args(ClassifierConfig, args), _load_data(args), resume=args.resume)
     print(
@@ -355,8 +355,8 @@ def _configure_eval_cls(p: argparse.ArgumentParser) -> None:
     _configure_eval_cls,
 )
 def cmd_eval_cls(args: argparse.Namespace) -> int:
-    from .classify import evaluate_classifier, load_classifier
-    from .device import resolve_device
+    from ..classify import evaluate_classifier, load_classifier
+    from ..device import resolve_device
 
     if args.vqvae_checkpoint:
         load_classifier(args.checkpoint, vqvae_checkpoint=args.vqvae_checkpoint)
@@ -426,8 +426,8 @@ def _configure_infer_cls(p: argparse.ArgumentParser) -> None:
     _configure_infer_cls,
 )
 def cmd_infer_cls(args: argparse.Namespace) -> int:
-    from .device import resolve_device
-    from .infer import (
+    from ..device import resolve_device
+    from ..infer import (
         TABLE_ROWS,
         class_counts,
         default_predictions_path,
@@ -435,7 +435,7 @@ def cmd_infer_cls(args: argparse.Namespace) -> int:
         ood_summary,
         write_predictions,
     )
-    from .paths import shown
+    from ..paths import shown
 
     frame = infer_images(
         args.checkpoint,
@@ -494,9 +494,9 @@ def _configure_ood_eval(p: argparse.ArgumentParser) -> None:
     _configure_ood_eval,
 )
 def cmd_ood_eval(args: argparse.Namespace) -> int:
-    from . import ood, ood_eval, paths
-    from .device import resolve_device
-    from .files import utc_timestamp, write_csv, write_json
+    from .. import ood, ood_eval, paths
+    from ..device import resolve_device
+    from ..files import utc_timestamp, write_csv, write_json
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive number of images, not {args.limit}")
@@ -534,7 +534,7 @@ def cmd_ood_eval(args: argparse.Namespace) -> int:
 
 
 def _configure_label_efficiency(p: argparse.ArgumentParser) -> None:
-    from .config import ClassifierConfig, LabelEfficiencyConfig
+    from ..config import ClassifierConfig, LabelEfficiencyConfig
 
     add_config_options(p, LabelEfficiencyConfig)
     # The head's sizes and budget; the names LabelEfficiencyConfig shares are set above.
@@ -563,8 +563,8 @@ def _configure_label_efficiency(p: argparse.ArgumentParser) -> None:
     _configure_label_efficiency,
 )
 def cmd_label_efficiency(args: argparse.Namespace) -> int:
-    from .config import ClassifierConfig, LabelEfficiencyConfig
-    from .label_efficiency import label_efficiency, label_efficiency_summary
+    from ..config import ClassifierConfig, LabelEfficiencyConfig
+    from ..label_efficiency import label_efficiency, label_efficiency_summary
 
     config = config_from_args(LabelEfficiencyConfig, args)
     classifier = ClassifierConfig(
@@ -583,8 +583,8 @@ def cmd_label_efficiency(args: argparse.Namespace) -> int:
 
 
 def _configure_grid(p: argparse.ArgumentParser) -> None:
-    from .config import GridConfig, TrainConfig, VQVAEConfig
-    from .study import PROFILES
+    from ..config import GridConfig, TrainConfig, VQVAEConfig
+    from ..study import PROFILES
 
     p.add_argument(
         "--profile",
@@ -599,7 +599,7 @@ def _configure_grid(p: argparse.ArgumentParser) -> None:
 
 
 def _profile_overrides(args: argparse.Namespace, profile: dict) -> dict:
-    from .config import GridConfig, TrainConfig, VQVAEConfig
+    from ..config import GridConfig, TrainConfig, VQVAEConfig
 
     for stage, cls in (("grid", GridConfig), ("vqvae", VQVAEConfig), ("train", TrainConfig)):
         profile[stage].update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
@@ -613,9 +613,9 @@ def _profile_overrides(args: argparse.Namespace, profile: dict) -> dict:
     _configure_grid,
 )
 def cmd_grid(args: argparse.Namespace) -> int:
-    from .config import GridConfig, TrainConfig, VQVAEConfig, from_dict
-    from .grid import SUMMARY_FILE, grid_dir, run_grid
-    from .study import get_profile
+    from ..config import GridConfig, TrainConfig, VQVAEConfig, from_dict
+    from ..grid import SUMMARY_FILE, grid_dir, run_grid
+    from ..study import get_profile
 
     prof = _profile_overrides(args, get_profile(args.profile))
     grid = from_dict(GridConfig, prof["grid"])
@@ -643,8 +643,8 @@ RUN_GRID_OPTIONS = (
 
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
-    from .config import GridConfig
-    from .study import PROFILES
+    from ..config import GridConfig
+    from ..study import PROFILES
 
     p.add_argument(
         "--profile",
@@ -668,7 +668,7 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from .study import run_study
+    from ..study import run_study
 
     started = time.perf_counter()
     overrides = {name: getattr(args, name) for name in RUN_GRID_OPTIONS if hasattr(args, name)}
@@ -684,7 +684,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _configure_report(p: argparse.ArgumentParser) -> None:
-    from .study import PROFILES
+    from ..study import PROFILES
 
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
     p.add_argument(
@@ -697,8 +697,8 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 
 @command("report", "export the executed notebooks again to results/reports/*.html and index.html", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import write_reports
-    from .study import get_profile
+    from ..reports import write_reports
+    from ..study import get_profile
 
     description = get_profile(args.profile)["description"] if args.profile else ""
     print(write_reports(with_code=args.with_code, profile_description=description))
@@ -758,10 +758,10 @@ def _configure_publish(p: argparse.ArgumentParser) -> None:
     _configure_publish,
 )
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .checkpoints import BEST_FILE
-    from .grid import checkpoint_root, grid_dir
-    from .paths import shown
-    from .publish import (
+    from ..checkpoints import BEST_FILE
+    from ..grid import checkpoint_root, grid_dir
+    from ..paths import shown
+    from ..publish import (
         PUBLISHED_LIMIT_BYTES,
         finished_runs,
         publish_runs,
@@ -779,7 +779,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(publish_seed_spread(args.seed_spread).line())
         return 0
     if args.prior and not args.restore:
-        from .publish import publish_prior
+        from ..publish import publish_prior
 
         for prior_dir in args.prior:
             print(publish_prior(prior_dir).line())
@@ -831,7 +831,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _publish_protocol_seeds(args: argparse.Namespace) -> int:
-    from .publish import (
+    from ..publish import (
         publish_protocol_seeds,
         published_protocol_seeds_dir,
         restore_runs,
@@ -852,8 +852,8 @@ def _publish_protocol_seeds(args: argparse.Namespace) -> int:
 
 
 def _publish_lr_schedule(args: argparse.Namespace) -> int:
-    from .paths import shown
-    from .publish import (
+    from ..paths import shown
+    from ..publish import (
         LR_SCHEDULE_SUFFIX,
         finished_runs,
         lr_schedule_snapshots_dir,
@@ -893,8 +893,8 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
     _configure_figures,
 )
 def cmd_figures(args: argparse.Namespace) -> int:
-    from .figures import write_figures
-    from .paths import shown
+    from ..figures import write_figures
+    from ..paths import shown
 
     result = write_figures(args.out)
     print(
@@ -910,7 +910,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def _configure_train_prior(p: argparse.ArgumentParser) -> None:
-    from .config import PriorConfig
+    from ..config import PriorConfig
 
     add_config_options(p, PriorConfig)
     _data_option(p)
@@ -923,8 +923,8 @@ def _configure_train_prior(p: argparse.ArgumentParser) -> None:
     _configure_train_prior,
 )
 def cmd_train_prior(args: argparse.Namespace) -> int:
-    from .config import PriorConfig
-    from .prior import train_prior
+    from ..config import PriorConfig
+    from ..prior import train_prior
 
     run = train_prior(config_from_args(PriorConfig, args), _load_data(args), resume=args.resume)
     best = run.history[run.best_epoch - 1]
@@ -970,7 +970,7 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
 
 
 def _image_to_complete(text: str, args: argparse.Namespace):
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if text.lower().startswith("test:"):
         data = _load_data(args)
@@ -981,7 +981,7 @@ def _image_to_complete(text: str, args: argparse.Namespace):
         if not 0 <= index < len(data.test_images):
             raise ConfigError(f"{text!r} names no test image; write test:INDEX with INDEX from 0 to 9999")
         return data.test_images[index]
-    from .photos import load_images
+    from ..photos import load_images
 
     images, _ = load_images([text])
     return images[0]
@@ -997,12 +997,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     import torch
 
-    from . import paths
-    from .device import resolve_device
-    from .errors import ConfigError
-    from .files import atomic_path, save_figure
-    from .plots import image_grid
-    from .prior import class_index, complete, load_pair, sample_images, sampling_record
+    from .. import paths
+    from ..device import resolve_device
+    from ..errors import ConfigError
+    from ..files import atomic_path, save_figure
+    from ..plots import image_grid
+    from ..prior import class_index, complete, load_pair, sample_images, sampling_record
 
     class_id = None if args.class_name is None else class_index(args.class_name)
     if args.num < 1:
@@ -1033,7 +1033,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     per_row = 8 if len(images) > 8 else len(images)
     rows = [images[i : i + per_row] for i in range(0, len(images), per_row)]
     if args.complete:
-        from .data import to_float
+        from ..data import to_float
 
         # First row: the image and its reconstruction from its whole code, what the completions are read against.
         with torch.inference_mode():
@@ -1052,7 +1052,7 @@ PRIOR_GRID_OPTIONS = (*(name for name in RUN_GRID_OPTIONS if name != "seeds"), "
 
 
 def _configure_prior_grid(p: argparse.ArgumentParser) -> None:
-    from .config import GridConfig, PriorConfig
+    from ..config import GridConfig, PriorConfig
 
     p.add_argument(
         "--vqvae-checkpoints",
@@ -1074,8 +1074,8 @@ def _configure_prior_grid(p: argparse.ArgumentParser) -> None:
     _configure_prior_grid,
 )
 def cmd_prior_grid(args: argparse.Namespace) -> int:
-    from .config import GridConfig, PriorConfig
-    from .prior_grid import SUMMARY_FILE, prior_grid_dir, run_prior_grid
+    from ..config import GridConfig, PriorConfig
+    from ..prior_grid import SUMMARY_FILE, prior_grid_dir, run_prior_grid
 
     grid = config_from_args(GridConfig, args)
     frame = run_prior_grid(args.vqvae_checkpoints, config_from_args(PriorConfig, args), grid)
@@ -1089,7 +1089,7 @@ def cmd_prior_grid(args: argparse.Namespace) -> int:
 
 
 def _parse_qualities(text: str) -> list[int]:
-    from .config import parse_int_list
+    from ..config import parse_int_list
 
     try:
         return parse_int_list("--qualities", text)
@@ -1098,7 +1098,7 @@ def _parse_qualities(text: str) -> list[int]:
 
 
 def _configure_rate_distortion(p: argparse.ArgumentParser) -> None:
-    from .codec import FORMATS, QUALITIES
+    from ..codec import FORMATS, QUALITIES
 
     p.add_argument(
         "--prior",
@@ -1144,8 +1144,8 @@ def _configure_rate_distortion(p: argparse.ArgumentParser) -> None:
     _configure_rate_distortion,
 )
 def cmd_rate_distortion(args: argparse.Namespace) -> int:
-    from . import paths
-    from .codec import check_formats, check_qualities, rate_distortion, write_rate_distortion
+    from .. import paths
+    from ..codec import check_formats, check_qualities, rate_distortion, write_rate_distortion
 
     qualities, formats = check_qualities(args.qualities), check_formats(args.formats)
     frame = rate_distortion(
@@ -1189,7 +1189,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="vqlib: a VQ-VAE that learns a discrete code for FashionMNIST, and a classifier that reads it.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"vqlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
