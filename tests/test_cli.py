@@ -115,7 +115,8 @@ def test_help_documents_every_hyperparameter(capsys):
 
 def test_grid_options_override_only_what_they_name():
     """`vqlib grid`'s options start unset, so the profile keeps every setting not given."""
-    from vqlib.cli import _profile_overrides, build_parser
+    from vqlib.cli import build_parser
+    from vqlib.cli.study import _profile_overrides
     from vqlib.study import get_profile
 
     args = build_parser().parse_args(["grid", "--epochs", "3", "--jobs", "2", "--no-channels-last"])
