@@ -188,6 +188,62 @@ def test_list_pretrained_reads_the_published_files():
     assert frozen["kind"] == "classifier" and frozen["vqvae"] == "K100_D64" and frozen["test_accuracy"] > 0.85
 
 
+def test_list_pretrained_reads_the_protocol_seeds_metrics_too():
+    """The protocol's seeds 1 and 2 are published beside the study's grid: their validation metrics are listed."""
+    table = vqlib.list_pretrained().set_index("name")
+    for name in ("K100_D64_s1", "K100_D64_s2"):
+        assert table.loc[name, "kind"] == "vqvae" and 27.0 < table.loc[name, "val_psnr"] < 28.5, name
+
+
+def test_a_published_prior_samples_and_scores_images(tmp_path, monkeypatch, data):
+    """load_pretrained("K100_D64_prior"): a PretrainedPrior with its VQ-VAE; seeded samples of a class; bits of
+    images equal to the exact log-likelihood of their codes; one sentence for a class it does not know."""
+    import dataclasses
+    import shutil
+
+    from vqlib.config import PriorConfig
+    from vqlib.prior import bits_per_image, train_prior
+
+    monkeypatch.setenv("VQLIB_ROOT", str(tmp_path))
+    pretrained = tmp_path / "checkpoints" / "pretrained"
+    shutil.copytree(REPO / "checkpoints" / "pretrained" / "K100_D64", pretrained / "K100_D64")
+    config = PriorConfig(
+        vqvae_checkpoint="pretrained:K100_D64",
+        class_conditional=True,
+        layers=1,
+        heads=2,
+        width=32,
+        batch_size=32,
+        warmup_steps=3,
+        epochs=1,
+        train_subset=160,
+        val_subset=40,
+        device="cpu",
+    )
+    train_prior(dataclasses.replace(config, checkpoint_dir=str(pretrained / "K100_D64_prior")), data, progress=False)
+
+    prior = vqlib.load_pretrained("K100_D64_prior", device="cpu")
+    assert isinstance(prior, vqlib.PretrainedPrior) and prior.num_codes == 100 and prior.class_conditional
+    assert prior.vqvae.num_embeddings == 100 and "K=100, class-conditional" in repr(prior)
+    images, codes = prior.sample(6, classes="Trouser", seed=3)
+    assert images.shape == (6, 1, 28, 28) and images.dtype == torch.float32 and 0 <= images.min() <= images.max() <= 1
+    assert codes.shape == (6, 12, 12) and codes.dtype == torch.int64
+    again, same = prior.sample(6, classes="Trouser", seed=3)
+    assert torch.equal(same, codes) and torch.equal(again, images)
+    test_images, labels = vqlib.load_split("test")
+    bits = prior.bits(test_images[:5], classes=labels[:5])
+    expected = bits_per_image(prior.model, prior.vqvae.encode(test_images[:5]), labels[:5])
+    assert bits.dtype == torch.float64 and torch.allclose(bits, expected)
+    with torch.no_grad():
+        direct = prior.model.log_prob(codes, torch.full((6,), vqlib.CLASSES.index("Trouser"))).double()
+    assert torch.allclose(prior.log_prob(codes, classes="Trouser"), direct)
+    assert (prior.bits(test_images[:5]) > 0).all()
+    with pytest.raises(ConfigError):
+        prior.sample(2, classes="Spaceship")
+    row = vqlib.list_pretrained().set_index("name").loc["K100_D64_prior"]
+    assert (row["kind"], row["K"], row["D"], row["vqvae"]) == ("prior", 100, 64, "K100_D64")
+
+
 # ----------------------------------------------------------------------------- the README's quickstart
 
 

@@ -19,6 +19,7 @@ __version__ = "0.2.0"
 _API = (
     "CLASSES",
     "PretrainedClassifier",
+    "PretrainedPrior",
     "PretrainedVQVAE",
     "list_pretrained",
     "load_pretrained",

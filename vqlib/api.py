@@ -52,6 +52,7 @@ from .models.classifier import LATENT_SIZE
 __all__ = [
     "CLASSES",
     "PretrainedClassifier",
+    "PretrainedPrior",
     "PretrainedVQVAE",
     "list_pretrained",
     "load_pretrained",
@@ -286,11 +287,63 @@ def _shown_source(text: str) -> str:
     return text if text.startswith(PRETRAINED_PREFIX) else paths.shown(text)
 
 
-def load_pretrained(name: str | os.PathLike, device: str = "auto") -> PretrainedVQVAE | PretrainedClassifier:
-    """A published model by name ("K100_D64", "K100_D64_all_frozen", or "pretrained:NAME"), or a checkpoint file.
+class PretrainedPrior:
+    """A prior over a VQ-VAE's code, with that VQ-VAE, in eval mode. Build it with `load_pretrained`.
 
-    Returns a `PretrainedVQVAE` for a VQ-VAE checkpoint and a
-    `PretrainedClassifier` for a classifier checkpoint, in eval mode on
+    An autoregressive model of the 12 x 12 code indices in raster order, with an
+    exact likelihood ([docs/prior.md]). Attributes: `model` (the prior network),
+    `vqvae` (a `PretrainedVQVAE`: the VQ-VAE whose code it models, checked weight
+    for weight), `num_codes` (K), `class_conditional` (whether it draws a given
+    class), `checkpoint`, `device`. Classes, wherever taken: None (no class), a
+    name ("Trouser") or an index for all, or one per image.
+    """
+
+    def __init__(self, model, vqvae_model, checkpoint: str):
+        self.model = model.eval()
+        self.vqvae = PretrainedVQVAE(vqvae_model, "the VQ-VAE of " + checkpoint)
+        self.num_codes: int = model.num_codes
+        self.class_conditional: bool = bool(getattr(model, "class_conditional", True))
+        self.checkpoint = checkpoint
+        self.device = next(model.parameters()).device
+
+    def __repr__(self) -> str:
+        kind = "class-conditional" if self.class_conditional else "unconditional"
+        return f"PretrainedPrior({self.checkpoint!r}, K={self.num_codes}, {kind})"
+
+    def sample(self, num: int = 64, *, classes=None, temperature: float = 1.0, top_k=None, seed=None):
+        """`num` new images: (images float32 (num, 1, 28, 28) in [0, 1], their codes int64 (num, 12, 12)).
+
+        `temperature` divides the logits, `top_k` draws among the k likeliest codes of each position,
+        `seed` makes the draw repeatable."""
+        from .prior import sample_images
+
+        images, codes = sample_images(
+            self.model, self.vqvae.model, num, classes=classes, temperature=temperature, top_k=top_k, seed=seed
+        )
+        return images.float(), codes.long()
+
+    def log_prob(self, codes, *, classes=None) -> torch.Tensor:
+        """The exact log-likelihood (nats) of each code: float64 (N,). Codes as `PretrainedVQVAE.decode` takes them."""
+        from .prior import _class_tensor
+
+        codes = self.vqvae._codes(codes)
+        labels = _class_tensor(classes, len(codes), self.model.num_classes, self.model)
+        with torch.no_grad():
+            return self.model.log_prob(codes.to(self.device), labels).double().cpu()
+
+    def bits(self, images, *, classes=None) -> torch.Tensor:
+        """-log2 p(code) of each image's code, float64 (N,): what the code of the image costs under the prior."""
+        return -self.log_prob(self.vqvae.encode(images), classes=classes) / math.log(2)
+
+
+def load_pretrained(
+    name: str | os.PathLike, device: str = "auto"
+) -> PretrainedVQVAE | PretrainedClassifier | PretrainedPrior:
+    """A published model by name ("K100_D64", "K100_D64_all_frozen", "K100_D64_prior", or "pretrained:NAME"), or
+    a checkpoint file.
+
+    Returns a `PretrainedVQVAE` for a VQ-VAE checkpoint, a `PretrainedClassifier`
+    for a classifier checkpoint and a `PretrainedPrior` (with its VQ-VAE) for a prior, in eval mode on
     `device` ("auto": CUDA when available, else the CPU; or "cpu", "cuda").
     `list_pretrained()` lists the published names. An unknown name or a file
     that is not a vqlib checkpoint is a `CheckpointError` in one sentence.
@@ -313,7 +366,12 @@ def load_pretrained(name: str | os.PathLike, device: str = "auto") -> Pretrained
     if kind == "classifier":
         model, ckpt = load_classifier(text, device=resolved)
         return PretrainedClassifier(model, ckpt, source)
-    raise CheckpointError(f"{source} is a {kind} checkpoint; load_pretrained loads VQ-VAEs and classifiers")
+    if kind == "prior":
+        from .prior import load_pair
+
+        model, vqvae, _ = load_pair(text, device=resolved)
+        return PretrainedPrior(model, vqvae, source)
+    raise CheckpointError(f"{source} is a {kind} checkpoint; load_pretrained loads VQ-VAEs, classifiers and priors")
 
 
 def load_split(name: str, *, data_dir: Optional[str | os.PathLike] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,13 +402,27 @@ def psnr(images, reconstructions) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+def _vqvae_metrics(name: str) -> dict:
+    """A published VQ-VAE's metrics: the study's grid, the protocol's other seeds, or the cosine-rate runs."""
+    published = paths.published_dir()
+    for path in (
+        published / "grid" / name / "metrics.json",
+        published / "protocol_seeds" / name / "metrics.json",
+        published / "lr_schedule" / name.removesuffix("_cosine") / "metrics.json",
+    ):
+        metrics = read_json_or_empty(path)
+        if metrics.get("checkpoint") == PRETRAINED_PREFIX + name:
+            return metrics
+    return {}
+
+
 def list_pretrained():
     """The published models as a pandas DataFrame, one row each, read from the published files (no weights loaded).
 
-    Columns: name (for `load_pretrained`), kind ("vqvae" or "classifier"), K and D
-    (of the VQ-VAE; a classifier's are those of the code it reads), val_mse and
+    Columns: name (for `load_pretrained`), kind ("vqvae", "classifier" or "prior"), K and D
+    (of the VQ-VAE; a classifier's and a prior's are those of the code they read), val_mse and
     val_psnr (a VQ-VAE's validation reconstruction error at its best epoch),
-    test_accuracy (a classifier's), vqvae (the VQ-VAE a classifier reads) and
+    test_accuracy (a classifier's), vqvae (the VQ-VAE a classifier or a prior reads) and
     size_mb (of best.pt, in MB).
     """
     import pandas as pd
@@ -366,8 +438,12 @@ def list_pretrained():
             model = config.get("vqvae", {})
             vqvae = str(config.get("vqvae_checkpoint", "")).removeprefix(PRETRAINED_PREFIX)
             row = {"val_mse": math.nan, "val_psnr": math.nan, "test_accuracy": metrics.get("test_accuracy", math.nan)}
+        elif kind == "prior":
+            vqvae = str(config.get("vqvae_checkpoint", "")).removeprefix(PRETRAINED_PREFIX)
+            model = read_json_or_empty(paths.pretrained_dir() / vqvae / "config.json").get("model", {})
+            row = {"val_mse": math.nan, "val_psnr": math.nan, "test_accuracy": math.nan}
         else:
-            metrics = read_json_or_empty(paths.published_dir() / "grid" / name / "metrics.json")
+            metrics = _vqvae_metrics(name)
             model, vqvae = config.get("model", {}), ""
             row = {
                 "val_mse": metrics.get("val_mse", math.nan),
@@ -386,7 +462,7 @@ def list_pretrained():
             }
         )
     columns = ["name", "kind", "K", "D", "val_mse", "val_psnr", "test_accuracy", "vqvae", "size_mb"]
-    # VQ-VAEs first, by codebook size then dimension (K25 before K100), then the classifiers.
+    # VQ-VAEs first, by codebook size then dimension (K25 before K100), then the classifiers, then the priors.
     frame = pd.DataFrame(rows, columns=columns)
-    frame["_order"] = frame["kind"] != "vqvae"
+    frame["_order"] = frame["kind"].map({"vqvae": 0, "classifier": 1, "prior": 2})
     return frame.sort_values(["_order", "K", "D", "name"]).drop(columns="_order").reset_index(drop=True)

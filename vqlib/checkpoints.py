@@ -30,11 +30,11 @@ BEST_FILE = "best.json"  # the grid's choice: written by notebook 02 beside the 
 
 
 # How a message names each kind of checkpoint.
-KIND_NAMES = {"vqvae": "VQ-VAE", "classifier": "classifier"}
+KIND_NAMES = {"vqvae": "VQ-VAE", "classifier": "classifier", "prior": "prior"}
 
 
 def pretrained_kind(name: str) -> Optional[str]:
-    """'vqvae' or 'classifier' for a published checkpoint, read from its config.json (no weights loaded);
+    """'vqvae', 'classifier' or 'prior' for a published checkpoint, read from its config.json (no weights loaded);
     None when the name is not published."""
     folder = paths.pretrained_dir() / name
     if not (folder / "best.pt").is_file():
@@ -43,8 +43,10 @@ def pretrained_kind(name: str) -> Optional[str]:
         config = read_json(folder / "config.json")
     except (OSError, ValueError):
         config = None
-    if isinstance(config, dict) and ("classifier" in config or "model" in config):
-        return "classifier" if "classifier" in config else "vqvae"
+    if isinstance(config, dict):
+        for key, kind in (("classifier", "classifier"), ("prior", "prior"), ("model", "vqvae")):
+            if key in config:
+                return kind
     kind = load_checkpoint(folder / "best.pt")["kind"]  # a folder without its config.json: ask the file
     return kind
 
