@@ -201,25 +201,14 @@ def test_a_published_prior_samples_and_scores_images(tmp_path, monkeypatch, data
     import dataclasses
     import shutil
 
-    from vqlib.config import PriorConfig
     from vqlib.prior import bits_per_image, train_prior
+
+    from .test_prior import tiny_config
 
     monkeypatch.setenv("VQLIB_ROOT", str(tmp_path))
     pretrained = tmp_path / "checkpoints" / "pretrained"
     shutil.copytree(REPO / "checkpoints" / "pretrained" / "K100_D64", pretrained / "K100_D64")
-    config = PriorConfig(
-        vqvae_checkpoint="pretrained:K100_D64",
-        class_conditional=True,
-        layers=1,
-        heads=2,
-        width=32,
-        batch_size=32,
-        warmup_steps=3,
-        epochs=1,
-        train_subset=160,
-        val_subset=40,
-        device="cpu",
-    )
+    config = tiny_config(tmp_path, vqvae_checkpoint="pretrained:K100_D64", class_conditional=True)
     train_prior(dataclasses.replace(config, checkpoint_dir=str(pretrained / "K100_D64_prior")), data, progress=False)
 
     prior = vqlib.load_pretrained("K100_D64_prior", device="cpu")
