@@ -34,6 +34,26 @@ def cli_env(tmp_path):
 
 
 VQLIB = [sys.executable, "-m", "vqlib"]
+PROTOCOL = "pretrained:K100_D64"
+
+TINY_PRIOR = dict(
+    layers=1, heads=2, width=32, dropout=0.1, batch_size=32, warmup_steps=3, epochs=1, train_subset=160, val_subset=40
+)
+
+
+def tiny_prior_config(folder: Path, vqvae_checkpoint=PROTOCOL, **overrides):
+    """A PriorConfig of one layer for one epoch on 160 real codes, checkpoints in `folder`: seconds to train."""
+    from vqlib.config import PriorConfig
+
+    values = dict(TINY_PRIOR, vqvae_checkpoint=str(vqvae_checkpoint), device="cpu", checkpoint_dir=str(folder))
+    return PriorConfig(**{**values, **overrides})
+
+
+def train_tiny_prior(data, folder: Path, vqvae_checkpoint=PROTOCOL, **overrides):
+    """A tiny prior (`tiny_prior_config`) trained on real codes of the VQ-VAE; its TrainedPrior run."""
+    from vqlib.prior import train_prior
+
+    return train_prior(tiny_prior_config(folder, vqvae_checkpoint, **overrides), data, progress=False)
 
 
 def train_tiny_vqvae(data, folder: Path, *, train_subset: int = 500) -> Path:

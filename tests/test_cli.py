@@ -201,3 +201,23 @@ def test_publish_on_a_fresh_clone_says_once_that_there_is_nothing_new(project, c
     assert main(["publish"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("nothing new to publish: results/grid holds no finished grid run")
+
+
+def test_the_command_list_and_a_mistyped_command_answer_without_torch():
+    """`vqlib --help` configures no command's options, so it imports neither torch nor pandas; a command's own
+    --help still lists every option."""
+    code = (
+        "import sys\n"
+        "from vqlib.cli import main\n"
+        "for argv in (['--help'], ['trian-vqvae']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))\n"
+    )
+    done = subprocess.run([VQLIB[0], "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "invalid choice: 'trian-vqvae'" in done.stderr and "train-vqvae" in done.stdout
+    ablation = subprocess.run([*VQLIB, "ablation", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "ema+kmeans+restarts" in ablation and "--restart-thresholds" in ablation

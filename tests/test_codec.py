@@ -15,9 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, train_tiny_prior
 from vqlib import codec
-from vqlib.config import PriorConfig
 from vqlib.errors import ConfigError
 
 PROTOCOL = str(REPO / "checkpoints" / "pretrained" / "K100_D64" / "best.pt")
@@ -31,23 +30,7 @@ def images(data):
 @pytest.fixture(scope="module")
 def conditional_prior(data, tmp_path_factory):
     """A class-conditional prior (class dropout on) trained for one epoch on 160 real codes of K100_D64."""
-    from vqlib.prior import train_prior
-
-    config = PriorConfig(
-        vqvae_checkpoint=PROTOCOL,
-        class_conditional=True,
-        layers=1,
-        heads=2,
-        width=32,
-        batch_size=32,
-        warmup_steps=3,
-        epochs=1,
-        train_subset=160,
-        val_subset=40,
-        device="cpu",
-        checkpoint_dir=str(tmp_path_factory.mktemp("prior")),
-    )
-    return train_prior(config, data, progress=False).best_checkpoint
+    return train_tiny_prior(data, tmp_path_factory.mktemp("prior"), PROTOCOL, class_conditional=True).best_checkpoint
 
 
 @pytest.mark.parametrize("fmt", codec.FORMATS)

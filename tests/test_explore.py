@@ -19,13 +19,13 @@ import torch
 from vqlib import classify
 from vqlib.analysis import receptive_field
 from vqlib.checkpoints import save_checkpoint
-from vqlib.config import ClassifierConfig, ExplorerConfig, PriorConfig, TrainConfig, VQVAEConfig
+from vqlib.config import ClassifierConfig, ExplorerConfig, TrainConfig, VQVAEConfig
 from vqlib.data import CLASS_NAMES
 from vqlib.errors import CheckpointError, ConfigError
 from vqlib.explore import CHANGE_THRESHOLD, Explorer, open_explorer
 from vqlib.models import VQVAE
 
-from . import explore_browser
+from . import conftest, explore_browser
 from .conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "05_explore.ipynb"
@@ -54,23 +54,9 @@ def classifier_checkpoint(data, vqvae_checkpoint, tmp_path_factory):
 
 def train_tiny_prior(data, vqvae_checkpoint, folder, *, class_conditional: bool = True):
     """A prior of one layer trained for one epoch on 160 real codes of the VQ-VAE: seconds."""
-    from vqlib.prior import train_prior
-
-    config = PriorConfig(
-        vqvae_checkpoint=str(vqvae_checkpoint),
-        class_conditional=class_conditional,
-        layers=1,
-        heads=2,
-        width=32,
-        batch_size=32,
-        warmup_steps=3,
-        epochs=1,
-        train_subset=160,
-        val_subset=40,
-        device="cpu",
-        checkpoint_dir=str(folder),
-    )
-    return train_prior(config, data, progress=False).best_checkpoint
+    return conftest.train_tiny_prior(
+        data, folder, vqvae_checkpoint, class_conditional=class_conditional
+    ).best_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -459,6 +459,21 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     grid_run["mp"].setenv("VQLIB_ROOT", str(root))
 
 
+def test_publish_protocol_seeds_refuses_a_missing_folder_in_one_sentence(project, capsys):
+    """A grid folder that does not exist is a mistyped path, not "nothing new to publish"."""
+    from vqlib.cli import main
+
+    grid_dir, checkpoints = project / "results" / "seeds", project / "checkpoints" / "seeds"
+    checkpoints.mkdir(parents=True)
+    assert main(["publish", "--protocol-seeds", str(grid_dir), "--checkpoint-root", str(checkpoints)]) == 2
+    err = capsys.readouterr().err
+    assert "results/seeds does not exist" in err and len(err.strip().splitlines()) == 1
+    grid_dir.mkdir(parents=True)
+    assert main(["publish", "--protocol-seeds", str(grid_dir), "--checkpoint-root", str(project / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    assert not (project / "results" / "published" / "protocol_seeds").exists()
+
+
 def test_protocol_seeds_publish_beside_the_study_and_restore_into_their_own_grid(grid_run, tmp_path_factory):
     """Runs with other seeds publish into their own folder with a summary beside the study's seed-0 run, leave
     the study's summary alone, and restore (finished and unfinished) into their own grid, not the study's."""

@@ -22,7 +22,7 @@ from vqlib import ood, ood_eval, photos
 from vqlib.device import NO_BF16_UNITS, native_bf16_cpu
 from vqlib.errors import CheckpointError
 
-from .conftest import REPO, VQLIB
+from .conftest import REPO, VQLIB, train_tiny_prior
 
 PUBLISHED = ("K100_D64", "K100_D64_all_frozen")
 
@@ -45,25 +45,7 @@ def root(tmp_path_factory):
 
 
 def _train_tiny_prior(data, folder, perturbation: float):
-    from vqlib.config import PriorConfig
-    from vqlib.prior import train_prior
-
-    config = PriorConfig(
-        vqvae_checkpoint="pretrained:K100_D64",
-        class_conditional=True,
-        perturbation=perturbation,
-        layers=1,
-        heads=2,
-        width=32,
-        batch_size=32,
-        warmup_steps=3,
-        epochs=1,
-        train_subset=320,
-        val_subset=40,
-        device="cpu",
-        checkpoint_dir=str(folder),
-    )
-    return train_prior(config, data, progress=False)
+    return train_tiny_prior(data, folder, class_conditional=True, perturbation=perturbation, train_subset=320)
 
 
 @pytest.fixture(scope="module")

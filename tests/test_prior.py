@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_prior_config
 from vqlib.config import PriorConfig
 from vqlib.errors import CheckpointError, ConfigError
 from vqlib.models.prior import GatedPixelCNN, PriorTransformer
@@ -33,21 +33,7 @@ ARCHITECTURES = {
 
 
 def tiny_config(tmp_path, **overrides) -> PriorConfig:
-    values = dict(
-        vqvae_checkpoint=PROTOCOL,
-        layers=1,
-        heads=2,
-        width=32,
-        dropout=0.1,
-        batch_size=32,
-        warmup_steps=3,
-        epochs=1,
-        train_subset=160,
-        val_subset=40,
-        device="cpu",
-        checkpoint_dir=str(tmp_path / "prior"),
-    )
-    return PriorConfig(**{**values, **overrides})
+    return tiny_prior_config(tmp_path / "prior", **{"vqvae_checkpoint": PROTOCOL, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_PRIOR
 from vqlib import prior_grid
 from vqlib.config import GridConfig, PriorConfig
 from vqlib.errors import CheckpointError, ConfigError
 from vqlib.files import read_json
 
 K25 = str(REPO / "checkpoints" / "pretrained" / "K25_D64" / "best.pt")
-TINY = PriorConfig(
-    layers=1, heads=2, width=32, batch_size=32, warmup_steps=3, epochs=1, train_subset=160, val_subset=40, device="cpu"
-)
+TINY = PriorConfig(**TINY_PRIOR, device="cpu")
 
 
 @pytest.fixture(scope="module")

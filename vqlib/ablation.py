@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import paths
+from .config import ABLATION_CONFIGS as SEED_GRID_EXTREMES
+from .config import ABLATION_VARIANTS as VARIANTS
 from .config import TrainConfig, VQVAEConfig
 from .data import FashionMNIST, load_fashion_mnist
 from .errors import ConfigError
@@ -25,14 +27,7 @@ from .plots import ablation_figure
 from .train import train_vqvae
 
 # From the paper's quantizer to the full set of codebook-health options, one option added at a time.
-VARIANTS: dict[str, dict] = {
-    "paper": {"codebook_update": "loss", "init": "uniform", "dead_code_threshold": 0.0},
-    "ema": {"codebook_update": "ema", "init": "uniform", "dead_code_threshold": 0.0},
-    "ema+kmeans": {"codebook_update": "ema", "init": "kmeans", "dead_code_threshold": 0.0},
-    "ema+kmeans+restarts": {"codebook_update": "ema", "init": "kmeans", "dead_code_threshold": 1.0},
-}
-
-SEED_GRID_EXTREMES = ((25, 16), (100, 64))
+# The variants and configurations live in config.py, so that `vqlib --help` need not import torch.
 
 COLUMNS = [
     "K",

@@ -46,6 +46,17 @@ LEGACY_AMP = {"on": "bf16", "off": "fp32", "auto": "auto"}
 LR_SCHEDULES = ("constant", "cosine")
 
 
+# The codebook-health ablation (vqlib/ablation.py): from the paper's quantizer to the full set of options, one
+# option added at a time, on the seed grid's two extreme configurations (K, D).
+ABLATION_VARIANTS: dict[str, dict] = {
+    "paper": {"codebook_update": "loss", "init": "uniform", "dead_code_threshold": 0.0},
+    "ema": {"codebook_update": "ema", "init": "uniform", "dead_code_threshold": 0.0},
+    "ema+kmeans": {"codebook_update": "ema", "init": "kmeans", "dead_code_threshold": 0.0},
+    "ema+kmeans+restarts": {"codebook_update": "ema", "init": "kmeans", "dead_code_threshold": 1.0},
+}
+ABLATION_CONFIGS = ((25, 16), (100, 64))
+
+
 @dataclass
 class VQVAEConfig:
     """Architecture and quantizer of one VQ-VAE."""

@@ -572,6 +572,12 @@ def publish_protocol_seeds(grid_folder: str | os.PathLike, checkpoint_root: str 
 
     from .grid import collect_grid
 
+    for folder, what in ((grid_folder, "--protocol-seeds the --grid-dir"), (checkpoint_root, "--checkpoint-root the")):
+        if not Path(folder).is_dir():
+            raise OutputError(
+                f"{paths.shown(Path(folder))} does not exist: give {what} folder of "
+                "`vqlib grid --profile full --seeds 1,2`"
+            )
     target = published_protocol_seeds_dir()
     publish_runs(grid_folder, checkpoint_root, published=target)
     extra = collect_grid(target)

@@ -44,7 +44,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `only`, the other commands are listed but get no options.
+
+    A command's options may need heavy imports (torch, for a default read from a module), so `main`
+    configures only the command it runs: `vqlib --help` and a mistyped command answer at once.
+    """
     parser = _Parser(
         prog="vqlib",
         description="vqlib: a VQ-VAE that learns a discrete code for FashionMNIST, and a classifier that reads it.",
@@ -56,13 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, configure, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
-        configure(p)
+        if only is None or name in only:
+            configure(p)
         p.set_defaults(run=run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=[w for w in words if w in COMMANDS][:1])
     args = parser.parse_args(argv)
     try:
         return args.run(args)

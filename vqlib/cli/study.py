@@ -13,7 +13,7 @@ from .options import add_config_options, command
 
 def _configure_grid(p: argparse.ArgumentParser) -> None:
     from ..config import GridConfig, TrainConfig, VQVAEConfig
-    from ..study import PROFILES
+    from ..profiles import PROFILES
 
     p.add_argument(
         "--profile",
@@ -44,7 +44,7 @@ def _profile_overrides(args: argparse.Namespace, profile: dict) -> dict:
 def cmd_grid(args: argparse.Namespace) -> int:
     from ..config import GridConfig, TrainConfig, VQVAEConfig, from_dict
     from ..grid import SUMMARY_FILE, grid_dir, run_grid
-    from ..study import get_profile
+    from ..profiles import get_profile
 
     prof = _profile_overrides(args, get_profile(args.profile))
     grid = from_dict(GridConfig, prof["grid"])
@@ -73,7 +73,7 @@ RUN_GRID_OPTIONS = (
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
     from ..config import GridConfig
-    from ..study import PROFILES
+    from ..profiles import PROFILES
 
     p.add_argument(
         "--profile",
@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _configure_report(p: argparse.ArgumentParser) -> None:
-    from ..study import PROFILES
+    from ..profiles import PROFILES
 
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
     p.add_argument(
@@ -126,8 +126,8 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 
 @command("report", "export the executed notebooks again to results/reports/*.html and index.html", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
+    from ..profiles import get_profile
     from ..reports import write_reports
-    from ..study import get_profile
 
     description = get_profile(args.profile)["description"] if args.profile else ""
     print(write_reports(with_code=args.with_code, profile_description=description))

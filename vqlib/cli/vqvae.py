@@ -120,7 +120,8 @@ def _parse_config(text: str) -> tuple[int, int]:
 
 
 def _configure_ablation(p: argparse.ArgumentParser) -> None:
-    from ..ablation import SEED_GRID_EXTREMES, VARIANTS
+    from ..config import ABLATION_CONFIGS as SEED_GRID_EXTREMES
+    from ..config import ABLATION_VARIANTS as VARIANTS
 
     p.add_argument(
         "--configs",
