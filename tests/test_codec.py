@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -134,3 +135,27 @@ def test_cli_refuses_a_missing_prior(tmp_path, capsys):
     out = tmp_path / "codec"
     assert main(["rate-distortion", "--prior", str(tmp_path / "none.pt"), "--results-dir", str(out)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err and not out.exists()
+
+
+def test_publish_takes_the_comparison_only_of_published_priors(conditional_prior, project, capsys):
+    """`vqlib publish`'s codec stage: a table of a prior's file is refused in one sentence (a clone could not
+    rerun it), one of pretrained:NAME priors is published, and a rerun writes nothing."""
+    from vqlib.cli import main
+    from vqlib.publish import _publish_codec, published_codec_dir
+
+    for name in ("K100_D64", "K100_D64_prior"):
+        shutil.copytree(REPO / "checkpoints" / "pretrained" / name, project / "checkpoints" / "pretrained" / name)
+    args = ["rate-distortion", "--test-subset", "30", "--qualities", "10", "--formats", "WEBP"]
+    assert main([*args, "--prior", str(conditional_prior)]) == 0
+    refused = _publish_codec()
+    assert not refused.published and "publish them with `vqlib publish --prior DIR`" in refused.note
+    assert not published_codec_dir().exists()
+    assert main([*args, "--prior", "pretrained:K100_D64_prior"]) == 0
+    capsys.readouterr()
+    done = _publish_codec()
+    assert done.published and "2 file(s) written" in done.note, done.note
+    for name in (codec.TABLE_FILE, codec.FIGURE_FILE):
+        assert (published_codec_dir() / name).read_bytes() == (project / "results" / "codec" / name).read_bytes()
+    table = pd.read_csv(published_codec_dir() / codec.TABLE_FILE)
+    assert set(table[table["kind"] != "image codec"]["source"]) == {"pretrained:K100_D64_prior"}
+    assert _publish_codec().note.endswith("(up to date)")

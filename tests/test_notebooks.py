@@ -430,7 +430,9 @@ def test_publish_copies_every_stage_after_the_grid_without_machine_paths(publish
         ("analysis", True),
         ("prior", True),
         ("reports", True),
+        ("codec", False),
     ], [s.line() for s in published["stages"]]
+    assert "results/codec/rate_distortion.csv missing" in published["stages"][-1].note
     out = root / "results" / "published"
     for name in vqnotebooks.SUMMARY_FIGURES:
         assert (out / "grid" / name).read_bytes() == (root / "results" / "grid" / name).read_bytes()
@@ -481,10 +483,11 @@ def test_publish_says_what_it_published_and_leaves_an_incomplete_stage_out(publi
     assert main(["publish"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "published 0 new or updated run(s): all up to date"
-    stage_names = ["grid summary", "classifier", "analysis", "prior", "reports"]
-    assert [line.split(":")[0] for line in lines[1:6]] == stage_names
+    stage_names = ["grid summary", "classifier", "analysis", "prior", "reports", "codec"]
+    assert [line.split(":")[0] for line in lines[1:7]] == stage_names
     assert all(line.endswith("(up to date)") for line in lines[1:6]), lines
-    assert lines[6].startswith("the published study holds ")
+    assert lines[6].startswith("codec: not published: ")
+    assert lines[7].startswith("the published study holds ")
     assert {p: p.stat().st_mtime_ns for p in before} == before
     tsne.rename(tsne.with_suffix(".aside"))
     try:
@@ -497,16 +500,32 @@ def test_publish_says_what_it_published_and_leaves_an_incomplete_stage_out(publi
 
 
 def test_figures_are_drawn_from_the_published_study_alone(published, tmp_path, monkeypatch, capsys):
-    """All nine from the whole published study, byte-identical on a rerun; from a partial one
+    """All eleven from the whole published study, byte-identical on a rerun; from a partial one
     (one grid run, nothing after it) the grid's two, the others named as skipped; from none, exit 2."""
-    from vqlib.figures import ANALYSIS_README_FIGURES, SEED_SPREAD_FIGURE, write_figures
+    from vqlib.figures import (
+        ANALYSIS_README_FIGURES,
+        CODEC_README_FIGURE,
+        PRIOR_README_FIGURES,
+        SEED_SPREAD_FIGURE,
+        write_figures,
+    )
 
     out = tmp_path / "figures"
     result = write_figures(out)
-    expected = ["loss_curves.png", "grid_heatmaps.png", *ANALYSIS_README_FIGURES, "label_efficiency.png"]
+    prior_figures = list(PRIOR_README_FIGURES.values())
+    expected = [
+        "loss_curves.png",
+        "grid_heatmaps.png",
+        *ANALYSIS_README_FIGURES,
+        "label_efficiency.png",
+        *prior_figures,
+    ]
     assert [p.name for p in result.written] == expected
-    # The seed spread is published by its own command (tests/test_grid.py): here it is named as skipped.
-    assert [line.split(":")[0] for line in result.skipped] == [SEED_SPREAD_FIGURE]
+    # The seed spread and the codec are published by their own commands (tests/test_grid.py, test_codec.py): here
+    # they are named as skipped.
+    assert [line.split(":")[0] for line in result.skipped] == [SEED_SPREAD_FIGURE, CODEC_README_FIGURE]
+    prior = published["root"] / "results" / "published" / "prior"
+    assert (out / "prior_samples.png").read_bytes() == (prior / "samples_per_class.png").read_bytes()
     drawn = (out / "loss_curves.png").read_bytes()
     assert drawn.startswith(b"\x89PNG") and b"Matplotlib" not in drawn  # no version in the file
     assert (out / "tsne.png").read_bytes() == (published["root"] / "results" / "analysis" / "tsne.png").read_bytes()
@@ -523,7 +542,14 @@ def test_figures_are_drawn_from_the_published_study_alone(published, tmp_path, m
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("2 figure(s) in docs/figures (2 changed): loss_curves.png, grid_heatmaps.png")
     assert sorted(line.split(":")[0] for line in lines[1:]) == sorted(
-        f"skipped {name}" for name in [SEED_SPREAD_FIGURE, *ANALYSIS_README_FIGURES, "label_efficiency.png"]
+        f"skipped {name}"
+        for name in [
+            SEED_SPREAD_FIGURE,
+            *ANALYSIS_README_FIGURES,
+            "label_efficiency.png",
+            *prior_figures,
+            CODEC_README_FIGURE,
+        ]
     )
     assert sorted(p.name for p in (partial / "docs" / "figures").iterdir()) == ["grid_heatmaps.png", "loss_curves.png"]
 

@@ -5,7 +5,7 @@ no training, no data, no GPU. The grid's figures are drawn again by the
 functions notebook 02 draws them with (`plots.plot_losses`, `plots.grid_heatmaps`),
 over every published run, so they show a study still in progress as far as it
 got; the classifier's and the analysis's figures need the data and the models,
-so they are the published copies of what notebooks 03 and 04 drew.
+so they are the published copies of what notebooks 03, 04 and 06 and `vqlib rate-distortion` drew.
 
 Reruns do not churn git: fixed size and dpi, no software version or date in
 the PNG, and a file is rewritten only when its content changes.
@@ -41,6 +41,10 @@ ANALYSIS_README_FIGURES = (
 
 
 SEED_SPREAD_FIGURE = "seed_spread.png"
+# Notebook 06's figures the README shows, copied under these names (the prior's samples and completions).
+PRIOR_README_FIGURES = {"samples_per_class.png": "prior_samples.png", "completions.png": "prior_completions.png"}
+# `vqlib rate-distortion`'s figure, published by `vqlib publish`'s codec stage.
+CODEC_README_FIGURE = "rate_distortion.png"
 
 
 class NothingPublishedError(OutputError):
@@ -85,7 +89,9 @@ def write_figures(out: Optional[str | os.PathLike] = None) -> FiguresResult:
         finished_runs,
         published_analysis_dir,
         published_classifier_dir,
+        published_codec_dir,
         published_grid_dir,
+        published_prior_measures_dir,
         published_seed_spread_dir,
     )
 
@@ -144,4 +150,16 @@ def write_figures(out: Optional[str | os.PathLike] = None) -> FiguresResult:
             f"{LABEL_EFFICIENCY_FIGURE}: the classifier (notebook 03) is not published in "
             f"{paths.shown(published_classifier_dir())}"
         )
+
+    prior = published_prior_measures_dir()
+    for name, target in PRIOR_README_FIGURES.items():
+        if (prior / name).is_file():
+            _write_if_changed(result.folder / target, (prior / name).read_bytes(), result)
+        else:
+            result.skipped.append(f"{target}: notebook 06's {name} is not published in {paths.shown(prior)}")
+    codec = published_codec_dir() / CODEC_README_FIGURE
+    if codec.is_file():
+        _write_if_changed(result.folder / CODEC_README_FIGURE, codec.read_bytes(), result)
+    else:
+        result.skipped.append(f"{CODEC_README_FIGURE}: the codec comparison is not published in {paths.shown(codec)}")
     return result

@@ -783,25 +783,28 @@ def _missing(files: list[Path]) -> Optional[str]:
 def publish_stages(
     grid_folder: str | os.PathLike, checkpoint_root: Optional[str | os.PathLike] = None
 ) -> list[StageResult]:
-    """Publish the grid summary's figures, the chosen classifier, the analysis and the reports,
-    each only when the grid's best.json names a published run and all the stage's outputs exist."""
+    """Publish the grid summary's figures, the chosen classifier, the analysis, notebook 06's measures of the
+    prior and the reports, each only when the grid's best.json names a published run and all the stage's outputs
+    exist; then the codec's rate-distortion comparison, when it measures published priors."""
     grid_folder = Path(grid_folder)
     stages = ("grid summary", "classifier", "analysis", "prior", "reports")
     best = read_json_or_empty(grid_folder / BEST_FILE)
     name, checkpoint = best.get("name"), best.get("checkpoint")
+    # The codec's comparison reads published models only, whatever the grid chose.
     if not isinstance(name, str) or not isinstance(checkpoint, str):
         why = f"the grid has no best configuration yet (no {paths.shown(grid_folder / BEST_FILE)}: notebook 02 runs after the grid)"
-        return [StageResult(stage, False, why) for stage in stages]
+        return [*(StageResult(stage, False, why) for stage in stages), _publish_codec()]
     if name not in finished_runs(published_grid_dir()):
         why = f"the grid's best configuration, {name}, is not a published run"
-        return [StageResult(stage, False, why) for stage in stages]
+        return [*(StageResult(stage, False, why) for stage in stages), _publish_codec()]
     done = [
         _publish_summary(grid_folder),
         _publish_classifier(name, checkpoint),
         _publish_analysis(name, checkpoint),
         _publish_prior_measures(name, checkpoint),
     ]
-    return [*done, _publish_reports(grid_folder, done, Path(checkpoint_root) if checkpoint_root else None)]
+    reports = _publish_reports(grid_folder, done, Path(checkpoint_root) if checkpoint_root else None)
+    return [*done, reports, _publish_codec()]
 
 
 def _publish_summary(grid_folder: Path) -> StageResult:
@@ -956,6 +959,40 @@ def _publish_prior_measures(vqvae_name: str, vqvae_checkpoint: str) -> StageResu
             f"{GENERATION_FILE} of {record.get('prior')} and {len(PRIOR_FIGURES)} figures in {paths.shown(target)}"
         ),
     )
+
+
+def published_codec_dir() -> Path:
+    return paths.published_dir() / "codec"
+
+
+def _publish_codec() -> StageResult:
+    """`vqlib rate-distortion`'s table and figure (results/codec/), once every prior in them is a published one
+    (``pretrained:NAME``): a comparison of local files could not be rerun from a clone."""
+    import pandas as pd
+
+    from .codec import FIGURE_FILE, TABLE_FILE
+
+    stage = "codec"
+    source = paths.results_dir() / "codec"
+    missing = _missing([source / TABLE_FILE, source / FIGURE_FILE])
+    if missing:
+        return StageResult(stage, False, f"{missing} (vqlib rate-distortion writes them)")
+    frame = pd.read_csv(source / TABLE_FILE)
+    priors = frame[frame["kind"] != "image codec"]["source"].dropna().astype(str)  # Pillow's rows name Pillow
+    local = sorted({s for s in priors if not s.startswith(PRETRAINED_PREFIX)})
+    if local:
+        return StageResult(
+            stage,
+            False,
+            f"{paths.shown(source / TABLE_FILE)} measures priors by their files ({', '.join(local)}): publish them "
+            "with `vqlib publish --prior DIR` and run `vqlib rate-distortion --prior pretrained:NAME ...` again",
+        )
+    writer = _Writer()
+    target = published_codec_dir()
+    writer.copy(source / TABLE_FILE, target / TABLE_FILE)
+    writer.copy(source / FIGURE_FILE, target / FIGURE_FILE)
+    writer.remove_others(target)
+    return StageResult(stage, True, writer.note(f"{TABLE_FILE} and {FIGURE_FILE} in {paths.shown(target)}"))
 
 
 def _publish_reports(
