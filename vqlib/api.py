@@ -310,15 +310,23 @@ class PretrainedPrior:
         kind = "class-conditional" if self.class_conditional else "unconditional"
         return f"PretrainedPrior({self.checkpoint!r}, K={self.num_codes}, {kind})"
 
-    def sample(self, num: int = 64, *, classes=None, temperature: float = 1.0, top_k=None, seed=None):
+    def sample(self, num: int = 64, *, classes=None, temperature: float = 1.0, top_k=None, seed=None, guidance=0.0):
         """`num` new images: (images float32 (num, 1, 28, 28) in [0, 1], their codes int64 (num, 12, 12)).
 
         `temperature` divides the logits, `top_k` draws among the k likeliest codes of each position,
-        `seed` makes the draw repeatable."""
+        `seed` makes the draw repeatable; `guidance` w > 0 pushes each sample towards its class
+        (classifier-free guidance: logits c + w (c - u), given the class and given none; needs `classes`)."""
         from .prior import sample_images
 
         images, codes = sample_images(
-            self.model, self.vqvae.model, num, classes=classes, temperature=temperature, top_k=top_k, seed=seed
+            self.model,
+            self.vqvae.model,
+            num,
+            classes=classes,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            guidance=guidance,
         )
         return images.float(), codes.long()
 

@@ -12,6 +12,7 @@ Validation happens in ``__post_init__``: an impossible value raises
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
@@ -741,6 +742,10 @@ class GenerationConfig:
     )
     temperature: float = _opt(1.0, "temperature of every measured sample; 1 is the model's own distribution")
     top_k: Optional[int] = _opt(None, "sample each position from its k likeliest codes; None: from all of them")
+    guidance: float = _opt(
+        0.0,
+        "classifier-free guidance w of the class-conditional samples (logits c + w (c - u)); 0: the model itself",
+    )
     sample_batch_size: int = _opt(500, "codes sampled at once")
     feature_train_subset: Optional[int] = _opt(
         None,
@@ -821,6 +826,13 @@ class GenerationConfig:
         _check(
             self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1),
             f"top_k must be a positive integer or None, not {self.top_k!r}",
+        )
+        _check(
+            isinstance(self.guidance, (int, float))
+            and not isinstance(self.guidance, bool)
+            and math.isfinite(self.guidance)
+            and self.guidance >= 0,
+            f"guidance must be a number of at least 0 (0: no guidance), not {self.guidance!r}",
         )
         _check(
             isinstance(self.completion_rows, int) and 0 <= self.completion_rows <= 12,

@@ -176,6 +176,7 @@ def draw_samples(
     batch_size: int = 500,
     progress: bool = True,
     desc: str = "samples",
+    guidance: float = 0.0,
 ) -> Samples:
     """`num` codes drawn from `prior` and decoded; with `conditional`, classes balanced (`balanced_classes`).
 
@@ -192,7 +193,10 @@ def draw_samples(
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
         part = None if classes is None else classes[start : start + n].to(device)
-        codes.append(prior.sample(n, part, temperature=temperature, top_k=top_k, generator=generator).cpu())
+        guided = guidance if part is not None else 0.0  # guidance needs a class; without one it is the model itself
+        codes.append(
+            prior.sample(n, part, temperature=temperature, top_k=top_k, generator=generator, guidance=guided).cpu()
+        )
         bar.update(n)
     bar.close()
     codes = torch.cat(codes)
@@ -527,6 +531,7 @@ def classification_accuracy_scores(
     top_k: Optional[int] = None,
     batch_size: int = 500,
     progress: bool = True,
+    guidance: float = 0.0,
 ) -> dict[str, dict]:
     """CAS for each of `samplers` (name -> a prior or the per-position model), after its real twin.
 
@@ -551,7 +556,14 @@ def classification_accuracy_scores(
     if not conditional:
         return out
     for i, (name, sampler) in enumerate(samplers.items(), start=1):
-        draw = dict(conditional=True, temperature=temperature, top_k=top_k, batch_size=batch_size, progress=progress)
+        draw = dict(
+            conditional=True,
+            temperature=temperature,
+            top_k=top_k,
+            batch_size=batch_size,
+            progress=progress,
+            guidance=guidance,
+        )
         train = draw_samples(sampler, vqvae, train_size, seed=seed + 1000 * i, desc=f"{name}: CAS training", **draw)
         val = draw_samples(sampler, vqvae, val_size, seed=seed + 1000 * i + 1, desc=f"{name}: CAS selection", **draw)
         out[name] = sample_trained_classifier(

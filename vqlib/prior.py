@@ -736,12 +736,16 @@ def sample_images(
     temperature: float = 1.0,
     top_k: Optional[int] = None,
     seed: Optional[int] = None,
+    guidance: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`num` codes drawn from the prior and decoded: (images (num, 1, 28, 28) float in [0, 1], codes (num, 12, 12)).
 
     `classes`: None (unconditional), a class name or index for all, or one per sample.
+    `guidance` > 0: classifier-free guidance towards the class (`PriorTransformer.sample`); it needs `classes`.
     """
-    _check_sampling(num, temperature, top_k, prior.num_codes)
+    _check_sampling(num, temperature, top_k, prior.num_codes, guidance)
+    if guidance > 0 and classes is None:
+        raise ConfigError("guidance pushes samples towards their class: give a class (--class) or set it to 0")
     device = next(prior.parameters()).device
     codes = prior.sample(
         num,
@@ -749,6 +753,7 @@ def sample_images(
         temperature=temperature,
         top_k=top_k,
         generator=_generator(seed, device),
+        guidance=guidance,
     )
     return vqvae.decode_indices(codes.to(next(vqvae.parameters()).device)).clamp(0, 1).cpu(), codes.cpu()
 
@@ -900,7 +905,11 @@ def resample(
     return out.view(codes.shape).to(codes.device)
 
 
-def _check_sampling(num: int, temperature: float, top_k: Optional[int], k: int) -> None:
+def _check_sampling(num: int, temperature: float, top_k: Optional[int], k: int, guidance: float = 0.0) -> None:
+    if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)) or (
+        guidance < 0
+    ):
+        raise ConfigError(f"guidance must be a number of at least 0 (0: no guidance), not {guidance!r}")
     if not isinstance(num, int) or num < 1:
         raise ConfigError(f"the number of samples must be a positive integer, not {num!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):

@@ -50,6 +50,13 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="class_name", default=None, help="class to sample (name or 0-9; default: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits (default: 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes only (default: all)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        help="classifier-free guidance towards --class: logits c + w (c - u) of the prior given the class (c) and "
+        "given none (u); 0 samples the prior itself (default: 0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     p.add_argument(
         "--complete",
@@ -112,6 +119,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num must be a positive integer, not {args.num}")
     prior, vqvae, ckpt = load_pair(args.prior, args.vqvae_checkpoint, device=resolve_device(args.device))
     settings = dict(num=args.num, temperature=args.temperature, top_k=args.top_k, seed=args.seed, class_id=class_id)
+    if args.guidance:
+        if args.complete:
+            raise ConfigError("--guidance applies to samples drawn from nothing, not to --complete")
+        settings["guidance"] = args.guidance
     started = time.perf_counter()
     if args.complete:
         image = _image_to_complete(args.complete, args)
@@ -129,7 +140,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         settings.update(complete=args.complete, keep_rows=args.keep_rows)
     else:
         images, codes = sample_images(
-            prior, vqvae, args.num, classes=class_id, temperature=args.temperature, top_k=args.top_k, seed=args.seed
+            prior,
+            vqvae,
+            args.num,
+            classes=class_id,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            guidance=args.guidance,
         )
     seconds = time.perf_counter() - started
     output = Path(args.output or paths.results_dir() / "prior" / str(ckpt.get("run_name") or "prior") / "samples.png")
