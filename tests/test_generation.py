@@ -156,6 +156,35 @@ def test_the_pixel_classifier_is_trained_once_and_judges_per_class(project, data
         sample_trained_classifier(unconditional, unconditional, data, epochs=1, patience=1, device="cpu")
 
 
+def test_the_guidance_table_measures_each_weight_and_chooses_the_smallest_distance(project, data, protocol):
+    """Each row is what its weight's samples score with the judge; the choice is the row of the smallest Fréchet
+    distance to the reference (validation) features."""
+    from vqlib.generation import (
+        chosen_guidance,
+        classifier_outputs,
+        draw_samples,
+        frechet_distance,
+        guidance_table,
+        real_pixel_classifier,
+    )
+    from vqlib.prior import fit_position_prior
+
+    vqvae, (train_codes, train_labels), _ = protocol
+    baseline = fit_position_prior(train_codes, 100, train_labels)
+    judge = real_pixel_classifier(data, train_subset=300, val_subset=100, epochs=1, patience=1, device="cpu",
+                                  progress=False).model  # fmt: skip
+    reference, _ = classifier_outputs(judge, data.val_images[:300])
+    table = guidance_table(baseline, vqvae, judge, reference, [0, 3], num=100, seed=5, progress=False)
+    assert list(table["guidance"]) == [0.0, 3.0] and (table["samples"] == 100).all()
+    plain = draw_samples(baseline, vqvae, 100, conditional=True, seed=5, progress=False)
+    features, predicted = classifier_outputs(judge, plain.images)
+    assert table.loc[0, "frechet_distance"] == pytest.approx(frechet_distance(features, reference))
+    assert table.loc[0, "judged_accuracy"] == pytest.approx((predicted == plain.classes.numpy()).mean())
+    assert table.loc[0, "frechet_distance"] != table.loc[1, "frechet_distance"]  # guidance changed the samples
+    assert chosen_guidance(table) == table.loc[table["frechet_distance"].idxmin(), "guidance"]
+    assert (table["lowest_class_accuracy"] <= table["judged_accuracy"]).all()
+
+
 # ----------------------------------------------------------------------------- the prior notebook 06 measures
 
 
@@ -198,6 +227,9 @@ def test_position_bits_of_a_network_sum_to_its_bits_per_image(protocol):
         ("cas_train_size", 60_000, "cas_train_size must be at most 55,000"),
         ("completion_rows", 13, "completion_rows"),
         ("temperature", 0, "temperature must be positive"),
+        ("guidance", -1.0, "guidance must be a number of at least 0"),
+        ("guidance_values", "0,x", "guidance_values must be comma-separated numbers"),
+        ("guidance_samples", 5, "guidance_samples must be 0"),
     ],
 )
 def test_generation_settings_are_refused_in_one_sentence(field, value, words):

@@ -84,6 +84,8 @@ TINY_PROFILE = {
         "cas_val_size": 50,
         "cas_epochs": 1,
         "nearest_images": 50,
+        "guidance_values": "0,1",
+        "guidance_samples": 20,
         "samples_per_class": 2,
         "completion_images": 2,
         "completions": 2,
@@ -264,6 +266,8 @@ def test_notebook_06_measures_the_prior_in_bits_and_samples(study):
     assert record["prior"] == "checkpoints/prior/K8_D4_transformer_cond/best.pt"  # trained here, named portably
     assert record["prior_config"]["class_conditional"] and record["prior_config"]["train_subset"] == 160
     assert record["settings"]["num_samples"] == 100 and record["settings"]["prior_checkpoint"] is None
+    assert [row["guidance"] for row in record["guidance"]] == [0.0, 1.0]
+    assert all(row["samples"] == 20 and 0 <= row["judged_accuracy"] <= 1 for row in record["guidance"])
     bits = {row["model"]: row["bits_per_image"] for row in record["likelihood"]}
     assert list(bits) == [
         "uniform over K=8 codes",

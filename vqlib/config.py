@@ -716,6 +716,14 @@ class PriorConfig:
         _check_choice("precision", self.precision, PRECISIONS)
 
 
+def _is_weight(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value >= 0
+
+
 @dataclass
 class GenerationConfig:
     """Notebook 06: how good the prior is, in bits and in samples, beside baselines and real images.
@@ -746,6 +754,11 @@ class GenerationConfig:
         0.0,
         "classifier-free guidance w of the class-conditional samples (logits c + w (c - u)); 0: the model itself",
     )
+    guidance_values: str = _opt(
+        "0,0.5,1,2,3",
+        "guidance weights compared on validation images (Fréchet distance, the class judged), comma-separated",
+    )
+    guidance_samples: int = _opt(2000, "class-conditional samples per weight of that comparison; 0 skips it")
     sample_batch_size: int = _opt(500, "codes sampled at once")
     feature_train_subset: Optional[int] = _opt(
         None,
@@ -833,6 +846,17 @@ class GenerationConfig:
             and math.isfinite(self.guidance)
             and self.guidance >= 0,
             f"guidance must be a number of at least 0 (0: no guidance), not {self.guidance!r}",
+        )
+        _check(
+            isinstance(self.guidance_samples, int)
+            and not isinstance(self.guidance_samples, bool)
+            and (self.guidance_samples == 0 or self.guidance_samples >= 10),
+            f"guidance_samples must be 0 (no comparison) or an integer of at least 10, not {self.guidance_samples!r}",
+        )
+        weights = [w.strip() for w in str(self.guidance_values).split(",")]
+        _check(
+            all(_is_weight(w) for w in weights),
+            f"guidance_values must be comma-separated numbers of at least 0, not {self.guidance_values!r}",
         )
         _check(
             isinstance(self.completion_rows, int) and 0 <= self.completion_rows <= 12,

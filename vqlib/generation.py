@@ -465,6 +465,65 @@ def class_accuracy_table(sets: dict[str, Judged]):
     return pd.DataFrame(columns, index=pd.Index([*CLASS_NAMES, "all"], name="class"))
 
 
+def guidance_table(
+    prior,
+    vqvae,
+    judge: PixelConvNet,
+    reference_features: np.ndarray,
+    weights,
+    *,
+    num: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    batch_size: int = 500,
+    progress: bool = True,
+):
+    """Class-conditional samples of `prior` at each classifier-free guidance weight in `weights`: the Fréchet
+    distance of `num` of them (classes balanced, one seed for every weight) to `reference_features` (the judge's
+    features of the validation images), and the share the judge assigns to the class they were drawn for.
+
+    Guidance trades variety for fidelity to the class: the distance first falls, then rises again as the samples
+    crowd around each class's likeliest images. `chosen_guidance` takes the weight of the smallest distance, a
+    choice made on validation images, never on the test split.
+    """
+    import pandas as pd
+
+    rows = []
+    for w in weights:
+        samples = draw_samples(
+            prior,
+            vqvae,
+            num,
+            conditional=True,
+            guidance=float(w),
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"guidance {w}",
+        )
+        features, predicted = classifier_outputs(judge, samples.images)
+        per_class = per_class_accuracy(predicted, samples.classes.numpy())
+        rows.append(
+            {
+                "guidance": float(w),
+                "samples": num,
+                "frechet_distance": frechet_distance(features, reference_features),
+                "judged_accuracy": float((predicted == samples.classes.numpy()).mean()),
+                "lowest_class_accuracy": float(np.nanmin(per_class)),
+                "lowest_class": CLASS_NAMES[int(np.nanargmin(per_class))],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def chosen_guidance(table) -> float:
+    """The guidance weight of `guidance_table`'s smallest Fréchet distance to the validation images."""
+    return float(table.loc[table["frechet_distance"].idxmin(), "guidance"])
+
+
 def cas_table(results: dict[str, dict]):
     """The Classification Accuracy Score (Ravuri and Vinyals 2019) beside its real twin: one row per training
     source (its images, what chose its epoch, test accuracy on the real test split, the epoch kept and why)."""
