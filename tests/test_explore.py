@@ -268,6 +268,12 @@ def test_sample_draws_a_whole_code_into_the_editor_and_undo_takes_it_back(genera
     assert torch.equal(ex.codes, drawn)  # seeded: the same draw
     ex.sample_code(3, temperature=1.0, seed=1)
     assert not torch.equal(ex.codes, drawn)
+    # With guidance, the draw is vqlib.prior.sample_images' guided one for the same seed.
+    from vqlib.prior import sample_images
+
+    ex.sample_code(3, temperature=1.0, seed=0, guidance=2.0)
+    _, guided = sample_images(ex.prior, ex.model, 1, classes=3, seed=0, guidance=2.0)
+    assert torch.equal(ex.codes, guided[0].long())
 
 
 def test_resample_redraws_the_selection_given_the_rest_and_nothing_else(generating):
@@ -311,6 +317,8 @@ def test_generation_refuses_bad_input_in_one_sentence(
         (lambda: explorer.sample_code(12), "class 12 does not exist"),
         (lambda: explorer.sample_code(temperature=0.0), "temperature must be a positive number"),
         (lambda: explorer.sample_code(seed=-1), "the seed must be an integer of 0 or more"),
+        (lambda: explorer.sample_code(guidance=1.0), "give a class, or set guidance to 0"),
+        (lambda: explorer.sample_code(3, guidance=-1.0), "guidance must be a number of at least 0"),
         (lambda: explorer.resample_cells((3, 12), 0), "do not lie in the 12 x 12 code map"),
         (lambda: explorer.resample_cells(2, 2, sweeps=0), "sweeps must be a positive integer"),
         (lambda: explorer.cell_choices(12, 0), "do not lie in the 12 x 12 code map"),

@@ -436,11 +436,21 @@ class Explorer:
         return mask
 
     @one_thread
-    def sample_code(self, label=None, *, temperature: float = 1.0, top_k: Optional[int] = None, seed=None):
-        """Draw a whole new code from the prior (of class `label`, or none) into the editor; undo takes it back."""
+    def sample_code(
+        self, label=None, *, temperature: float = 1.0, top_k: Optional[int] = None, seed=None, guidance: float = 0.0
+    ):
+        """Draw a whole new code from the prior (of class `label`, or none) into the editor; undo takes it back.
+        `guidance` > 0 pushes the draw towards the class (classifier-free guidance; needs `label`)."""
         prior, label = self._need_prior(), self.check_generation_class(label)
         _, codes = sample_images(
-            prior, self.model, 1, classes=label, temperature=temperature, top_k=top_k, seed=self._check_seed(seed)
+            prior,
+            self.model,
+            1,
+            classes=label,
+            temperature=temperature,
+            top_k=top_k,
+            seed=self._check_seed(seed),
+            guidance=guidance,
         )
         return self._replace_codes(codes[0].long())
 

@@ -285,6 +285,7 @@ class ExplorerUI:
         short = {"layout": w.Layout(width="200px"), "style": {"description_width": "initial"}}
         self.temperature = w.FloatText(value=1.0, description="temperature", **short)
         self.top_k = w.IntText(value=0, description="top-k (0: all K)", **short)
+        self.guidance = w.FloatText(value=0.0, description="guidance (new codes; 0: none)", **short)
         self.sweeps = w.IntText(value=1, description="sweeps", **short)
         self.seed = w.IntText(value=0, description="seed", **short)
         self.seed.add_class("vqlib-seed")
@@ -308,7 +309,7 @@ class ExplorerUI:
             w.HBox([self.prior_path, self.load_prior]),
             w.HBox([self.generation_class, self.temperature, self.top_k]),
             w.HBox([self.rows, self.cols]),  # the edit panel's sliders: one selection, shown in both panels
-            w.HBox([self.sweeps, self.seed]),
+            w.HBox([self.guidance, self.sweeps, self.seed]),
             w.HBox([self.sample, self.resample, self.choices, self.generate_undo]),
             w.HBox(
                 [
@@ -403,7 +404,7 @@ class ExplorerUI:
 
     def _on_sample(self) -> None:
         settings, started = self._generation_settings(), time.perf_counter()
-        self.explorer.sample_code(self.generation_class.value, **settings)
+        self.explorer.sample_code(self.generation_class.value, guidance=self.guidance.value, **settings)
         self._generated("sampled a new code", started, settings["seed"])
 
     def _on_resample(self) -> None:

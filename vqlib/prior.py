@@ -745,7 +745,7 @@ def sample_images(
     """
     _check_sampling(num, temperature, top_k, prior.num_codes, guidance)
     if guidance > 0 and classes is None:
-        raise ConfigError("guidance pushes samples towards their class: give a class (--class) or set it to 0")
+        raise ConfigError("guidance pushes samples towards their class: give a class, or set guidance to 0")
     device = next(prior.parameters()).device
     codes = prior.sample(
         num,
