@@ -716,12 +716,16 @@ class PriorConfig:
         _check_choice("precision", self.precision, PRECISIONS)
 
 
+def is_guidance(value) -> bool:
+    """Whether `value` is a classifier-free guidance weight: a finite number of at least 0 (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def _is_weight(text: str) -> bool:
     try:
-        value = float(text)
+        return is_guidance(float(text))
     except ValueError:
         return False
-    return math.isfinite(value) and value >= 0
 
 
 @dataclass
@@ -841,10 +845,7 @@ class GenerationConfig:
             f"top_k must be a positive integer or None, not {self.top_k!r}",
         )
         _check(
-            isinstance(self.guidance, (int, float))
-            and not isinstance(self.guidance, bool)
-            and math.isfinite(self.guidance)
-            and self.guidance >= 0,
+            is_guidance(self.guidance),
             f"guidance must be a number of at least 0 (0: no guidance), not {self.guidance!r}",
         )
         _check(

@@ -43,7 +43,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .classify import encode_codes
-from .config import PriorConfig, changed_fields, with_defaults
+from .config import PriorConfig, changed_fields, is_guidance, with_defaults
 from .data import CLASS_NAMES, NUM_CLASSES, FashionMNIST, batch_indices, load_fashion_mnist, subset
 from .device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
@@ -906,9 +906,7 @@ def resample(
 
 
 def _check_sampling(num: int, temperature: float, top_k: Optional[int], k: int, guidance: float = 0.0) -> None:
-    if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)) or (
-        guidance < 0
-    ):
+    if not is_guidance(guidance):
         raise ConfigError(f"guidance must be a number of at least 0 (0: no guidance), not {guidance!r}")
     if not isinstance(num, int) or num < 1:
         raise ConfigError(f"the number of samples must be a positive integer, not {num!r}")
