@@ -129,8 +129,11 @@ def test_samples_are_decoded_uint8_images_balanced_over_classes(protocol):
 def test_the_pixel_classifier_is_trained_once_and_judges_per_class(project, data, protocol):
     from vqlib.generation import (
         Samples,
+        cached_pixel_classifier,
         class_accuracy_table,
         judge_images,
+        pixel_classifier_cache,
+        published_pixel_classifiers,
         real_pixel_classifier,
         sample_trained_classifier,
     )
@@ -145,6 +148,17 @@ def test_the_pixel_classifier_is_trained_once_and_judges_per_class(project, data
     assert first.checkpoint.stat().st_mtime_ns == stamp and again.record == first.record
     for name, tensor in first.model.state_dict().items():
         assert torch.equal(tensor, again.model.state_dict()[name]), name
+    # Publishing finds the cached file by its record; a published one with the settings asked for is used as is.
+    assert cached_pixel_classifier(first.summary) == first.checkpoint
+    assert cached_pixel_classifier({**first.summary, "written": "another training"}) is None
+    published = published_pixel_classifiers() / first.checkpoint.parent.name / "best.pt"
+    published.parent.mkdir(parents=True)
+    first.checkpoint.rename(published)
+    from_published = real_pixel_classifier(data, **settings)
+    assert from_published.checkpoint == published and from_published.record == first.record
+    assert not list(pixel_classifier_cache().glob("*/best.pt"))  # not trained again
+    other = real_pixel_classifier(data, **{**settings, "val_subset": 50})  # other settings: trained, cached
+    assert other.checkpoint.is_relative_to(pixel_classifier_cache())
     test = data.test_images[:200], data.test_labels[:200]
     judged = judge_images(again.model, {"test": test, "unlabelled": (test[0], None)})
     assert judged["test"].features.shape == (200, 128) and (judged["test"].features >= 0).all()  # after the ReLU

@@ -448,6 +448,14 @@ def test_publish_copies_every_stage_after_the_grid_without_machine_paths(publish
     for name in (*vqnotebooks.PRIOR_FIGURES, vqnotebooks.GENERATION_FILE):
         assert (out / "prior" / name).stat().st_size > 0, name
     assert read_json(out / "prior" / vqnotebooks.GENERATION_FILE)["vqvae"] == "pretrained:K8_D4"
+    # The pixel classifier that record measured in, published beside the models (the same training, by its record).
+    judges = list((root / "checkpoints" / "pretrained" / "pixel-classifier").glob("*/best.pt"))
+    assert len(judges) == 1, judges
+    judge_record = vqcheckpoints.load_checkpoint(judges[0], kind="pixel_classifier")["record"]
+    assert (
+        judge_record["written"]
+        == read_json(out / "prior" / vqnotebooks.GENERATION_FILE)["feature_classifier"]["written"]
+    )
     assert {p.name for p in (out / "reports").iterdir()} == {f"{n}.html" for n in EXPECTED_IMAGES} | {"index.html"}
     # Checkpoints by their published names, no path of this machine in any published JSON.
     metrics = read_json(classifier / "metrics.json")

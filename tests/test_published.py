@@ -77,6 +77,35 @@ def test_published_classifier_reproduces_its_test_accuracy(name, data, monkeypat
     assert measured["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=2e-4)  # two images of 10,000
 
 
+def test_published_pixel_classifier_is_notebook_06s_judge_and_reproduces_its_test_accuracy(data, monkeypatch, tmp_path):
+    """The judge of the published generation measures is published; asked for with its settings, notebook 06 gets it
+    without training (on a clone with nothing cached), and it measures its recorded test accuracy."""
+    from vqlib import generation
+    from vqlib.generation import judge_images, real_pixel_classifier
+
+    repo_paths(monkeypatch)
+    monkeypatch.setattr(generation, "pixel_classifier_cache", lambda: tmp_path)  # what a fresh clone has cached
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the published pixel classifier was not used: training it takes an hour here")
+
+    monkeypatch.setattr(generation, "train_pixel_classifier", no_training)
+    record = read_json(REPO / "results" / "published" / "prior" / "generation.json")
+    settings = record["settings"]
+    judge = real_pixel_classifier(
+        data,
+        train_subset=settings["feature_train_subset"],
+        epochs=settings["feature_epochs"],
+        patience=settings["classifier_patience"],
+        device="cpu",
+        progress=False,
+    )
+    assert judge.checkpoint.is_relative_to(REPO / "checkpoints" / "pretrained" / "pixel-classifier")
+    assert judge.summary == record["feature_classifier"]
+    judged = judge_images(judge.model, {"test": (data.test_images, data.test_labels)})["test"]
+    assert (judged.predicted == data.test_labels.numpy()).mean() == pytest.approx(judge.test_accuracy, abs=2e-4)
+
+
 def git(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(REPO), *args], input=stdin, capture_output=True, text=True, timeout=60)
 

@@ -10,7 +10,9 @@ The feature space is that of a classifier trained on real training pixels only:
 `PixelConvNet`, the from-scratch pixel baseline of label efficiency (an encoder of
 the protocol VQ-VAE's shape, 28x28 -> 12x12x64, no codebook, and the classifier's
 head), chosen on validation accuracy and cached under checkpoints/pixel-classifier/.
-Its features are the head's 128 hidden units, the layer before the logits, as the
+The one behind the published measures is published (checkpoints/pretrained/pixel-classifier/),
+so a Fréchet distance computed elsewhere is in the same feature space, and a clone does not
+train it again. Its features are the head's 128 hidden units, the layer before the logits, as the
 Fréchet Inception distance reads Inception's last pooling layer (Heusel et al.
 2017); no ImageNet network is needed, and none could be downloaded here.
 """
@@ -300,7 +302,9 @@ def real_pixel_classifier(
     Trained once per setting and cached under checkpoints/pixel-classifier/ (a checkpoint
     of kind ``pixel_classifier`` that loads with weights_only): the feature classifier of
     every run of notebook 06, and the real twin of its CAS, are the same network when
-    their settings are. A cache that cannot be written only means training again next time.
+    their settings are. The published one (checkpoints/pretrained/pixel-classifier/) is
+    used when its settings are those asked for. A cache that cannot be written only means
+    training again next time.
     """
     config = pixel_classifier_config(epochs, patience, seed, device)
     n_train = len(data.train_labels) if train_subset is None else min(train_subset, len(data.train_labels))
@@ -313,12 +317,13 @@ def real_pixel_classifier(
     }
     name = f"pixel_convnet_{'all' if n_train == len(data.train_labels) else n_train}"
     name += f"_val{'all' if n_val == len(data.val_labels) else n_val}_e{epochs}_p{patience}_s{seed}"
-    path = paths.checkpoints_dir() / "pixel-classifier" / name / "best.pt"
-    if path.is_file():
-        try:
-            return load_pixel_classifier(path, expect=wanted, device=device)
-        except CheckpointError:
-            pass  # another setting's or a damaged file: trained again and replaced below
+    path = pixel_classifier_cache() / name / "best.pt"
+    for candidate in (path, published_pixel_classifiers() / name / "best.pt"):
+        if candidate.is_file():
+            try:
+                return load_pixel_classifier(candidate, expect=wanted, device=device)
+            except CheckpointError:
+                pass  # another setting's or a damaged file: trained again (and the cache replaced) below
     found = train_pixel_classifier(
         subset(data.train_images, data.train_labels, n_train, seed),
         subset(data.val_images, data.val_labels, n_val, seed),
@@ -343,6 +348,30 @@ def real_pixel_classifier(
     except OutputError:
         pass
     return PixelClassifier(found.model, record, found.checkpoint)
+
+
+def pixel_classifier_cache() -> Path:
+    return paths.checkpoints_dir() / "pixel-classifier"
+
+
+def published_pixel_classifiers() -> Path:
+    return paths.pretrained_dir() / "pixel-classifier"
+
+
+def cached_pixel_classifier(record: dict) -> Optional[Path]:
+    """The cached checkpoint whose record is `record` (a `PixelClassifier.summary`, as notebook 06 keeps it: its
+    written time tells one training from another), or None when it is not cached here."""
+    written = record.get("written") if isinstance(record, dict) else None
+    if not written:
+        return None
+    for path in sorted(pixel_classifier_cache().glob("*/best.pt")):
+        try:
+            found = load_checkpoint(path, kind=KIND).get("record", {})
+        except CheckpointError:
+            continue
+        if isinstance(found, dict) and found.get("written") == written:
+            return path
+    return None
 
 
 def load_pixel_classifier(path, *, expect: Optional[dict] = None, device: str = "auto") -> PixelClassifier:

@@ -952,13 +952,33 @@ def _publish_prior_measures(vqvae_name: str, vqvae_checkpoint: str) -> StageResu
         target / GENERATION_FILE, portable(record, {vqvae_checkpoint: published_vqvae, measured: published_vqvae})
     )
     writer.remove_others(target)
+    judge = _publish_judge(writer, record.get("feature_classifier"))
     return StageResult(
         stage,
         True,
         writer.note(
             f"{GENERATION_FILE} of {record.get('prior')} and {len(PRIOR_FIGURES)} figures in {paths.shown(target)}"
+            f"; {judge}"
         ),
     )
+
+
+def _publish_judge(writer: _Writer, summary: Any) -> str:
+    """The pixel classifier whose features notebook 06's record measures in (its `feature_classifier`), beside the
+    published models, so that a clone measures in the same space without training it (it is also CAS's real twin).
+    Other published ones are removed; when it is not cached here, what is published stays."""
+    from .generation import cached_pixel_classifier, pixel_classifier_cache, published_pixel_classifiers
+
+    found = cached_pixel_classifier(summary)
+    if found is None:
+        return f"its pixel classifier is not in {paths.shown(pixel_classifier_cache())} (what is published stays)"
+    target = published_pixel_classifiers() / found.parent.name / "best.pt"
+    writer.copy(found, target)
+    for other in published_pixel_classifiers().glob("*/best.pt"):
+        if other != target:
+            shutil.rmtree(other.parent)
+            writer.changed += 1
+    return f"its pixel classifier in {paths.shown(target.parent)}"
 
 
 def published_codec_dir() -> Path:
