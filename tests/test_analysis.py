@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vqlib import analysis
+from vqlib import analysis, claims
 from vqlib.config import VQVAEConfig
 from vqlib.data import CLASS_NAMES, NUM_CLASSES, class_examples
 from vqlib.errors import ConfigError
@@ -151,37 +151,35 @@ def test_knn_correct_separates_islands_and_drops_only_itself():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 30)
     islands = rng.normal(size=(90, 2)) * 0.1 + labels[:, None] * 10.0
-    assert analysis.knn_correct(islands, labels, k=10).all()
+    assert claims.knn_correct(islands, labels, k=10).all()
     # Duplicated points: a point need not be its own first neighbour, and the result is still exact.
     doubled = np.concatenate([islands, islands])
-    assert analysis.knn_correct(doubled, np.concatenate([labels, labels]), k=10).all()
+    assert claims.knn_correct(doubled, np.concatenate([labels, labels]), k=10).all()
     # Each point of a two-point class sees one of its class among 3 neighbours: the vote goes to the others.
     tiny = np.array([[0.0], [0.1], [5.0], [5.1], [5.2], [5.3]])
-    assert analysis.knn_correct(tiny, np.array([0, 0, 1, 1, 1, 1]), k=3).tolist() == [False] * 2 + [True] * 4
+    assert claims.knn_correct(tiny, np.array([0, 0, 1, 1, 1, 1]), k=3).tolist() == [False] * 2 + [True] * 4
     noise = rng.normal(size=(400, 5))
-    assert abs(analysis.knn_correct(noise, rng.integers(0, 10, 400), k=10).mean() - 0.1) < 0.06
+    assert abs(claims.knn_correct(noise, rng.integers(0, 10, 400), k=10).mean() - 0.1) < 0.06
     with pytest.raises(ConfigError):
-        analysis.knn_correct(islands[:5], labels[:5], k=10)
+        claims.knn_correct(islands[:5], labels[:5], k=10)
 
 
 def test_tsne_claim_verdicts_follow_the_pixel_reference():
     rng = np.random.default_rng(0)
     pixels = rng.random(2000) < 0.75
-    same = analysis.tsne_claim(code_map=pixels.copy(), code_space=pixels, pixel_map=pixels, pixel_space=pixels)
+    same = claims.tsne_claim(code_map=pixels.copy(), code_space=pixels, pixel_map=pixels, pixel_space=pixels)
     assert same["verdict"] == "agrees" and "already in the pixels" in same["sentence"]
     assert same["numbers"]["knn_accuracy"]["code_map"] == pytest.approx(pixels.mean())
-    worse = analysis.tsne_claim(
-        code_map=rng.random(2000) < 0.6, code_space=pixels, pixel_map=pixels, pixel_space=pixels
-    )
+    worse = claims.tsne_claim(code_map=rng.random(2000) < 0.6, code_space=pixels, pixel_map=pixels, pixel_space=pixels)
     assert worse["verdict"] == "partly" and worse["numbers"]["map_difference_interval"][1] < 0
     # The issue's measurement: the cell average's map at 0.43 against 0.75 for the pixels.
-    average = analysis.tsne_claim(
+    average = claims.tsne_claim(
         code_map=rng.random(2000) < 0.4, code_space=pixels, pixel_map=pixels, pixel_space=pixels
     )
     assert average["verdict"] == "disagrees"
     assert set(same) == {"name", "seed_words", "numbers", "definition", "verdict", "sentence"}
     with pytest.raises(ConfigError, match="same images"):
-        analysis.tsne_claim(code_map=pixels[:10], code_space=pixels, pixel_map=pixels, pixel_space=pixels)
+        claims.tsne_claim(code_map=pixels[:10], code_space=pixels, pixel_map=pixels, pixel_space=pixels)
 
 
 def test_normalized_mutual_information_equals_scikit_learns():
@@ -193,7 +191,7 @@ def test_normalized_mutual_information_equals_scikit_learns():
     counts = analysis.code_counts_per_class(indices, labels, 16)
     cells_class = np.repeat(labels, 144)
     expected = normalized_mutual_info_score(cells_class, indices.reshape(-1).numpy())
-    assert analysis.normalized_mutual_information(counts) == pytest.approx(expected, rel=1e-9)
+    assert claims.normalized_mutual_information(counts) == pytest.approx(expected, rel=1e-9)
 
 
 def test_codebook_usage_claim_against_shuffled_labels():
@@ -203,26 +201,24 @@ def test_codebook_usage_claim_against_shuffled_labels():
     indices = torch.full((300, 12, 12), 10, dtype=torch.long)
     indices[:, :3, :] = torch.from_numpy(labels)[:, None, None]
     indices[:, 6:, :] = torch.from_numpy(rng.integers(11, 20, (300, 6, 12)))
-    owned = analysis.codebook_usage_claim(indices, labels, 20, shuffles=20)
+    owned = claims.codebook_usage_claim(indices, labels, 20, shuffles=20)
     assert owned["verdict"] == "agrees"
     assert owned["numbers"]["specialised_codes"] == 10 and owned["numbers"]["specialised_codes_shuffled_max"] == 0
     assert owned["numbers"]["specialised_share_of_cells"] == pytest.approx(0.25)
     shared = torch.from_numpy(rng.integers(0, 20, (300, 12, 12)))
-    assert analysis.codebook_usage_claim(shared, labels, 20, shuffles=20)["verdict"] == "disagrees"
+    assert claims.codebook_usage_claim(shared, labels, 20, shuffles=20)["verdict"] == "disagrees"
 
 
 def test_codebook_usage_baseline_of_the_most_specific_code_is_the_largest_over_all_shuffles():
     rng = np.random.default_rng(5)
     labels = np.repeat(np.arange(NUM_CLASSES), 3)
     indices = torch.from_numpy(rng.integers(0, 40, (30, 12, 12)))
-    claim = analysis.codebook_usage_claim(indices, labels, 40, shuffles=30, seed=1)
+    claim = claims.codebook_usage_claim(indices, labels, 40, shuffles=30, seed=1)
     # The same shuffles, drawn as the claim draws them.
     shuffle_rng = np.random.Generator(np.random.PCG64(1))
     tops = [
         np.nanmax(
-            analysis.code_class_specificity(
-                analysis.code_counts_per_class(indices, shuffle_rng.permutation(labels), 40)
-            )
+            claims.code_class_specificity(analysis.code_counts_per_class(indices, shuffle_rng.permutation(labels), 40))
         )
         for _ in range(30)
     ]
@@ -232,7 +228,7 @@ def test_codebook_usage_baseline_of_the_most_specific_code_is_the_largest_over_a
     assert numbers["max_specificity_shuffled_mean"] == pytest.approx(np.mean(tops))
     assert f"largest over the 30 shuffles: {max(tops):.2f}" in claim["sentence"]
     with pytest.raises(ConfigError, match="shuffle"):
-        analysis.codebook_usage_claim(indices, labels, 40, shuffles=0)
+        claims.codebook_usage_claim(indices, labels, 40, shuffles=0)
 
 
 def _images(values) -> np.ndarray:
@@ -245,20 +241,20 @@ def test_interpolation_numbers_of_a_crossfade_and_of_a_jump():
     t = np.linspace(0, 1, 5)[:, None, None, None]
     fade = (1 - t) * a + t * b
     reference = np.stack([a.reshape(-1), b.reshape(-1)])
-    numbers = analysis.interpolation_path_numbers(fade, reference)
+    numbers = claims.interpolation_path_numbers(fade, reference)
     assert numbers["step_ratio"] == pytest.approx(1.0) and numbers["crossfade_deviation_mean"] == pytest.approx(0.0)
     assert numbers["nn_path"] == pytest.approx(numbers["nn_crossfade"])
     jump = np.stack([a, a, a, b, b])  # every frame a real image, all the change in one step
-    numbers = analysis.interpolation_path_numbers(jump, reference)
+    numbers = claims.interpolation_path_numbers(jump, reference)
     # nn_path: RMS distances computed through a matrix product, exact only to about 1e-8.
     assert numbers["step_ratio"] == pytest.approx(4.0) and numbers["nn_path"] == pytest.approx(0.0, abs=1e-6)
     # The reference is the two ends themselves here: nothing is left out of the search.
-    fades = analysis.interpolation_claim([fade, fade, fade], reference, ends=None)
+    fades = claims.interpolation_claim([fade, fade, fade], reference, ends=None)
     assert fades["verdict"] == "partly" and "close to a cross-fade" in fades["sentence"]
-    jumps = analysis.interpolation_claim([jump, jump, jump], reference, ends=None)
+    jumps = claims.interpolation_claim([jump, jump, jump], reference, ends=None)
     assert jumps["verdict"] == "partly" and "not smooth" in jumps["sentence"]
     with pytest.raises(ConfigError):
-        analysis.interpolation_claim([fade], reference, ends=None)
+        claims.interpolation_claim([fade], reference, ends=None)
 
 
 def test_interpolation_nearest_real_image_leaves_out_the_paths_own_ends():
@@ -267,18 +263,18 @@ def test_interpolation_nearest_real_image_leaves_out_the_paths_own_ends():
     # A path that lingers at its ends: each interior frame is one of its own two end images.
     path = np.stack([a, a, a, b, b])
     reference = np.stack([x.reshape(-1) for x in (a, b, other)])
-    with_ends = analysis.interpolation_path_numbers(path, reference)
+    with_ends = claims.interpolation_path_numbers(path, reference)
     assert with_ends["nn_path"] == pytest.approx(0.0, abs=1e-6)  # the old reference: the frames find themselves
-    without = analysis.interpolation_path_numbers(path, reference, exclude=(0, 1))
+    without = claims.interpolation_path_numbers(path, reference, exclude=(0, 1))
     to_other = [float(np.sqrt(((x - other) ** 2).mean())) for x in (a, a, b)]
     assert without["nn_path"] == pytest.approx(np.mean(to_other), rel=1e-6)
-    claim = analysis.interpolation_claim([path, path], reference, ends=[(0, 1), (0, 1)], n_boot=50)
+    claim = claims.interpolation_claim([path, path], reference, ends=[(0, 1), (0, 1)], n_boot=50)
     assert claim["numbers"]["per_path"][0]["nn_path"] == pytest.approx(without["nn_path"])
     assert claim["numbers"]["nn_reference_excludes_ends"] and "own two ends left out" in claim["sentence"]
     with pytest.raises(ConfigError, match="ends"):
-        analysis.interpolation_claim([path, path], reference, ends=[(0, 1)])
+        claims.interpolation_claim([path, path], reference, ends=[(0, 1)])
     with pytest.raises(ConfigError, match="own ends"):
-        analysis.interpolation_path_numbers(path, reference[:2], exclude=(0, 1))
+        claims.interpolation_path_numbers(path, reference[:2], exclude=(0, 1))
 
 
 def _errors(means: dict, cv: dict, per_class: int = 400, seed: int = 0):
@@ -298,7 +294,7 @@ ORDER = ["Trouser", "Ankle boot", "Sandal", "Bag", "Dress", "Sneaker", "Coat", "
 def test_reconstruction_claim_agrees_when_clear():
     means = {name: 0.002 * (i + 1) for i, name in enumerate(ORDER)}
     errors, labels = _errors(means, {"Shirt": 0.8, "Pullover": 0.8, "Trouser": 0.3, "Ankle boot": 0.3})
-    claim = analysis.reconstruction_claim(errors, labels, n_boot=300)
+    claim = claims.reconstruction_claim(errors, labels, n_boot=300)
     assert claim["verdict"] == "agrees", claim["sentence"]
     assert claim["numbers"]["best_named"]["Trouser"]["rank"] == 1
     assert claim["numbers"]["cv_ratio_complex_to_structured"] == pytest.approx(8 / 3, rel=0.15)
@@ -312,7 +308,7 @@ def test_reconstruction_claim_counts_ties_rounding_and_the_mean_in_the_spread():
     means = {name: 0.002 * (i + 1) for i, name in enumerate(order)}
     means["Dress"] = means["Ankle boot"] * 1.002
     errors, labels = _errors(means, {})
-    claim = analysis.reconstruction_claim(errors, labels, n_boot=300)
+    claim = claims.reconstruction_claim(errors, labels, n_boot=300)
     numbers = claim["numbers"]
     assert numbers["best_named"]["Trouser"]["holds"] and not numbers["best_named"]["Ankle boot"]["holds"]
     assert numbers["worst_named"]["Shirt"]["holds"] and not numbers["worst_named"]["Pullover"]["holds"]
@@ -322,17 +318,17 @@ def test_reconstruction_claim_counts_ties_rounding_and_the_mean_in_the_spread():
     assert table.loc["Shirt", "mse_std"] > 3 * table.loc["Trouser", "mse_std"]  # the raw std would have said yes
     reversed_means = {name: 0.002 * (10 - i) for i, name in enumerate(ORDER)}
     errors, labels = _errors(reversed_means, {"Trouser": 0.8, "Ankle boot": 0.8})
-    assert analysis.reconstruction_claim(errors, labels, n_boot=300)["verdict"] == "disagrees"
+    assert claims.reconstruction_claim(errors, labels, n_boot=300)["verdict"] == "disagrees"
     with pytest.raises(ConfigError, match="lack the classes"):
-        analysis.reconstruction_claim(errors[labels != 6], labels[labels != 6])
+        claims.reconstruction_claim(errors[labels != 6], labels[labels != 6])
 
 
 def test_holm_adjusted_p_values():
     # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then the running maximum (Holm 1979).
-    np.testing.assert_allclose(analysis.holm_adjusted([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
-    np.testing.assert_allclose(analysis.holm_adjusted([0.5, 0.9]), [1.0, 1.0])
-    assert analysis.bootstrap_p_value(0.0, np.array([-1.0, 1.0])) == pytest.approx(1.0)
-    assert analysis.bootstrap_p_value(1.96, np.array([-1.0, 1.0]) / np.std([-1.0, 1.0], ddof=1)) == pytest.approx(
+    np.testing.assert_allclose(claims.holm_adjusted([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(claims.holm_adjusted([0.5, 0.9]), [1.0, 1.0])
+    assert claims.bootstrap_p_value(0.0, np.array([-1.0, 1.0])) == pytest.approx(1.0)
+    assert claims.bootstrap_p_value(1.96, np.array([-1.0, 1.0]) / np.std([-1.0, 1.0], ddof=1)) == pytest.approx(
         0.05, abs=1e-3
     )
 
@@ -344,7 +340,7 @@ def test_reconstruction_claim_corrects_its_eight_parts_for_multiple_comparisons(
     means = {name: 0.002 * (i + 1) for i, name in enumerate(ORDER)}
     cv = {"Shirt": 0.47, "Pullover": 0.47, "Trouser": 0.4, "Ankle boot": 0.4}
     errors, labels = _errors(means, cv, seed=1)
-    claim = analysis.reconstruction_claim(errors, labels, n_boot=1000)
+    claim = claims.reconstruction_claim(errors, labels, n_boot=1000)
     numbers = claim["numbers"]
     pairs = numbers["variability_pairs"].values()
     assert all(p["holds_unadjusted"] and p["interval"][0] > 0 for p in pairs)
@@ -352,7 +348,7 @@ def test_reconstruction_claim_corrects_its_eight_parts_for_multiple_comparisons(
     assert numbers["parts_holding_unadjusted"] == 8 and numbers["parts_holding"] == 4
     assert claim["verdict"] == "partly" and "Holm's correction" in claim["sentence"]
     assert "4 parts that an uncorrected 95% interval would count do not count" in claim["sentence"]
-    parts = analysis.reconstruction_parts(claim)
+    parts = claims.reconstruction_parts(claim)
     assert len(parts) == 8 and parts["holds_unadjusted"].all() and parts["holds"].sum() == 4
     assert (parts["p_holm"] >= parts["p_value"]).all()
 
@@ -362,24 +358,24 @@ def test_claims_on_a_real_model_are_recorded_as_plain_json(model, sample):
 
     images, labels = sample
     encoded = analysis.encode_split(model, images, labels)
-    code = analysis.pca_features(analysis.quantized_code_features(model, encoded.indices), dims=20)
-    pixels = analysis.pca_features(analysis.pixel_features(images), dims=20)
+    code = claims.pca_features(claims.quantized_code_features(model, encoded.indices), dims=20)
+    pixels = claims.pca_features(claims.pixel_features(images), dims=20)
     assert code.shape == (300, 20) and pixels.shape == (300, 20)
-    knn = {name: analysis.knn_correct(x, labels) for name, x in (("code", code), ("pixels", pixels))}
-    claims = [
-        analysis.tsne_claim(
+    knn = {name: claims.knn_correct(x, labels) for name, x in (("code", code), ("pixels", pixels))}
+    measured = [
+        claims.tsne_claim(
             code_map=knn["code"], code_space=knn["code"], pixel_map=knn["pixels"], pixel_space=knn["pixels"]
         ),
-        analysis.codebook_usage_claim(encoded.indices, labels, 16, shuffles=5),
-        analysis.interpolation_claim(
+        claims.codebook_usage_claim(encoded.indices, labels, 16, shuffles=5),
+        claims.interpolation_claim(
             [analysis.interpolate(model, images[i], images[j], steps=4).quantized for i, j in ((0, 150), (1, 250))],
-            analysis.pixel_features(images),
+            claims.pixel_features(images),
             ends=[(0, 150), (1, 250)],
         ),
-        analysis.reconstruction_claim(analysis.per_image_mse(model, images), labels, n_boot=100),
+        claims.reconstruction_claim(analysis.per_image_mse(model, images), labels, n_boot=100),
     ]
     table = analysis.per_class_errors(analysis.per_image_mse(model, images), labels)
-    summary = analysis.analysis_summary(table, claims, pd.DataFrame({"class": [], "code": []}), images=300)
+    summary = claims.analysis_summary(table, measured, pd.DataFrame({"class": [], "code": []}), images=300)
     text = json.dumps(summary)
     assert [c["name"] for c in summary["claims"]] == [
         "tsne_clustering",
@@ -387,9 +383,9 @@ def test_claims_on_a_real_model_are_recorded_as_plain_json(model, sample):
         "interpolation",
         "reconstruction",
     ]
-    assert set(summary["verdicts"].values()) <= set(analysis.VERDICTS) and "NaN" not in text
+    assert set(summary["verdicts"].values()) <= set(claims.VERDICTS) and "NaN" not in text
     with pytest.raises(ConfigError, match="verdicts"):
-        analysis.analysis_summary(table, [{**claims[0], "verdict": "partly agrees"}], pd.DataFrame())
+        claims.analysis_summary(table, [{**measured[0], "verdict": "partly agrees"}], pd.DataFrame())
 
 
 def test_interpolation_ends_are_the_two_images(model, data):
