@@ -442,7 +442,7 @@ def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, 
     from vqlib.label_efficiency import RUNS_FILE, label_efficiency
     from vqlib.publish import restore_label_efficiency, snapshot_label_efficiency
 
-    def study(root):
+    def study(root, linear_max_iter=30):
         monkeypatch.setenv("VQLIB_ROOT", str(root))
         config = LabelEfficiencyConfig(
             vqvae_checkpoint=str(vqvae_checkpoint),
@@ -450,7 +450,7 @@ def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, 
             num_seeds=1,
             methods="pixel_linear",
             linear_c="0.1",
-            linear_max_iter=30,
+            linear_max_iter=linear_max_iter,
             device="cpu",
             results_dir=str(paths.classifier_dir() / "K8_D4_all_frozen"),
         )
@@ -471,10 +471,30 @@ def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, 
     assert again["seconds"].iloc[0] == first["seconds"].iloc[0]  # reused, not measured again
     assert len((fresh / "results" / "classifier" / "K8_D4_all_frozen" / RUNS_FILE).read_text().splitlines()) == 1
 
-    # Once that classifier is published, its snapshot goes.
-    (fresh / "results" / "published" / "classifier" / "K8_D4_all_frozen").mkdir(parents=True)
+    # Once that classifier is published with its rows, its snapshot goes.
+    published = fresh / "results" / "published" / "classifier" / "K8_D4_all_frozen"
+    published.mkdir(parents=True)
+    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": 1}  # published without its rows: kept
+    shutil.copy(fresh / "results" / "classifier" / "K8_D4_all_frozen" / RUNS_FILE, published / RUNS_FILE)
     assert snapshot_label_efficiency() == {}
     assert not (fresh / "checkpoints" / "inprogress" / "label_efficiency" / "K8_D4_all_frozen").exists()
+
+    # Run again with another setting on a clone of the published study: the published rows come back, the new row
+    # is measured and snapshotted although the classifier is published, and a clone gets both rows.
+    rerun = tmp_path / "rerun"
+    shutil.copytree(fresh / "results" / "published", rerun / "results" / "published")
+    monkeypatch.setenv("VQLIB_ROOT", str(rerun))
+    assert restore_label_efficiency() == ["K8_D4_all_frozen"]
+    assert study(rerun)["seconds"].iloc[0] == first["seconds"].iloc[0]  # the published row, reused
+    study(rerun, linear_max_iter=31)  # another setting: measured, appended
+    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": 2}
+    clone = tmp_path / "clone"
+    shutil.copytree(rerun / "results" / "published", clone / "results" / "published")
+    shutil.copytree(rerun / "checkpoints" / "inprogress", clone / "checkpoints" / "inprogress")
+    monkeypatch.setenv("VQLIB_ROOT", str(clone))
+    assert restore_label_efficiency() == ["K8_D4_all_frozen"]
+    runs = clone / "results" / "classifier" / "K8_D4_all_frozen" / RUNS_FILE
+    assert runs.read_text() == (rerun / "results" / "classifier" / "K8_D4_all_frozen" / RUNS_FILE).read_text()
 
 
 def test_selection_subset_matches_the_training_budget(data):

@@ -441,8 +441,9 @@ def test_publish_copies_every_stage_after_the_grid_without_machine_paths(publish
     for name in vqnotebooks.SUMMARY_FIGURES:
         assert (out / "grid" / name).read_bytes() == (root / "results" / "grid" / name).read_bytes()
     classifier = out / "classifier" / "K8_D4_30pc_frozen"
-    for name in (*vqpublish.CLASSIFIER_RESULT_FILES, "metrics.json"):
+    for name in (*vqpublish.CLASSIFIER_RESULT_FILES, "metrics.json", "label_efficiency.runs.jsonl"):
         assert (classifier / name).stat().st_size > 0, name
+    assert str(root) not in (classifier / "label_efficiency.runs.jsonl").read_text()
     for name in (*vqnotebooks.ANALYSIS_FIGURES, vqnotebooks.ANALYSIS_FILE):
         assert (out / "analysis" / name).stat().st_size > 0, name
     for name in (*vqnotebooks.PRIOR_FIGURES, vqnotebooks.GENERATION_FILE):

@@ -139,6 +139,7 @@ def test_no_published_file_is_ignored_by_git():
         "results/published/grid/best.json",
         "results/published/grid/heatmaps.png",
         "results/published/classifier/K100_D64_all_frozen/label_efficiency.csv",
+        "results/published/classifier/K100_D64_all_frozen/label_efficiency.runs.jsonl",
         "results/published/analysis/analysis.json",
         "results/published/analysis/tsne.png",
         "results/published/reports/index.html",

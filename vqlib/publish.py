@@ -14,9 +14,10 @@ publish and removed once the run is published as finished. `restore_runs`
 copies both back into a grid's folders, so that ``vqlib run --profile full``
 on a fresh clone reuses the finished runs and continues the unfinished ones
 from their last snapshotted epoch. The finished rows of a label-efficiency
-study whose classifier is not published yet are snapshotted the same way
-(`snapshot_label_efficiency`, ``checkpoints/inprogress/label_efficiency/``)
-and restored by `restore_label_efficiency`. A finished run publishes no last.pt
+study that are not published (its classifier is not, or it runs again with
+other settings) are snapshotted the same way (`snapshot_label_efficiency`,
+``checkpoints/inprogress/label_efficiency/``) and restored, with the published
+ones, by `restore_label_efficiency`. A finished run publishes no last.pt
 (optimiser state): only what is small and useful stays.
 
 Once the grid has chosen its best configuration among published runs, the
@@ -26,7 +27,8 @@ outputs exist, so that a published set never looks complete when it is not:
 - ``results/published/grid/``: notebook 02's loss curves and K x D heatmaps;
 - the chosen classifier (notebook 03's, on the best VQ-VAE) as
   ``checkpoints/pretrained/RUN/`` (``pretrained:RUN``) and its metrics, test
-  report and label efficiency in ``results/published/classifier/RUN/``;
+  report and label efficiency (with its finished rows, label_efficiency.runs.jsonl)
+  in ``results/published/classifier/RUN/``;
 - ``results/published/analysis/``: notebook 04's analysis.json and figures;
 - ``results/published/reports/``: the HTML reports and index.html, once the
   three stages above are published and the reports are newer than their notebooks.
@@ -402,9 +404,17 @@ def label_efficiency_snapshots() -> Path:
     return inprogress_dir() / "label_efficiency"
 
 
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
 def snapshot_label_efficiency() -> dict[str, int]:
-    """Snapshot the finished rows (label_efficiency.runs.jsonl) of every classifier folder whose
-    classifier is not published; drop the snapshots of those that are. Returns {folder: rows}.
+    """Snapshot the finished rows (label_efficiency.runs.jsonl) of every classifier folder that holds rows its
+    published copy does not (a study not yet published, or one run again with other settings); drop the snapshots
+    whose rows are all published. Returns {folder: rows}.
 
     Notebook 03's label efficiency at the protocol runs for hours; with its rows
     snapshotted, a fresh clone (`vqlib publish --restore`) continues it from the
@@ -412,31 +422,39 @@ def snapshot_label_efficiency() -> dict[str, int]:
     """
     from .label_efficiency import RUNS_FILE
 
-    published = {p.name for p in published_classifier_dir().glob("*") if p.is_dir()}
     taken = {}
     for runs in sorted(paths.classifier_dir().glob(f"*/{RUNS_FILE}")):
         name = runs.parent.name
-        if name in published:
+        if set(_lines(runs)) <= set(_lines(published_classifier_dir() / name / RUNS_FILE)):
             continue
         _copy(runs, label_efficiency_snapshots() / name / RUNS_FILE)
-        taken[name] = sum(1 for line in runs.read_text().splitlines() if line.strip())
-    for snapshot in sorted(label_efficiency_snapshots().glob("*")):
-        if snapshot.name in published:
-            shutil.rmtree(snapshot)
+        taken[name] = len(_lines(runs))
+    for snapshot in sorted(label_efficiency_snapshots().glob(f"*/{RUNS_FILE}")):
+        published = published_classifier_dir() / snapshot.parent.name / RUNS_FILE
+        if snapshot.parent.name not in taken and set(_lines(snapshot)) <= set(_lines(published)):
+            shutil.rmtree(snapshot.parent)
     return taken
 
 
 def restore_label_efficiency() -> list[str]:
-    """Copy the snapshotted label-efficiency rows back where this checkout has no runs file of its own
-    (a local one is at least as new as the snapshot taken from it)."""
+    """Put the finished label-efficiency rows, published and snapshotted, where this checkout has no runs file of its
+    own (a local one is at least as new as any copy taken from it): notebook 03 run again reuses every row measured
+    with its settings."""
     from .label_efficiency import RUNS_FILE
 
     restored = []
-    for snapshot in sorted(label_efficiency_snapshots().glob(f"*/{RUNS_FILE}")):
-        target = paths.classifier_dir() / snapshot.parent.name / RUNS_FILE
-        if not target.is_file():
-            _copy(snapshot, target)
-            restored.append(snapshot.parent.name)
+    sources = {p.parent.name for p in published_classifier_dir().glob(f"*/{RUNS_FILE}")}
+    sources |= {p.parent.name for p in label_efficiency_snapshots().glob(f"*/{RUNS_FILE}")}
+    for name in sorted(sources):
+        target = paths.classifier_dir() / name / RUNS_FILE
+        if target.is_file():
+            continue
+        rows = _lines(published_classifier_dir() / name / RUNS_FILE)
+        rows += [line for line in _lines(label_efficiency_snapshots() / name / RUNS_FILE) if line not in set(rows)]
+        ensure_dir(target.parent)
+        with atomic_path(target) as tmp:
+            tmp.write_text("".join(line + "\n" for line in rows))
+        restored.append(name)
     return restored
 
 
@@ -823,6 +841,7 @@ def _publish_classifier(vqvae_name: str, vqvae_checkpoint: str) -> StageResult:
     paired with ``pretrained:<vqvae_name>``), then its results, metrics.json last."""
     from .checkpoints import load_checkpoint
     from .classify import load_classifier
+    from .label_efficiency import RUNS_FILE
     from .reports import classifier_record
 
     stage = "classifier"
@@ -878,6 +897,9 @@ def _publish_classifier(vqvae_name: str, vqvae_checkpoint: str) -> StageResult:
         else:
             writer.copy(source / file, target_results / file)
     writer.json(target_results / METRICS_FILE, portable(record, renames))
+    # Its label efficiency's finished rows: a rerun with other settings for some methods reuses the others'.
+    if (source / RUNS_FILE).is_file():
+        writer.text(source / RUNS_FILE, target_results / RUNS_FILE, renames)
     writer.remove_others(target_results)
     # One classifier is published: the one of the current choice.
     for other in published_classifier_dir().iterdir():
