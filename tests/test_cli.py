@@ -164,7 +164,7 @@ def test_run_help_states_the_measured_time_of_the_quick_profile(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "about 19 minutes on a 2-core CPU" in out and "10 minutes" not in out
+    assert "about 14 minutes on a 2-core CPU" in out and "10 minutes" not in out
 
 
 @pytest.fixture

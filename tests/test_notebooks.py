@@ -298,7 +298,7 @@ def test_notebook_06_measures_the_prior_in_bits_and_samples(study):
     assert set(record["code_copies"]) == {"prior samples", "per-position samples"}
     assert record["feature_classifier"]["train_images"] == 200 and "history" not in record["feature_classifier"]
     index = (study["root"] / "results" / "reports" / "index.html").read_text()
-    assert f"{bits['prior, given the class']:.1f}; {bits['per-position model']:.1f}" in index
+    assert f"{bits['prior without a class']:.1f} ({bits['per-position model']:.1f})" in index
     # The classifier on pixels is cached for the next run; the prior sits in its default folder.
     assert (study["root"] / "checkpoints" / "pixel-classifier").is_dir()
     assert (study["root"] / "checkpoints" / "prior" / "K8_D4_transformer_cond" / "best.pt").is_file()
@@ -320,13 +320,16 @@ def test_the_index_shows_the_prior_of_the_chosen_vqvae_only(tmp_path):
     }
     write_json(tmp_path / vqnotebooks.GENERATION_FILE, record)
     shown = vqreports.prior_headline(tmp_path, "results/grid/K8_D4/best.pt")
-    assert shown == {
-        "prior_bits": 600.0,
-        "prior_model": "prior",
-        "baseline_bits": 700.0,
-        "prior_frechet": 9.0,
-        "real_frechet": 0.3,
-    }
+    assert shown == {"prior_bits": 600.0, "baseline_bits": 700.0, "prior_frechet": 9.0, "real_frechet": 0.3}
+    # A class-conditional prior: the headline's bits are its bits without a class, as a codec sends the code.
+    record["likelihood"] = [
+        {"model": "per-position model", "bits_per_image": 700.0},
+        {"model": "per-position model, given the class", "bits_per_image": 690.0},
+        {"model": "prior without a class", "bits_per_image": 610.0},
+        {"model": "prior, given the class", "bits_per_image": 590.0},
+    ]
+    write_json(tmp_path / vqnotebooks.GENERATION_FILE, record)
+    assert vqreports.prior_headline(tmp_path)["prior_bits"] == 610.0
     assert vqreports.prior_headline(tmp_path, "results/grid/K100_D64/best.pt") == {}  # left over from another grid
     assert vqreports.prior_headline(tmp_path / "absent") == {}
 

@@ -12,12 +12,12 @@ from typing import Any
 from .errors import ConfigError
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # A CPU laptop: `make run` on a fresh clone took about 19 minutes on 2 cores (the study itself
-    # 1,122 s, the rest creating the venv and checking the data). Each grid point sees
-    # 10,000 training images twice (about 30 s with its kernel start); the code is still
-    # good enough for the classifier to pass 85 % test accuracy.
+    # A CPU laptop: `make run` on a fresh clone took 14 minutes on 2 cores (the study itself 743 s,
+    # notebook 06 156 s of it; the rest creating the venv and checking the data; docs/reproducing.md).
+    # Each grid point sees 10,000 training images twice (about 50 s with its kernel start); the code
+    # is still good enough for the classifier to pass 85 % test accuracy.
     "quick": {
-        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 19 minutes on a 2-core CPU before notebook 06 (the study about 1,100 s, plus set-up), which adds about 570 CPU seconds",
+        "description": "reduced epochs and training subset, the full 3 x 3 grid; about 14 minutes on a 2-core CPU (the study about 750 s, plus set-up)",
         "vqvae": {},
         "train": {"epochs": 2, "train_subset": 10_000},
         "grid": {},

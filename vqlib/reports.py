@@ -135,7 +135,7 @@ def classifier_headline(vqvae_checkpoint: Optional[str] = None) -> dict:
 
 def prior_headline(prior_folder: Optional[Path] = None, vqvae_checkpoint: Optional[str] = None) -> dict:
     """What notebook 06 recorded (generation.json), as the index's headline shows it: the prior's test bits per
-    image beside the per-position model's, and the Fréchet distances of its samples and of real test images;
+    image without a class beside the per-position model's, and the Fréchet distances of its samples and of real test images;
     {} when it did not run, or ran on another VQ-VAE than `vqvae_checkpoint` (the chosen one) when given."""
     record = read_json_or_empty(Path(prior_folder or paths.prior_dir()) / GENERATION_FILE)
     trained_on = (record.get("prior_config") or {}).get("vqvae_checkpoint")
@@ -149,10 +149,10 @@ def prior_headline(prior_folder: Optional[Path] = None, vqvae_checkpoint: Option
     }
     if not rows:
         return {}
-    models = list(rows)
+    # Without a class, as a codec would send the code: a class-conditional prior's "prior without a class".
+    unconditional = "prior" if "prior" in rows else "prior without a class"
     return {
-        "prior_bits": rows.get(models[-1]),
-        "prior_model": models[-1],
+        "prior_bits": rows.get(unconditional),
         "baseline_bits": rows.get("per-position model"),
         "prior_frechet": distances.get("prior samples"),
         "real_frechet": distances.get("real test images"),
@@ -317,11 +317,11 @@ def _index_html(
     if prior:
         headline += [
             (
-                f"Prior: test bits per image ({prior.get('prior_model')}; per-position model)",
-                f"{_fmt(prior.get('prior_bits'), '.1f')}; {_fmt(prior.get('baseline_bits'), '.1f')}",
+                "Prior: test bits per image, without the class (per-position model)",
+                f"{_fmt(prior.get('prior_bits'), '.1f')} ({_fmt(prior.get('baseline_bits'), '.1f')})",
             ),
             (
-                "Fréchet distance of its samples (of real test images)",
+                "Fréchet distance to validation images: prior samples (real test images)",
                 f"{_fmt(prior.get('prior_frechet'), '.3f')} ({_fmt(prior.get('real_frechet'), '.3f')})",
             ),
         ]

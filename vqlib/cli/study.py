@@ -79,8 +79,8 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
         "--profile",
         choices=list(PROFILES),
         default="quick",
-        help="quick: about 19 minutes on a 2-core CPU before notebook 06 (the study about 1,100 s, plus set-up), "
-        "which adds about 570 CPU seconds; full: the original study's protocol, hours on a CPU (default: quick)",
+        help=f"quick: {PROFILES['quick']['description']}; full: the original study's protocol, hours on a CPU "
+        "(default: quick)",
     )
     p.add_argument("--with-code", action="store_true", help="keep the code cells in the HTML reports")
     add_config_options(
