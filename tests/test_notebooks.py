@@ -364,6 +364,9 @@ def test_html_reports_hold_their_figures_and_no_code(study):
         text = (reports / f"{name}.html").read_text()
         assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) >= EXPECTED_IMAGES[name], name
         assert "from vqlib" not in text, f"{name}: code cells should be hidden"
+        # The report's own stylesheet, not the 256 KB of JupyterLab's that nbconvert would inline into each file.
+        assert vqreports.REPORT_CSS in text and "Copyright (c) Jupyter Development Team" not in text, name
+        assert len(text.encode()) - sum(map(len, re.findall(r"data:image/png;base64,[A-Za-z0-9+/=]+", text))) < 60_000
     index = (reports / "index.html").read_text()
     for name in names:
         assert f'href="{name}.html"' in index

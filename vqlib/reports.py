@@ -48,16 +48,62 @@ HEADLINE_FIGURES = (
 THUMBNAIL_SIZE = (360, 240)  # pixels, at most; the aspect ratio is kept
 
 
+# The reports' stylesheet, in place of the 256 KB of JupyterLab's that nbconvert's lab template inlines into every
+# file (half of a report's size): the elements a report holds (markdown, text and error outputs, figures, pandas
+# tables, code when kept), in the index's style.
+REPORT_CSS = """
+body.jp-Notebook { font-family: system-ui, sans-serif; max-width: 64rem; margin: 2rem auto; padding: 0 1rem;
+  color: #222; line-height: 1.5; }
+.jp-Collapser, .jp-mod-noOutputs.jp-mod-noInput, a.anchor-link { display: none; }
+.jp-Cell { margin: 0 0 .6rem; }
+.jp-InputArea, .jp-OutputArea-child { display: flex; gap: .5rem; }
+.jp-InputArea-editor, .jp-OutputArea-output { flex: 1; min-width: 0; }
+.jp-InputPrompt, .jp-OutputPrompt { flex: 0 0 5rem; color: #888; font: .8rem ui-monospace, monospace;
+  text-align: right; padding-top: .4rem; }
+.jp-RenderedMarkdown h1 { font-size: 1.9rem; margin: 1.5rem 0 .5rem; }
+.jp-RenderedMarkdown h2 { font-size: 1.4rem; margin: 1.6rem 0 .4rem; border-bottom: 1px solid #ddd; }
+.jp-RenderedMarkdown h3 { font-size: 1.15rem; margin: 1.2rem 0 .3rem; }
+pre, code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
+code { font-size: .9em; background: #f3f3f3; padding: 0 .2em; border-radius: 3px; }
+.jp-RenderedText pre, .jp-InputArea pre { font-size: .8rem; line-height: 1.4; margin: 0; padding: .5rem .75rem;
+  background: #f7f7f7; border-radius: 4px; overflow-x: auto; white-space: pre-wrap; }
+.jp-InputArea pre { background: #f4f6fa; }
+.jp-RenderedImage img { max-width: 100%; height: auto; }
+table { border: 0; border-collapse: collapse; margin: .6rem 0; font-size: .85rem; }
+th, td { border: 0; border-bottom: 1px solid #e4e4e4; padding: .3rem .7rem; }
+.jp-RenderedHTML th, .jp-RenderedHTML td { text-align: right; }
+thead th { border-bottom: 1px solid #999; }
+tbody tr:nth-child(odd) { background: #f7f7f7; }
+.jp-RenderedHTML { overflow-x: auto; }
+.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"] pre { background: #fdf1f1; }
+.ansi-red-fg { color: #c0392b; } .ansi-green-fg { color: #1e8449; } .ansi-yellow-fg { color: #9a7d0a; }
+.ansi-blue-fg { color: #1f5fa8; } .ansi-magenta-fg { color: #8e44ad; } .ansi-cyan-fg { color: #117a8b; }
+.ansi-bold { font-weight: bold; }
+"""
+_REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{% block notebook_css %}<style type="text/css">{{ resources.vqlib_css }}</style>{% endblock notebook_css %}
+"""
+
+
 def export_html(notebook: str | os.PathLike, output: str | os.PathLike, *, with_code: bool = False) -> Path:
     """`jupyter nbconvert --to html --no-input` (code kept with `with_code`), written atomically.
 
     Figures are inline PNG outputs of the executed notebook, so nbconvert embeds
-    them as data URIs: the HTML file stands alone.
+    them as data URIs: the HTML file stands alone. The lab template's layout, with
+    the report's own small stylesheet (`REPORT_CSS`) for JupyterLab's.
     """
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=not with_code, exclude_input_prompt=not with_code, exclude_output_prompt=True)
-    body, _ = exporter.from_filename(str(notebook))
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[DictLoader({"vqlib_report.html.j2": _REPORT_TEMPLATE})],
+        template_file="vqlib_report.html.j2",
+        exclude_input=not with_code,
+        exclude_input_prompt=not with_code,
+        exclude_output_prompt=True,
+    )
+    body, _ = exporter.from_filename(str(notebook), resources={"vqlib_css": REPORT_CSS})
     with atomic_path(output) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return Path(output)
