@@ -137,10 +137,13 @@ def test_cli_refuses_a_missing_prior(tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err and not out.exists()
 
 
-def test_publish_takes_the_comparison_only_of_published_priors(conditional_prior, project, capsys):
-    """`vqlib publish`'s codec stage: a table of a prior's file is refused in one sentence (a clone could not
-    rerun it), one of pretrained:NAME priors is published, and a rerun writes nothing."""
+def test_publish_takes_the_comparison_of_published_priors_and_of_the_projects_own(conditional_prior, project, capsys):
+    """`vqlib publish`'s codec stage: a table of a prior outside the project is refused in one sentence (nobody
+    could find it), one of a prior file of the project is published with its path made relative and the weights'
+    digest it was measured with, and refused once that file holds other weights; one of pretrained:NAME priors is
+    published as written, and a rerun writes nothing."""
     from vqlib.cli import main
+    from vqlib.prior import load_prior, weights_digest
     from vqlib.publish import _publish_codec, published_codec_dir
 
     for name in ("K100_D64", "K100_D64_prior"):
@@ -148,8 +151,28 @@ def test_publish_takes_the_comparison_only_of_published_priors(conditional_prior
     args = ["rate-distortion", "--test-subset", "30", "--qualities", "10", "--formats", "WEBP"]
     assert main([*args, "--prior", str(conditional_prior)]) == 0
     refused = _publish_codec()
-    assert not refused.published and "publish them with `vqlib publish --prior DIR`" in refused.note
+    assert not refused.published and "outside this project" in refused.note and "vqlib publish --prior" in refused.note
     assert not published_codec_dir().exists()
+
+    own = project / "checkpoints" / "prior" / "K100_D64_tiny" / "best.pt"
+    own.parent.mkdir(parents=True)
+    shutil.copy(conditional_prior, own)
+    assert main([*args, "--prior", str(own)]) == 0
+    capsys.readouterr()
+    done = _publish_codec()
+    assert done.published and "1 prior(s) by their files, not published (checkpoints/prior/K100_D64_tiny/best.pt)" in (
+        done.note
+    ), done.note
+    text = (published_codec_dir() / codec.TABLE_FILE).read_text()
+    assert str(project) not in text
+    table = pd.read_csv(published_codec_dir() / codec.TABLE_FILE)
+    rows = table[table["kind"] == "prior"]
+    assert list(rows["source"]) == ["checkpoints/prior/K100_D64_tiny/best.pt"]
+    assert list(rows["prior_weights_sha256"]) == [weights_digest(load_prior(own)[0])]
+    shutil.copy(REPO / "checkpoints" / "pretrained" / "K100_D64_prior" / "best.pt", own)  # other weights now
+    changed = _publish_codec()
+    assert not changed.published and "has other weights than" in changed.note, changed.note
+
     assert main([*args, "--prior", "pretrained:K100_D64_prior"]) == 0
     capsys.readouterr()
     done = _publish_codec()

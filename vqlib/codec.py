@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from . import paths
+from .checkpoints import PRETRAINED_PREFIX
 from .data import FashionMNIST, load_fashion_mnist, subset
 from .device import resolve_device
 from .errors import ConfigError
@@ -226,7 +227,7 @@ def prior_rows(
 ) -> list[dict]:
     """The rate-distortion points of one prior's VQ-VAE: its code sent with the prior (the NLL), and sent at a
     fixed length (144 log2 K bits, what the code costs without a prior). Both decode to the same images."""
-    from .prior import bits_per_image, load_pair
+    from .prior import bits_per_image, load_pair, weights_digest
 
     started = time.perf_counter()
     prior, vqvae, ckpt = load_pair(prior_name, device=resolve_device(device))
@@ -240,7 +241,9 @@ def prior_rows(
         "images": len(images),
         **measured,
         "class_conditional_prior": bool(ckpt["model_config"].get("class_conditional")),
-        "source": str(prior_name),
+        # A published prior by its name, a file by its absolute path (`vqlib publish` makes it relative to the project).
+        "source": str(prior_name) if str(prior_name).startswith(PRETRAINED_PREFIX) else str(Path(prior_name).resolve()),
+        "prior_weights_sha256": weights_digest(prior),
     }
     fixed = codes.shape[1] * codes.shape[2] * math.log2(k)
     seconds = time.perf_counter() - started
@@ -289,6 +292,7 @@ COLUMNS = [
     "class_conditional_prior",
     "seconds",
     "source",
+    "prior_weights_sha256",
 ]
 
 

@@ -1008,11 +1008,15 @@ def published_codec_dir() -> Path:
 
 
 def _publish_codec() -> StageResult:
-    """`vqlib rate-distortion`'s table and figure (results/codec/), once every prior in them is a published one
-    (``pretrained:NAME``): a comparison of local files could not be rerun from a clone."""
+    """`vqlib rate-distortion`'s table and figure (results/codec/). Every prior in them is a published one
+    (``pretrained:NAME``) or a file of this project whose weights are those the table records
+    (`prior_weights_sha256`): such a prior is published by its path under the project and its digest, and a clone
+    trains it again with the command of docs/codec.md. A prior outside the project, or changed since it was
+    measured, is refused: the table would name what nobody can find."""
     import pandas as pd
 
     from .codec import FIGURE_FILE, TABLE_FILE
+    from .prior import load_prior, weights_digest
 
     stage = "codec"
     source = paths.results_dir() / "codec"
@@ -1020,21 +1024,43 @@ def _publish_codec() -> StageResult:
     if missing:
         return StageResult(stage, False, f"{missing} (vqlib rate-distortion writes them)")
     frame = pd.read_csv(source / TABLE_FILE)
-    priors = frame[frame["kind"] != "image codec"]["source"].dropna().astype(str)  # Pillow's rows name Pillow
-    local = sorted({s for s in priors if not s.startswith(PRETRAINED_PREFIX)})
-    if local:
-        return StageResult(
-            stage,
-            False,
-            f"{paths.shown(source / TABLE_FILE)} measures priors by their files ({', '.join(local)}): publish them "
-            "with `vqlib publish --prior DIR` and run `vqlib rate-distortion --prior pretrained:NAME ...` again",
-        )
+    priors = frame[frame["kind"] == "prior"]
+    renames, local = {}, []
+    recorded_digests = priors["prior_weights_sha256"] if "prior_weights_sha256" in priors else [None] * len(priors)
+    for name, recorded in zip(priors["source"].astype(str), recorded_digests, strict=True):
+        if name.startswith(PRETRAINED_PREFIX) or name in renames:
+            continue
+        path = Path(name).resolve()
+        root = paths.project_root().resolve()
+        if not path.is_relative_to(root):
+            return StageResult(
+                stage,
+                False,
+                f"{paths.shown(source / TABLE_FILE)} measures the prior {name}, outside this project: publish it with "
+                "`vqlib publish --prior DIR` and run `vqlib rate-distortion --prior pretrained:NAME ...` again",
+            )
+        try:
+            digest = weights_digest(load_prior(path)[0])
+        except (CheckpointError, OSError) as exc:
+            return StageResult(stage, False, f"the prior {name} of {paths.shown(source / TABLE_FILE)}: {exc}")
+        if digest != recorded:
+            return StageResult(
+                stage,
+                False,
+                f"the prior {paths.shown(path)} has other weights than {paths.shown(source / TABLE_FILE)} measured; "
+                "run `vqlib rate-distortion` again",
+            )
+        renames[name] = path.relative_to(root).as_posix()
+        local.append(renames[name])
     writer = _Writer()
     target = published_codec_dir()
-    writer.copy(source / TABLE_FILE, target / TABLE_FILE)
+    writer.text(source / TABLE_FILE, target / TABLE_FILE, renames)  # as written, the priors' paths made relative
     writer.copy(source / FIGURE_FILE, target / FIGURE_FILE)
     writer.remove_others(target)
-    return StageResult(stage, True, writer.note(f"{TABLE_FILE} and {FIGURE_FILE} in {paths.shown(target)}"))
+    unpublished = f"; {len(local)} prior(s) by their files, not published ({', '.join(local)})" if local else ""
+    return StageResult(
+        stage, True, writer.note(f"{TABLE_FILE} and {FIGURE_FILE} in {paths.shown(target)}{unpublished}")
+    )
 
 
 def _publish_reports(
