@@ -411,6 +411,13 @@ def _lines(path: Path) -> list[str]:
         return []
 
 
+def _rows_published(rows: list[str], name: str) -> bool:
+    """Whether every one of these finished label-efficiency rows is in classifier `name`'s published runs file."""
+    from .label_efficiency import RUNS_FILE
+
+    return set(rows) <= set(_lines(published_classifier_dir() / name / RUNS_FILE))
+
+
 def snapshot_label_efficiency() -> dict[str, int]:
     """Snapshot the finished rows (label_efficiency.runs.jsonl) of every classifier folder that holds rows its
     published copy does not (a study not yet published, or one run again with other settings); drop the snapshots
@@ -424,14 +431,13 @@ def snapshot_label_efficiency() -> dict[str, int]:
 
     taken = {}
     for runs in sorted(paths.classifier_dir().glob(f"*/{RUNS_FILE}")):
-        name = runs.parent.name
-        if set(_lines(runs)) <= set(_lines(published_classifier_dir() / name / RUNS_FILE)):
+        name, rows = runs.parent.name, _lines(runs)
+        if _rows_published(rows, name):
             continue
         _copy(runs, label_efficiency_snapshots() / name / RUNS_FILE)
-        taken[name] = len(_lines(runs))
+        taken[name] = len(rows)
     for snapshot in sorted(label_efficiency_snapshots().glob(f"*/{RUNS_FILE}")):
-        published = published_classifier_dir() / snapshot.parent.name / RUNS_FILE
-        if snapshot.parent.name not in taken and set(_lines(snapshot)) <= set(_lines(published)):
+        if snapshot.parent.name not in taken and _rows_published(_lines(snapshot), snapshot.parent.name):
             shutil.rmtree(snapshot.parent)
     return taken
 
@@ -450,7 +456,8 @@ def restore_label_efficiency() -> list[str]:
         if target.is_file():
             continue
         rows = _lines(published_classifier_dir() / name / RUNS_FILE)
-        rows += [line for line in _lines(label_efficiency_snapshots() / name / RUNS_FILE) if line not in set(rows)]
+        known = set(rows)
+        rows += [line for line in _lines(label_efficiency_snapshots() / name / RUNS_FILE) if line not in known]
         ensure_dir(target.parent)
         with atomic_path(target) as tmp:
             tmp.write_text("".join(line + "\n" for line in rows))
@@ -1027,11 +1034,11 @@ def _publish_codec() -> StageResult:
     priors = frame[frame["kind"] == "prior"]
     renames, local = {}, []
     recorded_digests = priors["prior_weights_sha256"] if "prior_weights_sha256" in priors else [None] * len(priors)
+    root = paths.project_root().resolve()
     for name, recorded in zip(priors["source"].astype(str), recorded_digests, strict=True):
         if name.startswith(PRETRAINED_PREFIX) or name in renames:
             continue
         path = Path(name).resolve()
-        root = paths.project_root().resolve()
         if not path.is_relative_to(root):
             return StageResult(
                 stage,
