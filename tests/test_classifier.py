@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -695,3 +696,31 @@ def test_changing_only_the_networks_settings_keeps_the_regressions_rows(vqvae_ch
     # The regressions' own settings still measure them again (and leave the networks' rows alone).
     assert reused(dataclasses.replace(config, linear_c="0.1"), head) == ["vq_head"]
     assert reused(dataclasses.replace(config, selection="full_val"), head) == []
+
+
+def test_a_run_of_the_same_settings_is_continued_and_one_of_others_is_not(data, vqvae_checkpoint, tmp_path):
+    """Notebook 03 resumes what `resumable` accepts: a finished run comes back without training, bitwise the same."""
+    config = small_config(vqvae_checkpoint, tmp_path)
+    assert not classify.resumable(config)  # nothing trained yet
+    first = classify.train_classifier(config, data, progress=False)
+    last = Path(config.checkpoint_dir) / "last.pt"
+    assert classify.resumable(config)
+    assert not classify.resumable(dataclasses.replace(config, epochs=3))
+    assert not classify.resumable(dataclasses.replace(config, labels_per_class=30))  # another folder, no last.pt
+    written = last.stat().st_mtime_ns
+    again = classify.train_classifier(config, data, resume=True, progress=False)
+    assert last.stat().st_mtime_ns == written  # no epoch ran
+    assert again.history == first.history and again.best_epoch == first.best_epoch
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+    # The time it took is the first call's, not the instant of reuse.
+    assert again.train_seconds >= sum(row["epoch_seconds"] for row in first.history)
+
+    # The fine-tuned variant of the comparison is reused the same way.
+    evaluation = classify.evaluate_classifier(first, data, split="val")
+    table = classify.compare_classifiers(first, evaluation, data, with_finetune=True, resume=True, progress=False)
+    other_last = Path(config.checkpoint_dir + "_finetune") / "last.pt"
+    written = other_last.stat().st_mtime_ns
+    again_table = classify.compare_classifiers(first, evaluation, data, with_finetune=True, resume=True, progress=False)
+    assert other_last.stat().st_mtime_ns == written
+    assert table.equals(again_table)

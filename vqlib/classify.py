@@ -424,8 +424,11 @@ def train_classifier(
         "results_dir": str(results_dir),
         "precision": precision,
     }
+    # Training time across interruptions: what last.pt had spent (older ones record only their epochs') plus this call.
+    earlier_seconds = 0.0
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
+        earlier_seconds = resumed.get("train_seconds", sum(row["epoch_seconds"] for row in resumed["history"]))
 
     def save_last(fit_state: dict) -> None:
         save_checkpoint(
@@ -437,6 +440,7 @@ def train_classifier(
                 "epoch": len(fit_state["history"]),
                 "history": fit_state["history"],
                 "fit": fit_state,
+                "train_seconds": earlier_seconds + time.perf_counter() - started,
             },
         )
         write_json(ckpt_dir / "history.json", fit_state["history"])
@@ -456,7 +460,7 @@ def train_classifier(
         on_epoch=save_last,
         precision=precision,
     )
-    train_seconds = time.perf_counter() - started
+    train_seconds = earlier_seconds + time.perf_counter() - started
     model.eval()
     best = history[best_epoch - 1]
     stop = stopping(history, best_epoch, max_epochs=config.epochs, patience=config.patience)
@@ -487,6 +491,25 @@ def train_classifier(
         stopping=stop,
         precision=precision,
     )
+
+
+def resumable(config: ClassifierConfig) -> bool:
+    """Whether `config`'s checkpoint folder holds a last.pt that `train_classifier(config, resume=True)` continues:
+    trained with these settings on the VQ-VAE as it is now. A finished run is then reused at no cost (its early
+    stopping had ended it), an interrupted one goes on from its last epoch; on the CPU either is bitwise the run
+    that was never interrupted. Notebook 03 asks this, so that a study stopped during its classifiers does not
+    train them again; a last.pt of other settings is not continued (the run starts afresh and replaces it).
+    """
+    vqvae_path = resolve_vqvae_checkpoint(config.vqvae_checkpoint)
+    last_path = Path(config.checkpoint_dir or default_checkpoint_dir(config, vqvae_path)) / "last.pt"
+    if not last_path.is_file():
+        return False
+    vqvae, _ = load_vqvae(vqvae_path, device=resolve_device(config.device))
+    try:
+        _resumable_classifier(last_path, config, vqvae_path, vqvae)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _resumable_classifier(path: Path, config: ClassifierConfig, vqvae_path: Path, vqvae: VQVAE) -> dict:
@@ -704,6 +727,7 @@ def compare_classifiers(
     *,
     with_finetune: bool = False,
     references: Optional[dict] = None,
+    resume: bool = False,
     progress: bool = True,
 ):
     """The trained classifier, optionally its other variant, and the published references, in one table.
@@ -714,7 +738,8 @@ def compare_classifiers(
     `<folder>_frozen` when the folders were given) and evaluated on the test
     split. Returns rows: classifier, labels_per_class, val_accuracy,
     test_accuracy, source, stopped_epoch, stop_reason; the references carry
-    only a test accuracy.
+    only a test accuracy. With `resume`, the other variant continues (or reuses) its
+    last.pt when it is `resumable`, and trains afresh otherwise.
     """
     import pandas as pd
 
@@ -742,7 +767,7 @@ def compare_classifiers(
             checkpoint_dir=run.config.checkpoint_dir and run.config.checkpoint_dir.rstrip("/") + suffix,
             results_dir=run.config.results_dir and run.config.results_dir.rstrip("/") + suffix,
         )
-        other_run = train_classifier(config, data, progress=progress)
+        other_run = train_classifier(config, data, resume=resume and resumable(config), progress=progress)
         rows.append(row(other_run, evaluate_classifier(other_run, data, split="test")))
     for ref, accuracy in (PUBLISHED_REFERENCES if references is None else references).items():
         rows.append(
