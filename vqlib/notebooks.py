@@ -124,6 +124,35 @@ def _kernel_environment(threads: Optional[int] = None) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def match_autogroup_niceness() -> None:
+    """Give this process's scheduling autogroup its own niceness (Linux; elsewhere nothing happens).
+
+    Linux with autogroup scheduling (`kernel.sched_autogroup_enabled = 1`, the default of most
+    distributions) shares the CPU between sessions before processes, and Jupyter starts every
+    kernel in a session of its own, whose group runs at niceness 0: without this, `nice -n 10
+    vqlib grid` would lower the priority of the idle parent only, and its kernels would take as
+    much of the CPU as the foreground. The kernels `execute_notebook` starts from a niced process
+    call this at start-up.
+    """
+    try:
+        niceness = os.nice(0)
+        if niceness > 0:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(niceness))
+    except OSError:  # no autogroups here (another OS, or a kernel without them), or not allowed
+        pass
+
+
+def _kernel_arguments() -> list[str]:
+    """The kernel's command-line options: quiet start-up, and the parent's niceness kept (`match_autogroup_niceness`)."""
+    # The kernel's start-up warnings (TCP without encryption on loopback) would print once per grid point.
+    arguments = ["--IPKernelApp.log_level=ERROR"]
+    if os.path.isfile("/proc/self/autogroup") and os.nice(0) > 0:
+        # Run before the first cell, leaving no name in the notebook's namespace.
+        arguments.append("--IPKernelApp.exec_lines=__import__('vqlib.notebooks').notebooks.match_autogroup_niceness()")
+    return arguments
+
+
 def notebook_parameter_names(notebook: str | os.PathLike) -> list[str]:
     """Names in the cell tagged `parameters` (papermill's own reading of it)."""
     import papermill
@@ -168,9 +197,7 @@ def execute_notebook(
                 progress_bar=False,
                 log_output=False,
                 execution_timeout=cell_timeout,
-                # the kernel's start-up warnings (TCP without encryption on
-                # loopback) would print once per grid point in the terminal
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                extra_arguments=_kernel_arguments(),
             )
     except PapermillExecutionError as exc:
         error = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
