@@ -172,6 +172,10 @@ def test_publish_takes_the_comparison_of_published_priors_and_of_the_projects_ow
     shutil.copy(REPO / "checkpoints" / "pretrained" / "K100_D64_prior" / "best.pt", own)  # other weights now
     changed = _publish_codec()
     assert not changed.published and "has other weights than" in changed.note, changed.note
+    table_file = project / "results" / "codec" / codec.TABLE_FILE  # as an older vqlib wrote it: no digests
+    pd.read_csv(table_file).drop(columns="prior_weights_sha256").to_csv(table_file, index=False)
+    older = _publish_codec()
+    assert not older.published and "predates prior_weights_sha256" in older.note, older.note
 
     assert main([*args, "--prior", "pretrained:K100_D64_prior"]) == 0
     capsys.readouterr()

@@ -1050,6 +1050,13 @@ def _publish_codec() -> StageResult:
             digest = weights_digest(load_prior(path)[0])
         except (CheckpointError, OSError) as exc:
             return StageResult(stage, False, f"the prior {name} of {paths.shown(source / TABLE_FILE)}: {exc}")
+        if not isinstance(recorded, str):  # a table written before the digests were recorded, or a blank cell
+            return StageResult(
+                stage,
+                False,
+                f"{paths.shown(source / TABLE_FILE)} does not record the weights of the prior {paths.shown(path)} "
+                "(it predates prior_weights_sha256); run `vqlib rate-distortion` again",
+            )
         if digest != recorded:
             return StageResult(
                 stage,
