@@ -166,22 +166,26 @@ def test_notebooks_define_no_functions():
 @pytest.mark.skipif(not Path("/proc/self/autogroup").is_file(), reason="no scheduling autogroups on this system")
 def test_a_niced_run_keeps_its_niceness_in_the_kernels_session(tmp_path):
     """A kernel starts a session, and so a scheduling autogroup of its own: it gets the niceness of the vqlib that
-    started it, and the notebook sees no name of it."""
+    started it, and the notebook sees no name of it; a Ray task's kernel (`keep_niceness=False`) does not."""
     notebook = nbformat.v4.new_notebook()
     source = "print(open('/proc/self/autogroup').read().split()[-1], sorted(k for k in globals() if 'vqlib' in k))"
     notebook.cells = [nbformat.v4.new_code_cell(source)]
     nbformat.write(notebook, tmp_path / "nice.ipynb")
-    code = "import sys; from vqlib.notebooks import execute_notebook; execute_notebook(sys.argv[1], sys.argv[2], {})"
-    for niceness in (0, 7):
-        out = tmp_path / f"nice_{niceness}.ipynb"
+    code = (
+        "import sys; from vqlib.notebooks import execute_notebook; "
+        "execute_notebook(sys.argv[1], sys.argv[2], {}, keep_niceness=sys.argv[3] == 'keep')"
+    )
+    base = os.nice(0)
+    for niceness, keep, group in ((0, "keep", base), (7, "keep", base + 7), (7, "no", 0)):
+        out = tmp_path / f"nice_{niceness}_{keep}.ipynb"
         subprocess.run(
-            ["nice", "-n", str(niceness), sys.executable, "-c", code, str(tmp_path / "nice.ipynb"), str(out)],
+            ["nice", "-n", str(niceness), sys.executable, "-c", code, str(tmp_path / "nice.ipynb"), str(out), keep],
             check=True,
             cwd=tmp_path,
         )
         printed = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].split()
         # Under plain `nice` the kernel's group ran at 0 whatever was asked.
-        assert printed == [str(os.nice(0) + niceness), "[]"]
+        assert printed == [str(group), "[]"], (niceness, keep)
 
 
 @pytest.fixture(scope="module")

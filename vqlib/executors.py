@@ -117,12 +117,13 @@ def _failure(record: dict, exc: BaseException) -> None:
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
 
 
-def run_work(spec: dict, *, vqvae_file: Optional[Path] = None) -> None:
+def run_work(spec: dict, *, vqvae_file: Optional[Path] = None, keep_niceness: bool = True) -> None:
     """What one point runs, wherever it is placed: notebook 01 (a VQ-VAE), or the prior's training.
 
     Writes into the point's folders (``spec["folder"]``, the parameters'
     checkpoint_dir); raises on failure. A prior trains in this process with the
     point's threads (a notebook gets them through its kernel's environment).
+    `keep_niceness` is `execute_notebook`'s.
     """
     if not is_prior(spec):
         execute_notebook(
@@ -132,6 +133,7 @@ def run_work(spec: dict, *, vqvae_file: Optional[Path] = None) -> None:
             cwd=spec["cwd"],
             cell_timeout=spec["cell_timeout"],
             threads=spec["threads"],
+            keep_niceness=keep_niceness,
         )
         return
     import torch
@@ -339,7 +341,9 @@ def ray_point(spec: dict, notebook_text: Optional[str], channel, vqvae_bytes: Op
         record = new_record(local)
         started = time.perf_counter()
         try:
-            run_work(local, vqvae_file=vqvae_file)
+            # Ray runs its workers at niceness 15 (its worker_niceness), below its own daemons in their session;
+            # a kernel in a session of its own at 15 would yield to every other session on the node instead.
+            run_work(local, vqvae_file=vqvae_file, keep_niceness=False)
         except KernelDiedError:
             raise  # Ray retries the task; the next attempt continues from the newest last.pt
         except Exception as exc:

@@ -143,11 +143,12 @@ def match_autogroup_niceness() -> None:
         pass
 
 
-def _kernel_arguments() -> list[str]:
-    """The kernel's command-line options: quiet start-up, and the parent's niceness kept (`match_autogroup_niceness`)."""
+def _kernel_arguments(keep_niceness: bool = True) -> list[str]:
+    """The kernel's command-line options: quiet start-up, and with `keep_niceness` this process's niceness for the
+    kernel's session (`match_autogroup_niceness`)."""
     # The kernel's start-up warnings (TCP without encryption on loopback) would print once per grid point.
     arguments = ["--IPKernelApp.log_level=ERROR"]
-    if os.path.isfile("/proc/self/autogroup") and os.nice(0) > 0:
+    if keep_niceness and os.path.isfile("/proc/self/autogroup") and os.nice(0) > 0:
         # Run before the first cell, leaving no name in the notebook's namespace.
         arguments.append("--IPKernelApp.exec_lines=__import__('vqlib.notebooks').notebooks.match_autogroup_niceness()")
     return arguments
@@ -168,8 +169,12 @@ def execute_notebook(
     cwd: Optional[str | os.PathLike] = None,
     cell_timeout: Optional[int] = None,
     threads: Optional[int] = None,
+    keep_niceness: bool = True,
 ) -> Path:
     """Execute `notebook` with papermill into `output`; raise `NotebookError` with one sentence on failure.
+
+    With `keep_niceness`, a kernel started from a niced process runs its session at that niceness
+    (`match_autogroup_niceness`).
 
     The notebook is written next to `output` under a temporary name and moved
     into place when execution ends, successful or not: a failed notebook is
@@ -197,7 +202,7 @@ def execute_notebook(
                 progress_bar=False,
                 log_output=False,
                 execution_timeout=cell_timeout,
-                extra_arguments=_kernel_arguments(),
+                extra_arguments=_kernel_arguments(keep_niceness),
             )
     except PapermillExecutionError as exc:
         error = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
