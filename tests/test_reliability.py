@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pickle
@@ -152,6 +153,55 @@ def test_classifier_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_
         args + ["--checkpoint-dir", str(killed), "--resume"], env=cli_env, capture_output=True, text=True
     )
     assert moved.returncode == 2 and "as it was then" in moved.stderr
+
+
+def test_a_killed_network_row_of_label_efficiency_goes_on_from_its_last_epoch(data, tmp_path, cli_env):
+    """label-efficiency keeps each network row's last epoch (RESULTS/.unfinished/) until the row is recorded: killed
+    inside the row and run again, it continues there, and the row is that of an uninterrupted run (one thread, as
+    above); a file of other settings is not continued."""
+    cli_env = {**cli_env, "OMP_NUM_THREADS": "1"}
+    vqvae = tmp_path / "vqvae"
+    train_vqvae(
+        VQVAEConfig(
+            num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8, num_residual_blocks=1
+        ),
+        TrainConfig(epochs=1, batch_size=64, train_subset=640, checkpoint_dir=str(vqvae)),
+        data,
+        progress=False,
+    )
+    args = VQLIB + [
+        "label-efficiency", "--vqvae-checkpoint", str(vqvae / "best.pt"), "--label-counts", "20", "--num-seeds", "1",
+        "--methods", "vq_head", "--epochs", "4", "--patience", "4", "--min-steps-per-epoch", "300",
+        "--batch-size", "64", "--device", "cpu",
+    ]  # fmt: skip
+
+    def row(folder):
+        (line,) = (folder / "label_efficiency.runs.jsonl").read_text().splitlines()
+        return json.loads(line)["row"]
+
+    def without_time(r):
+        return {k: v for k, v in r.items() if k != "seconds"}
+
+    def mark(path, **config):
+        """The saved epoch, with a time spent no run reaches (it shows whether a run continued the file)."""
+        saved = load_checkpoint(path, kind="label_efficiency_row")
+        saved["model_config"]["fingerprint"]["head"].update(config)
+        payload = {k: v for k, v in saved.items() if k not in ("kind", "format_version")}
+        save_checkpoint(path, "label_efficiency_row", {**payload, "seconds": 1e6})
+
+    full = tmp_path / "full"
+    subprocess.run(args + ["--results-dir", str(full)], env=cli_env, check=True, capture_output=True)
+    assert row(full)["stopped_epoch"] == 4 and not (full / ".unfinished" / "vq_head_20pc_s0.pt").exists()
+    for name, config, continued in (("same", {}, True), ("other", {"patience": 2}, False)):
+        folder = tmp_path / name
+        unfinished = folder / ".unfinished" / "vq_head_20pc_s0.pt"
+        assert 1 <= _kill_after_first_epoch(args + ["--results-dir", str(folder)], unfinished, cli_env) < 4
+        assert not (folder / "label_efficiency.runs.jsonl").exists()
+        mark(unfinished, **config)
+        subprocess.run(args + ["--results-dir", str(folder)], env=cli_env, check=True, capture_output=True)
+        assert without_time(row(folder)) == without_time(row(full)), name
+        assert (row(folder)["seconds"] >= 1e6) is continued, name
+        assert not unfinished.exists(), name
 
 
 def test_resume_refuses_another_configuration(data, tmp_path):

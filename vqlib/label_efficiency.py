@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import paths
-from .checkpoints import load_vqvae, resolve_vqvae_checkpoint
+from .checkpoints import load_checkpoint, load_vqvae, resolve_vqvae_checkpoint, save_checkpoint
 from .classify import Inputs, build_classifier, code_lookup, encode_codes, evaluate_logits, fit, label_subset, stopping
 from .config import (
     LABELS_PER_CLASS_AVAILABLE,
@@ -34,7 +34,7 @@ from .config import (
 )
 from .data import NUM_CLASSES, FashionMNIST, load_fashion_mnist, stratified_subset, to_float
 from .device import cpu_cores, resolve_device, seed_everything
-from .errors import ConfigError, ResultFileError
+from .errors import CheckpointError, ConfigError, ResultFileError
 from .files import _plain, ensure_dir, save_figure, write_csv
 from .models import ClassificationHead, PixelConvNet
 from .progress import progress_bar
@@ -211,6 +211,25 @@ def method_fingerprint(fingerprint: dict, method: str) -> dict:
     return part
 
 
+UNFINISHED_DIR = ".unfinished"  # in the results folder: each network row's last epoch, until the row is recorded
+UNFINISHED_KIND = "label_efficiency_row"
+
+
+def _unfinished_path(folder: Path, method: str, per_class: int, seed: int) -> Path:
+    return folder / UNFINISHED_DIR / f"{method}_{per_class}pc_s{seed}.pt"
+
+
+def _unfinished_row(path: Path, fingerprint: dict) -> Optional[dict]:
+    """The last epoch a network row saved, when it was trained with these settings; else None (it starts afresh)."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path, kind=UNFINISHED_KIND)
+    except CheckpointError:
+        return None
+    return ckpt if ckpt["model_config"].get("fingerprint") == fingerprint and "fit" in ckpt else None
+
+
 def finished_runs(folder: Path, fingerprint: dict) -> dict[tuple, dict]:
     """Rows already measured with this fingerprint, keyed by (method, labels_per_class, seed).
 
@@ -355,6 +374,7 @@ def label_efficiency(
                     bar.write(f"{method:>12} {per_class:>5}/class seed {seed}: reused from {RUNS_FILE}")
                 continue
             started = time.perf_counter()
+            earlier_seconds = 0.0
             if method in ("vq_head", "pixel_convnet"):
                 seed_everything(seed)
                 head = ClassificationHead.from_config(classifier, vqvae.config.embedding_dim).to(device)
@@ -379,6 +399,34 @@ def label_efficiency(
                         "initial_lr": classifier.learning_rate,
                     }
                 ]
+                # An interrupted network row goes on from its last epoch (bitwise, on the CPU): the one at all
+                # labels trains for hours at the protocol.
+                unfinished = _unfinished_path(out, method, per_class, seed)
+                row_fingerprint = method_fingerprint(fingerprint, method)
+                resumed = _unfinished_row(unfinished, row_fingerprint)
+                if resumed is not None:
+                    model.load_state_dict(resumed["state_dict"])
+                    earlier_seconds = resumed["seconds"]
+                about = {"row": [method, per_class, seed], "fingerprint": row_fingerprint}
+
+                def save_epoch(
+                    fit_state: dict,
+                    *,
+                    model=model,
+                    path=unfinished,
+                    about=about,
+                    since=started,
+                    earlier=earlier_seconds,
+                ) -> None:
+                    spent = earlier + time.perf_counter() - since
+                    payload = {
+                        "model_config": about,
+                        "state_dict": model.state_dict(),
+                        "fit": fit_state,
+                        "epoch": len(fit_state["history"]),
+                    }
+                    save_checkpoint(path, UNFINISHED_KIND, {**payload, "seconds": spent})
+
                 history, _, best_epoch = fit(
                     model,
                     params,
@@ -389,6 +437,8 @@ def label_efficiency(
                     seed=seed,
                     desc=f"{method} {per_class}/class seed {seed}",
                     progress=progress,
+                    resume_from=resumed["fit"] if resumed is not None else None,
+                    on_epoch=save_epoch,
                 )
                 test_logits = evaluate_logits(model, test)
                 stop = stopping(history, best_epoch, max_epochs=epochs, patience=classifier.patience)
@@ -432,10 +482,12 @@ def label_efficiency(
                     # Networks only: the last epoch and why training ended there (`classify.stopping`).
                     "stopped_epoch": result.get("stopped_epoch"),
                     "stop_reason": result.get("stop_reason"),
-                    "seconds": time.perf_counter() - started,
+                    "seconds": earlier_seconds + time.perf_counter() - started,
                 }
             )
             _record_run(out, fingerprint, rows[-1])
+            if method in ("vq_head", "pixel_convnet"):
+                _unfinished_path(out, method, per_class, seed).unlink(missing_ok=True)
             bar.update(1)
             if progress:
                 note = ""
