@@ -7,6 +7,7 @@ labelled subset and the same selection set for a (label count, seed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -503,6 +504,8 @@ def label_efficiency(
                     f"{rows[-1]['seconds']:.1f} s)"
                 )
     bar.close()
+    with contextlib.suppress(OSError):  # every row recorded: no epoch is kept (a file left is another study's)
+        (out / UNFINISHED_DIR).rmdir()
     frame = pd.DataFrame(rows)
     write_csv(out / RESULTS_FILE, frame)
     fig = label_efficiency_figure(frame)
