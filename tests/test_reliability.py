@@ -90,6 +90,19 @@ def _kill_after_first_epoch(args, last, env):
     return load_checkpoint(last)["epoch"]
 
 
+def _tiny_vqvae(data, folder):
+    """A VQ-VAE of one epoch on 640 real images in `folder` (seconds): what the classifiers below read."""
+    train_vqvae(
+        VQVAEConfig(
+            num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8, num_residual_blocks=1
+        ),
+        TrainConfig(epochs=1, batch_size=64, train_subset=640, checkpoint_dir=str(folder)),
+        data,
+        progress=False,
+    )
+    return folder
+
+
 def test_classifier_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path, cli_env):
     """train-cls --resume: last.pt holds the head, AdamW's moments, the cosine schedule,
     the best state so far and the RNG states (dropout); on CPU the result is bitwise equal.
@@ -99,15 +112,7 @@ def test_classifier_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_
     runs, no resume involved), while one-thread runs were identical; within one process the head's
     steps repeat bitwise. Resume cannot be more exact than the run it continues."""
     cli_env = {**cli_env, "OMP_NUM_THREADS": "1"}
-    vqvae = tmp_path / "vqvae"
-    train_vqvae(
-        VQVAEConfig(
-            num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8, num_residual_blocks=1
-        ),
-        TrainConfig(epochs=1, batch_size=64, train_subset=640, checkpoint_dir=str(vqvae)),
-        data,
-        progress=False,
-    )
+    vqvae = _tiny_vqvae(data, tmp_path / "vqvae")
     args = VQLIB + [
         "train-cls",
         "--vqvae-checkpoint",
@@ -160,15 +165,7 @@ def test_a_killed_network_row_of_label_efficiency_goes_on_from_its_last_epoch(da
     inside the row and run again, it continues there, and the row is that of an uninterrupted run (one thread, as
     above); a file of other settings is not continued."""
     cli_env = {**cli_env, "OMP_NUM_THREADS": "1"}
-    vqvae = tmp_path / "vqvae"
-    train_vqvae(
-        VQVAEConfig(
-            num_embeddings=25, embedding_dim=16, hidden_channels=16, residual_channels=8, num_residual_blocks=1
-        ),
-        TrainConfig(epochs=1, batch_size=64, train_subset=640, checkpoint_dir=str(vqvae)),
-        data,
-        progress=False,
-    )
+    vqvae = _tiny_vqvae(data, tmp_path / "vqvae")
     args = VQLIB + [
         "label-efficiency", "--vqvae-checkpoint", str(vqvae / "best.pt"), "--label-counts", "20", "--num-seeds", "1",
         "--methods", "vq_head", "--epochs", "4", "--patience", "4", "--min-steps-per-epoch", "300",

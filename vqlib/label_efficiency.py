@@ -375,7 +375,7 @@ def label_efficiency(
                     bar.write(f"{method:>12} {per_class:>5}/class seed {seed}: reused from {RUNS_FILE}")
                 continue
             started = time.perf_counter()
-            earlier_seconds = 0.0
+            earlier_seconds, unfinished = 0.0, None  # a network row's time before an interruption, its last epoch
             if method in ("vq_head", "pixel_convnet"):
                 seed_everything(seed)
                 head = ClassificationHead.from_config(classifier, vqvae.config.embedding_dim).to(device)
@@ -419,14 +419,14 @@ def label_efficiency(
                     since=started,
                     earlier=earlier_seconds,
                 ) -> None:
-                    spent = earlier + time.perf_counter() - since
                     payload = {
                         "model_config": about,
                         "state_dict": model.state_dict(),
                         "fit": fit_state,
                         "epoch": len(fit_state["history"]),
+                        "seconds": earlier + time.perf_counter() - since,
                     }
-                    save_checkpoint(path, UNFINISHED_KIND, {**payload, "seconds": spent})
+                    save_checkpoint(path, UNFINISHED_KIND, payload)
 
                 history, _, best_epoch = fit(
                     model,
@@ -487,8 +487,8 @@ def label_efficiency(
                 }
             )
             _record_run(out, fingerprint, rows[-1])
-            if method in ("vq_head", "pixel_convnet"):
-                _unfinished_path(out, method, per_class, seed).unlink(missing_ok=True)
+            if unfinished is not None:
+                unfinished.unlink(missing_ok=True)
             bar.update(1)
             if progress:
                 note = ""
