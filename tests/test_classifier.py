@@ -458,7 +458,7 @@ def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, 
         return label_efficiency(config, data, progress=False)
 
     first = study(tmp_path / "machine")
-    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": 1}
+    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": (1, ())}
     snapshot = tmp_path / "machine" / "checkpoints" / "inprogress" / "label_efficiency" / "K8_D4_all_frozen" / RUNS_FILE
     assert snapshot.read_text() == (paths.classifier_dir() / "K8_D4_all_frozen" / RUNS_FILE).read_text()
 
@@ -475,7 +475,7 @@ def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, 
     # Once that classifier is published with its rows, its snapshot goes.
     published = fresh / "results" / "published" / "classifier" / "K8_D4_all_frozen"
     published.mkdir(parents=True)
-    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": 1}  # published without its rows: kept
+    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": (1, ())}  # published without its rows: kept
     shutil.copy(fresh / "results" / "classifier" / "K8_D4_all_frozen" / RUNS_FILE, published / RUNS_FILE)
     assert snapshot_label_efficiency() == {}
     assert not (fresh / "checkpoints" / "inprogress" / "label_efficiency" / "K8_D4_all_frozen").exists()
@@ -488,7 +488,7 @@ def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, 
     assert restore_label_efficiency() == ["K8_D4_all_frozen"]
     assert study(rerun)["seconds"].iloc[0] == first["seconds"].iloc[0]  # the published row, reused
     study(rerun, linear_max_iter=31)  # another setting: measured, appended
-    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": 2}
+    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": (2, ())}
     clone = tmp_path / "clone"
     shutil.copytree(rerun / "results" / "published", clone / "results" / "published")
     shutil.copytree(rerun / "checkpoints" / "inprogress", clone / "checkpoints" / "inprogress")

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,7 +164,8 @@ def test_classifier_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_
 def test_a_killed_network_row_of_label_efficiency_goes_on_from_its_last_epoch(data, tmp_path, cli_env):
     """label-efficiency keeps each network row's last epoch (RESULTS/.unfinished/) until the row is recorded: killed
     inside the row and run again, it continues there, and the row is that of an uninterrupted run (one thread, as
-    above); a file of other settings is not continued."""
+    above); a file of other settings is not continued; on a fresh clone, the epoch `vqlib publish` snapshotted is
+    restored and continued."""
     cli_env = {**cli_env, "OMP_NUM_THREADS": "1"}
     vqvae = _tiny_vqvae(data, tmp_path / "vqvae")
     args = VQLIB + [
@@ -186,15 +188,33 @@ def test_a_killed_network_row_of_label_efficiency_goes_on_from_its_last_epoch(da
         payload = {k: v for k, v in saved.items() if k not in ("kind", "format_version")}
         save_checkpoint(path, "label_efficiency_row", {**payload, "seconds": 1e6})
 
+    def clone(machine, study):
+        """`vqlib publish` on `machine`, then a fresh clone of its tracked snapshots restored: the study's folder there."""
+        run = dict(env=cli_env, check=True, capture_output=True, text=True)
+        published = subprocess.run(VQLIB + ["publish"], **{**run, "env": {**cli_env, "VQLIB_ROOT": str(machine)}})
+        assert "1 under way (vq_head_20pc_s0.pt)" in published.stdout
+        fresh = tmp_path / "fresh"
+        shutil.copytree(machine / "checkpoints" / "inprogress", fresh / "checkpoints" / "inprogress")
+        restored = subprocess.run(
+            VQLIB + ["publish", "--restore"], **{**run, "env": {**cli_env, "VQLIB_ROOT": str(fresh)}}
+        )
+        assert f"restored the label-efficiency study of {study.name}" in restored.stdout
+        return fresh / study.relative_to(machine)
+
     full = tmp_path / "full"
     subprocess.run(args + ["--results-dir", str(full)], env=cli_env, check=True, capture_output=True)
     assert row(full)["stopped_epoch"] == 4 and not (full / ".unfinished").exists()
-    for name, config, continued in (("same", {}, True), ("other", {"patience": 2}, False)):
-        folder = tmp_path / name
+    for name, config, continued in (("same", {}, True), ("other", {"patience": 2}, False), ("clone", {}, True)):
+        # "clone": killed on one machine and continued on a fresh clone, from the snapshot `vqlib publish` took.
+        folder = tmp_path / name / "results" / "classifier" / "K25_D16_all_frozen"
         unfinished = folder / ".unfinished" / "vq_head_20pc_s0.pt"
         assert 1 <= _kill_after_first_epoch(args + ["--results-dir", str(folder)], unfinished, cli_env) < 4
         assert not (folder / "label_efficiency.runs.jsonl").exists()
         mark(unfinished, **config)
+        if name == "clone":
+            folder = clone(tmp_path / name, folder)
+            unfinished = folder / ".unfinished" / "vq_head_20pc_s0.pt"
+            assert unfinished.is_file()
         subprocess.run(args + ["--results-dir", str(folder)], env=cli_env, check=True, capture_output=True)
         assert without_time(row(folder)) == without_time(row(full)), name
         assert (row(folder)["seconds"] >= 1e6) is continued, name

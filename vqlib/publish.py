@@ -15,8 +15,9 @@ copies both back into a grid's folders, so that ``vqlib run --profile full``
 on a fresh clone reuses the finished runs and continues the unfinished ones
 from their last snapshotted epoch. The finished rows of a label-efficiency
 study that are not published (its classifier is not, or it runs again with
-other settings) are snapshotted the same way (`snapshot_label_efficiency`,
-``checkpoints/inprogress/label_efficiency/``) and restored, with the published
+other settings) are snapshotted the same way, with the last epoch of each
+network row under way (`snapshot_label_efficiency`,
+``checkpoints/inprogress/label_efficiency/``), and restored, with the published
 ones, by `restore_label_efficiency`. A finished run publishes no last.pt
 (optimiser state): only what is small and useful stays.
 
@@ -56,7 +57,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from . import paths
 from .checkpoints import BEST_FILE, PRETRAINED_PREFIX
@@ -418,50 +419,80 @@ def _rows_published(rows: list[str], name: str) -> bool:
     return set(rows) <= set(_lines(published_classifier_dir() / name / RUNS_FILE))
 
 
-def snapshot_label_efficiency() -> dict[str, int]:
-    """Snapshot the finished rows (label_efficiency.runs.jsonl) of every classifier folder that holds rows its
-    published copy does not (a study not yet published, or one run again with other settings); drop the snapshots
-    whose rows are all published. Returns {folder: rows}.
+class LabelEfficiencySnapshot(NamedTuple):
+    """What `snapshot_label_efficiency` took of one classifier folder."""
 
-    Notebook 03's label efficiency at the protocol runs for hours; with its rows
-    snapshotted, a fresh clone (`vqlib publish --restore`) continues it from the
-    last finished row instead of from the start.
+    rows: int  # finished rows (label_efficiency.runs.jsonl)
+    unfinished: tuple[str, ...]  # network rows under way: the file names of their last epochs (.unfinished/)
+
+
+def _unfinished_rows(folder: Path) -> list[Path]:
+    from .label_efficiency import UNFINISHED_DIR
+
+    return sorted((folder / UNFINISHED_DIR).glob("*.pt"))
+
+
+def snapshot_label_efficiency() -> dict[str, LabelEfficiencySnapshot]:
+    """Snapshot the label-efficiency study of every classifier folder that holds rows its published copy does not
+    (a study not yet published, or one run again with other settings): its finished rows
+    (label_efficiency.runs.jsonl) and the last epoch of each network row under way (.unfinished/, replaced as a
+    whole). Drop the snapshots whose rows are all published and that have nothing under way.
+
+    Notebook 03's label efficiency at the protocol runs for hours, one network row
+    (the CNN on all labels) for more than one; with these snapshotted, a fresh clone
+    (`vqlib publish --restore`) continues it from the last finished row, and that
+    row from its last snapshotted epoch, instead of from the start.
     """
-    from .label_efficiency import RUNS_FILE
+    from .label_efficiency import RUNS_FILE, UNFINISHED_DIR
 
     taken = {}
-    for runs in sorted(paths.classifier_dir().glob(f"*/{RUNS_FILE}")):
-        name, rows = runs.parent.name, _lines(runs)
-        if _rows_published(rows, name):
+    folders = {p.parent for p in paths.classifier_dir().glob(f"*/{RUNS_FILE}")}
+    folders |= {p.parent for p in paths.classifier_dir().glob(f"*/{UNFINISHED_DIR}")}
+    for folder in sorted(folders):
+        name, rows, unfinished = folder.name, _lines(folder / RUNS_FILE), _unfinished_rows(folder)
+        if _rows_published(rows, name) and not unfinished:
             continue
-        _copy(runs, label_efficiency_snapshots() / name / RUNS_FILE)
-        taken[name] = len(rows)
-    for snapshot in sorted(label_efficiency_snapshots().glob(f"*/{RUNS_FILE}")):
-        if snapshot.parent.name not in taken and _rows_published(_lines(snapshot), snapshot.parent.name):
-            shutil.rmtree(snapshot.parent)
+        target = label_efficiency_snapshots() / name
+        if rows:
+            _copy(folder / RUNS_FILE, target / RUNS_FILE)
+        shutil.rmtree(target / UNFINISHED_DIR, ignore_errors=True)
+        for path in unfinished:
+            _copy(path, target / UNFINISHED_DIR / path.name)
+        taken[name] = LabelEfficiencySnapshot(len(rows), tuple(p.name for p in unfinished))
+    if label_efficiency_snapshots().is_dir():
+        for snapshot in sorted(p for p in label_efficiency_snapshots().iterdir() if p.is_dir()):
+            if snapshot.name not in taken and _rows_published(_lines(snapshot / RUNS_FILE), snapshot.name):
+                shutil.rmtree(snapshot)
     return taken
 
 
 def restore_label_efficiency() -> list[str]:
-    """Put the finished label-efficiency rows, published and snapshotted, where this checkout has no runs file of its
-    own (a local one is at least as new as any copy taken from it): notebook 03 run again reuses every row measured
-    with its settings."""
-    from .label_efficiency import RUNS_FILE
+    """Put the label-efficiency studies, published and snapshotted, where this checkout has nothing of its own for
+    them (a local runs file or row under way is at least as new as any copy taken from it): the finished rows, and
+    the snapshotted epochs of the rows under way. Notebook 03 run again reuses every row measured with its settings
+    and continues the others."""
+    from .label_efficiency import RUNS_FILE, UNFINISHED_DIR
 
     restored = []
+    snapshots = label_efficiency_snapshots()
     sources = {p.parent.name for p in published_classifier_dir().glob(f"*/{RUNS_FILE}")}
-    sources |= {p.parent.name for p in label_efficiency_snapshots().glob(f"*/{RUNS_FILE}")}
+    sources |= {p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set()
     for name in sorted(sources):
-        target = paths.classifier_dir() / name / RUNS_FILE
-        if target.is_file():
+        folder = paths.classifier_dir() / name
+        if (folder / RUNS_FILE).is_file() or (folder / UNFINISHED_DIR).is_dir():
             continue
         rows = _lines(published_classifier_dir() / name / RUNS_FILE)
         known = set(rows)
-        rows += [line for line in _lines(label_efficiency_snapshots() / name / RUNS_FILE) if line not in known]
-        ensure_dir(target.parent)
-        with atomic_path(target) as tmp:
-            tmp.write_text("".join(line + "\n" for line in rows))
-        restored.append(name)
+        rows += [line for line in _lines(snapshots / name / RUNS_FILE) if line not in known]
+        if rows:
+            ensure_dir(folder)
+            with atomic_path(folder / RUNS_FILE) as tmp:
+                tmp.write_text("".join(line + "\n" for line in rows))
+        under_way = _unfinished_rows(snapshots / name)
+        for path in under_way:
+            _copy(path, folder / UNFINISHED_DIR / path.name)
+        if rows or under_way:
+            restored.append(name)
     return restored
 
 

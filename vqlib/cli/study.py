@@ -224,7 +224,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         names = restore_runs(folder, checkpoints)
         print(f"restored {len(names)} run(s) into {folder}: {', '.join(names) or 'none needed'}")
         for name in restore_label_efficiency():
-            print(f"restored the finished label-efficiency rows of {name}: notebook 03 continues from them")
+            print(f"restored the label-efficiency study of {name}: notebook 03 continues from its finished rows")
         for name in restore_priors():
             print(
                 f"restored the unfinished prior {name} into checkpoints/prior/{name}: train-prior --resume continues it"
@@ -247,9 +247,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for stage in publish_stages(folder, checkpoints):
         print(stage.line())
     # After the stages: a classifier published just now needs no snapshot of its rows.
-    for name, rows in snapshot_label_efficiency().items():
+    for name, taken in snapshot_label_efficiency().items():
+        under_way = f", {len(taken.unfinished)} under way ({', '.join(taken.unfinished)})" if taken.unfinished else ""
         print(
-            f"snapshot of {name}'s label efficiency, unfinished: {rows} rows done (checkpoints/inprogress/label_efficiency/{name})"
+            f"snapshot of {name}'s label efficiency, unfinished: {taken.rows} rows done{under_way} "
+            f"(checkpoints/inprogress/label_efficiency/{name})"
         )
     size = published_bytes()
     print(
