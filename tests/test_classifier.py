@@ -341,6 +341,9 @@ def test_notebook_03_runs_and_records_its_results(vqvae_checkpoint, tmp_path):
     assert (tmp_path / "cls" / "best.pt").is_file() and (tmp_path / "cls_finetune" / "best.pt").is_file()
     comparison = pd.DataFrame(metrics["comparison"])
     assert comparison["classifier"].tolist()[:2] == ["head on the frozen code", "fine-tuned encoder + head"]
+    # Both trained classifiers are published with their test macro F1, the frozen one's that of its own record.
+    assert comparison["test_macro_f1"].iloc[0] == pytest.approx(metrics["test_macro_f1"])
+    assert 0 < comparison["test_macro_f1"].iloc[1] <= 1
     # Every network records where it stopped and why; the regressions record no such thing.
     reasons = ("early stopping: no validation improvement", "cap of 2 epochs reached")
     assert metrics["stop_reason"].startswith(reasons) and 1 <= metrics["stopped_epoch"] <= 2

@@ -737,8 +737,8 @@ def compare_classifiers(
     one, or the reverse) into sibling folders (`<folder>_finetune` or
     `<folder>_frozen` when the folders were given) and evaluated on the test
     split. Returns rows: classifier, labels_per_class, val_accuracy,
-    test_accuracy, source, stopped_epoch, stop_reason; the references carry
-    only a test accuracy. With `resume`, the other variant continues (or reuses) its
+    test_accuracy, test_macro_f1, source, stopped_epoch, stop_reason; the
+    references carry only a test accuracy. With `resume`, the other variant continues (or reuses) its
     last.pt when it is `resumable`, and trains afresh otherwise.
     """
     import pandas as pd
@@ -752,6 +752,7 @@ def compare_classifiers(
             "labels_per_class": r.config.labels_per_class or LABELS_PER_CLASS_AVAILABLE,
             "val_accuracy": r.best_val_acc,
             "test_accuracy": ev["accuracy"],
+            "test_macro_f1": ev["macro_f1"],
             "source": f"this run ({r.checkpoint_dir.name})",
             "stopped_epoch": r.stopping.get("stopped_epoch"),
             "stop_reason": r.stopping.get("reason"),
@@ -776,12 +777,13 @@ def compare_classifiers(
                 "labels_per_class": 6000,  # the benchmark trains on all 60,000 training images
                 "val_accuracy": math.nan,
                 "test_accuracy": accuracy,
+                "test_macro_f1": math.nan,
                 "source": "published",
                 "stopped_epoch": None,
                 "stop_reason": None,
             }
         )
-    columns = ["classifier", "labels_per_class", "val_accuracy", "test_accuracy", "source"]
+    columns = ["classifier", "labels_per_class", "val_accuracy", "test_accuracy", "test_macro_f1", "source"]
     # Where training stopped and why: the cap, or patience on validation.
     return pd.DataFrame(rows, columns=[*columns, "stopped_epoch", "stop_reason"])
 

@@ -1,0 +1,145 @@
+"""The numbers the README and docs/results.md show in their tables are those of the published files, to the last
+digit shown: a republished study whose documents were not updated fails here."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = REPO / "results" / "published"
+METHODS = ["vq_head", "vq_linear", "z_linear", "pixel_convnet", "pixel_linear"]  # the tables' column order
+
+
+def table(doc: str, header: str) -> list[list[str]]:
+    """The body rows of the Markdown table of `doc` whose header row starts with `header`, as stripped cells with
+    their bold marks and backticks removed."""
+    lines = (REPO / doc).read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("| " + header)]
+    assert len(starts) == 1, f"{doc} has {len(starts)} tables whose header starts with {header!r}"
+    rows = []
+    for line in lines[starts[0] + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().replace("**", "").replace("`", "") for cell in line.strip("|").split("|")])
+    assert rows, f"the table {header!r} of {doc} is empty"
+    return rows
+
+
+def shown(value: float, cell: str) -> str:
+    """`value` rounded to as many decimals as `cell` shows."""
+    decimals = len(cell.split(".")[1]) if "." in cell else 0
+    return f"{value:.{decimals}f}"
+
+
+def number(cell: str) -> str:
+    """The first number of a cell ('0.693 ± 0.009' -> '0.693'; '15.5 of 25' -> '15.5')."""
+    match = re.search(r"-?\d[\d,]*(?:\.\d+)?", cell)
+    assert match, f"no number in {cell!r}"
+    return match.group().replace(",", "")
+
+
+def test_the_table_reader_and_rounding_can_tell_a_wrong_digit():
+    assert shown(0.0016387, "0.00164") == "0.00164" and shown(0.0016387, "0.00163") != "0.00163"
+    assert number("test accuracy 0.8968") == "0.8968" and number("5,500 (all)") == "5500"
+    with pytest.raises(AssertionError, match="0 tables"):
+        table("README.md", "no such header")
+
+
+def test_the_readme_pretrained_table_is_the_published_grid():
+    grid = pd.read_csv(PUBLISHED / "grid" / "summary.csv").set_index("name")
+    rows = [r for r in table("README.md", "name | K | D |") if r[0].split()[0] in grid.index]
+    assert len(rows) == len(grid) == 9
+    for name, k, d, mse, psnr, _size in (r[:6] for r in rows):
+        run = grid.loc[name.split()[0]]
+        assert (int(k), int(d)) == (run.num_embeddings, run.embedding_dim), name
+        assert shown(run.val_mse, mse) == mse and shown(run.val_psnr, psnr) == psnr, name
+
+
+def test_the_grid_table_of_the_results_is_the_published_grid():
+    grid = pd.read_csv(PUBLISHED / "grid" / "summary.csv").set_index("name")
+    rows = table("docs/results.md", "run | val. MSE |")
+    assert [r[0] for r in rows] == list(grid.index)
+    for name, mse, epoch, perplexity, usage, *_ in rows:
+        run = grid.loc[name]
+        assert shown(run.val_mse, mse) == mse, name
+        assert int(epoch) == run.best_epoch, name
+        assert shown(run.val_perplexity, number(perplexity)) == number(perplexity), name
+        assert f"{run.val_usage:.0%}" == usage, name
+
+
+def test_the_protocol_seed_table_is_the_published_seed_spread():
+    runs = pd.read_csv(PUBLISHED / "protocol_seeds" / "summary.csv")
+    rows = table("docs/results.md", "K=100, seeds 0 / 1 / 2 |")
+    assert len(rows) == 3
+    for label, per_seed, mean, std, epochs in rows:
+        d = int(label.removeprefix("D="))
+        row = runs[runs.embedding_dim == d].sort_values("seed")
+        assert list(row.seed) == [0, 1, 2], label
+        cells = [c.strip() for c in per_seed.split("/")]
+        assert [shown(v, c) for v, c in zip(row.val_mse, cells, strict=True)] == cells, label
+        assert shown(row.val_mse.mean(), mean) == mean, label
+        assert shown(row.val_mse.std(), number(std)) == number(std), label  # pandas: n - 1, as published
+        assert [int(e) for e in epochs.split("/")] == list(row.best_epoch), label
+
+
+LABEL_EFFICIENCY = {"matched": "classifier/K100_D64_all_frozen", "full_val": "label_efficiency_full_val"}
+
+
+@pytest.mark.parametrize(
+    "header", ["labels per class | selection images |", "labels per class | selection | head on frozen code |"]
+)
+def test_the_label_efficiency_tables_are_the_published_rows(header):
+    """Each cell: the mean ± standard deviation (n - 1) over the seeds of that method and label count; the all-labels
+    row, one seed, its value. A table with a selection column takes each row from that protocol's published rows."""
+    rows = table("docs/results.md", header)
+    frames = {
+        selection: pd.read_csv(PUBLISHED / folder / "label_efficiency.csv").replace(
+            {"method": {"pixel_cnn": "pixel_convnet"}}
+        )
+        for selection, folder in LABEL_EFFICIENCY.items()
+    }
+    by_protocol = "selection |" in header
+    if not by_protocol:
+        assert {int(number(r[0])) for r in rows} == set(frames["matched"].labels_per_class)
+    for row in rows:
+        per_class = int(number(row[0]))
+        frame = frames[row[1].split(":")[0] if by_protocol else "matched"]
+        for method, cell in zip(METHODS, row[-len(METHODS) :], strict=True):
+            acc = frame[(frame.method == method) & (frame.labels_per_class == per_class)].test_acc
+            assert len(acc) >= 1, (per_class, method)
+            mean, _, std = cell.partition(" ± ")
+            assert shown(acc.mean(), mean) == mean, (per_class, method, cell)
+            if std:
+                assert len(acc) > 1 and shown(acc.std(), std) == std, (per_class, method, cell)
+            else:
+                assert len(acc) == 1, (per_class, method, "a single value shown for several seeds")
+
+
+def test_the_readme_classifier_row_is_its_published_test_accuracy():
+    metrics = json.loads((PUBLISHED / "classifier" / "K100_D64_all_frozen" / "metrics_test.json").read_text())
+    (row,) = [r for r in table("README.md", "name | K | D |") if r[0].startswith("K100_D64_all_frozen")]
+    cell = number(row[3])
+    assert shown(metrics["accuracy"], cell) == cell
+
+
+def test_the_classifier_table_of_the_results_is_notebook_03s_published_comparison():
+    """Validation and test accuracy and test macro F1 of the classifiers notebook 03 trained (its metrics.json's
+    comparison), each shown or marked absent ('–') only where the record has none."""
+    metrics = json.loads((PUBLISHED / "classifier" / "K100_D64_all_frozen" / "metrics.json").read_text())
+    trained = {r["classifier"]: r for r in metrics["comparison"] if r["source"].startswith("this run")}
+    rows = {r[0].split(" (")[0]: r for r in table("docs/results.md", "classifier, all 55,000 labels |")}
+    assert set(trained) <= set(rows)
+    for name, record in trained.items():
+        for key, cell in zip(("val_accuracy", "test_accuracy", "test_macro_f1"), rows[name][1:4], strict=True):
+            value = record.get(key)
+            if value is None and record["source"] == "this run (K100_D64_all_frozen)":
+                value = metrics.get(key)  # the published classifier's own record (older comparisons lack the F1)
+            if cell == "–":
+                assert value is None or value != value, (name, key, "published but not shown")
+            else:
+                assert shown(value, cell) == cell, (name, key, cell)
