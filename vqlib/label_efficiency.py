@@ -269,6 +269,66 @@ def _record_run(folder: Path, fingerprint: dict, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _network_row(
+    model: torch.nn.Module,
+    train: Inputs,
+    val: Inputs,
+    test: Inputs,
+    *,
+    epochs: int,
+    classifier: ClassifierConfig,
+    seed: int,
+    unfinished: Path,
+    about: dict,
+    started: float,
+    progress: bool,
+) -> tuple[dict, float]:
+    """Train one network row (the head on the code, or the ConvNet on pixels) with early stopping on `val`, keeping
+    its last epoch in `unfinished` (with `about`: the row and its fingerprint) and continuing from it when that file
+    was saved with the same fingerprint. Returns the row's result and the seconds it took before an interruption."""
+    params = [{"params": model.parameters(), "lr": classifier.learning_rate, "initial_lr": classifier.learning_rate}]
+    resumed = _unfinished_row(unfinished, about["fingerprint"])
+    earlier_seconds = 0.0
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        earlier_seconds = resumed["seconds"]
+
+    def save_epoch(fit_state: dict) -> None:
+        payload = {
+            "model_config": about,
+            "state_dict": model.state_dict(),
+            "fit": fit_state,
+            "epoch": len(fit_state["history"]),
+            "seconds": earlier_seconds + time.perf_counter() - started,
+        }
+        save_checkpoint(unfinished, UNFINISHED_KIND, payload)
+
+    method, per_class, _ = about["row"]
+    history, _, best_epoch = fit(
+        model,
+        params,
+        train,
+        val,
+        epochs=epochs,
+        config=classifier,
+        seed=seed,
+        desc=f"{method} {per_class}/class seed {seed}",
+        progress=progress,
+        resume_from=resumed["fit"] if resumed is not None else None,
+        on_epoch=save_epoch,
+    )
+    test_logits = evaluate_logits(model, test)
+    stop = stopping(history, best_epoch, max_epochs=epochs, patience=classifier.patience)
+    result = {
+        "val_acc": history[best_epoch - 1]["val_acc"],
+        "test_acc": (test_logits.argmax(1) == test.labels).float().mean().item(),
+        "chosen": f"epoch {best_epoch} of {len(history)}",
+        "stopped_epoch": stop["stopped_epoch"],
+        "stop_reason": stop["reason"],
+    }
+    return result, earlier_seconds
+
+
 def label_efficiency(
     config: LabelEfficiencyConfig,
     data: Optional[FashionMNIST] = None,
@@ -393,63 +453,22 @@ def label_efficiency(
                     val = Inputs(data.val_images[sel].to(device), labels["val"][dsel], to_input)
                     test = Inputs(data.test_images.to(device), labels["test"], to_input)
                     epochs = min(classifier.epochs, config.cnn_epochs_all) if n is None else classifier.epochs
-                params = [
-                    {
-                        "params": model.parameters(),
-                        "lr": classifier.learning_rate,
-                        "initial_lr": classifier.learning_rate,
-                    }
-                ]
                 # An interrupted network row goes on from its last epoch (bitwise, on the CPU): the one at all
                 # labels trains for hours at the protocol.
                 unfinished = _unfinished_path(out, method, per_class, seed)
-                row_fingerprint = method_fingerprint(fingerprint, method)
-                resumed = _unfinished_row(unfinished, row_fingerprint)
-                if resumed is not None:
-                    model.load_state_dict(resumed["state_dict"])
-                    earlier_seconds = resumed["seconds"]
-                about = {"row": [method, per_class, seed], "fingerprint": row_fingerprint}
-
-                def save_epoch(
-                    fit_state: dict,
-                    *,
-                    model=model,
-                    path=unfinished,
-                    about=about,
-                    since=started,
-                    earlier=earlier_seconds,
-                ) -> None:
-                    payload = {
-                        "model_config": about,
-                        "state_dict": model.state_dict(),
-                        "fit": fit_state,
-                        "epoch": len(fit_state["history"]),
-                        "seconds": earlier + time.perf_counter() - since,
-                    }
-                    save_checkpoint(path, UNFINISHED_KIND, payload)
-
-                history, _, best_epoch = fit(
+                result, earlier_seconds = _network_row(
                     model,
-                    params,
                     train,
                     val,
+                    test,
                     epochs=epochs,
-                    config=classifier,
+                    classifier=classifier,
                     seed=seed,
-                    desc=f"{method} {per_class}/class seed {seed}",
+                    unfinished=unfinished,
+                    about={"row": [method, per_class, seed], "fingerprint": method_fingerprint(fingerprint, method)},
+                    started=started,
                     progress=progress,
-                    resume_from=resumed["fit"] if resumed is not None else None,
-                    on_epoch=save_epoch,
                 )
-                test_logits = evaluate_logits(model, test)
-                stop = stopping(history, best_epoch, max_epochs=epochs, patience=classifier.patience)
-                result = {
-                    "val_acc": history[best_epoch - 1]["val_acc"],
-                    "test_acc": (test_logits.argmax(1) == test.labels).float().mean().item(),
-                    "chosen": f"epoch {best_epoch} of {len(history)}",
-                    "stopped_epoch": stop["stopped_epoch"],
-                    "stop_reason": stop["reason"],
-                }
             else:
                 val_x, test_x = fixed[method]
                 sel_np = sel.numpy()
