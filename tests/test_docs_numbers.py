@@ -143,3 +143,56 @@ def test_the_classifier_table_of_the_results_is_notebook_03s_published_compariso
                 assert value is None or value != value, (name, key, "published but not shown")
             else:
                 assert shown(value, cell) == cell, (name, key, cell)
+
+
+def glance() -> str:
+    """The README's "Results at a glance" section, lines joined (a number may sit at a line break)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Results at a glance", 1)[1].split("\n## ", 1)[0]
+    return " ".join(section.split())
+
+
+def test_the_results_at_a_glance_are_the_published_numbers():
+    """The grid's, the prior's, the codec's and the OOD flag's numbers in the README's summary, each formatted as
+    the README shows it from the published file it cites."""
+    text = glance()
+    best = json.loads((PUBLISHED / "grid" / "best.json").read_text())
+    generation = json.loads((PUBLISHED / "prior" / "generation.json").read_text())
+    bits = {r["model"]: r["bits_per_image"] for r in generation["likelihood"]}
+    frechet = {r["set"]: r["frechet_distance"] for r in generation["frechet"]}
+    (recognised,) = [r["prior samples"] for r in generation["class_accuracy"] if r["class"] == "all"]
+    cas = {r["trained on"]: r["test_accuracy"] for r in generation["cas"]}
+    codec = pd.read_csv(PUBLISHED / "codec" / "rate_distortion.csv")
+    vq = codec[codec.setting == "K50_D64_transformer_cond"].iloc[0]
+
+    def cheapest(name):
+        """The codec's cheapest quality at least as sharp as the K50_D64 code (the README's comparison)."""
+        rows = codec[(codec.codec == name) & (codec.psnr >= vq.psnr)]
+        return rows.loc[rows.payload_bits_per_image.idxmin()]
+
+    webp, jpeg = cheapest("WEBP"), cheapest("JPEG")
+    ood = pd.read_csv(PUBLISHED / "ood" / "ood_eval.csv").set_index("set")
+    auroc = lambda name: ood.loc[[s for s in ood.index if s.startswith(name)][0], "auroc_detector"]  # noqa: E731
+    expected = [
+        f"MSE {best['test_mse']:.5f}, PSNR {best['test_psnr']:.2f} dB",
+        f"({best['test_psnr_mean_per_image']:.2f} dB as the mean of per-image PSNRs)",
+        f"perplexity {best['test_perplexity']:.1f} of 100 codes",
+        f"{bits['prior without a class']:.0f} bits per test image without its class",
+        f"{bits['prior without a class'] / bits['per-position model']:.1%} of the per-position model's "
+        f"{bits['per-position model']:.0f}",
+        f"(test accuracy {cas['real training images']:.1%})",
+        f"Fréchet distance {frechet['prior samples']:.1f} from the validation images",
+        f"(per-position samples {frechet['per-position samples']:.1f}, two real sets {frechet['real test images']:.1f})",
+        f"names the class of {recognised:.1%} of them",
+        f"reaches {cas['prior samples']:.1%} on the real test set ({cas['real training images']:.1%} on real images)",
+        f"codes a test image in {vq.bits_per_image:.1f} bits at {vq.psnr:.2f} dB",
+        f"WebP needs {webp.payload_bits_per_image:,.1f} bits without its header ({webp.bits_per_image:,.1f} with it) "
+        f"for {webp.psnr:.2f} dB",
+        f"JPEG {jpeg.payload_bits_per_image:,.1f} for {jpeg.psnr:.2f} dB",
+        f"flags {ood.loc['FashionMNIST test', 'flagged']:.1%} of the test set",
+        f"handwritten digits (AUROC {auroc('digits'):.3f}), printed glyphs ({auroc('glyphs'):.3f}), "
+        f"blank ({auroc('blank'):.3f}) or inverted ({auroc('inverted'):.3f})",
+        f"Mahalanobis on the code does better on digits ({ood.loc[ood.index.str.startswith('digits')].auroc_mahalanobis.iloc[0]:.3f})",
+    ]
+    missing = [e for e in expected if e not in text]
+    assert not missing, f"the README's summary does not show: {missing}"
