@@ -644,6 +644,33 @@ def test_paired_differences_see_a_consistent_gap_that_unpaired_spreads_hide():
         paired_differences(pd.concat([frame, frame.iloc[:1]]))
 
 
+def test_the_paired_differences_figure_draws_each_interval_and_marks_a_single_seed():
+    """A panel per label count; a line from low to high (in points) where the seeds give an interval, a hollow dot
+    where one seed gives none; each method in its colour of the label-efficiency figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from vqlib.label_efficiency import paired_differences
+    from vqlib.plots import paired_differences_figure
+
+    rows = [_efficiency_row("vq_head", 10, s, 0.70 + 0.04 * s) for s in range(3)]
+    rows += [_efficiency_row("pixel_linear", 10, s, 0.66 + 0.05 * s) for s in range(3)]
+    rows += [_efficiency_row(m, 5500, 0, a) for m, a in (("vq_head", 0.9), ("pixel_linear", 0.85))]
+    differences = paired_differences(pd.DataFrame(rows))
+    fig = paired_differences_figure(differences)
+    few, all_labels = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["10 per class (3 seeds)", "all per class (1 seed)"]
+    (interval,) = [line for line in few.get_lines() if len(line.get_ydata()) == 2 and list(line.get_ydata()) == [0, 0]]
+    row = differences.set_index(["labels_per_class", "method"]).loc[(10, "pixel_linear")]
+    assert list(interval.get_xdata()) == [pytest.approx(100 * row["low"]), pytest.approx(100 * row["high"])]
+    dots = [line for line in all_labels.get_lines() if line.get_marker() == "o"]
+    assert len(dots) == 1 and dots[0].get_markerfacecolor() == "none"
+    assert dots[0].get_xdata()[0] == pytest.approx(-5.0)
+    # pixel_linear is the fifth method of the label-efficiency figure: its fifth colour.
+    assert to_hex(dots[0].get_color()) == to_hex("C4") and to_hex(interval.get_color()) == to_hex("C4")
+    plt.close(fig)
+
+
 def test_stopping_says_early_stopping_or_the_cap():
     history = [{"epoch": e} for e in range(1, 9)]
     assert classify.stopping(history, 3, max_epochs=20, patience=5) == {

@@ -544,11 +544,12 @@ def test_publish_says_what_it_published_and_leaves_an_incomplete_stage_out(publi
 
 
 def test_figures_are_drawn_from_the_published_study_alone(published, tmp_path, monkeypatch, capsys):
-    """All eleven from the whole published study, byte-identical on a rerun; from a partial one
+    """All twelve from the whole published study, byte-identical on a rerun; from a partial one
     (one grid run, nothing after it) the grid's two, the others named as skipped; from none, exit 2."""
     from vqlib.figures import (
         ANALYSIS_README_FIGURES,
         CODEC_README_FIGURE,
+        PAIRED_DIFFERENCES_FIGURE,
         PRIOR_README_FIGURES,
         SEED_SPREAD_FIGURE,
         write_figures,
@@ -562,6 +563,7 @@ def test_figures_are_drawn_from_the_published_study_alone(published, tmp_path, m
         "grid_heatmaps.png",
         *ANALYSIS_README_FIGURES,
         "label_efficiency.png",
+        PAIRED_DIFFERENCES_FIGURE,
         *prior_figures,
     ]
     assert [p.name for p in result.written] == expected
@@ -591,6 +593,7 @@ def test_figures_are_drawn_from_the_published_study_alone(published, tmp_path, m
             SEED_SPREAD_FIGURE,
             *ANALYSIS_README_FIGURES,
             "label_efficiency.png",
+            PAIRED_DIFFERENCES_FIGURE,
             *prior_figures,
             CODEC_README_FIGURE,
         ]

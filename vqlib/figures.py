@@ -4,8 +4,9 @@ Reads only what git tracks (``results/published/`` and ``checkpoints/pretrained/
 no training, no data, no GPU. The grid's figures are drawn again by the
 functions notebook 02 draws them with (`plots.plot_losses`, `plots.grid_heatmaps`),
 over every published run, so they show a study still in progress as far as it
-got; the classifier's and the analysis's figures need the data and the models,
-so they are the published copies of what notebooks 03, 04 and 06 and `vqlib rate-distortion` drew.
+got, and so are label efficiency's paired differences, from its published rows; the
+classifier's other figure and the analysis's need the data and the models, so they are
+the published copies of what notebooks 03, 04 and 06 and `vqlib rate-distortion` drew.
 
 Reruns do not churn git: fixed size and dpi, no software version or date in
 the PNG, and a file is rewritten only when its content changes.
@@ -41,6 +42,8 @@ ANALYSIS_README_FIGURES = (
 
 
 SEED_SPREAD_FIGURE = "seed_spread.png"
+# Label efficiency's paired differences to the head on the frozen code, drawn from the published rows.
+PAIRED_DIFFERENCES_FIGURE = "label_efficiency_paired.png"
 # Notebook 06's figures the README shows, copied under these names (the prior's samples and completions).
 PRIOR_README_FIGURES = {"samples_per_class.png": "prior_samples.png", "completions.png": "prior_completions.png"}
 # `vqlib rate-distortion`'s figure, published by `vqlib publish`'s codec stage.
@@ -148,6 +151,22 @@ def write_figures(out: Optional[str | os.PathLike] = None) -> FiguresResult:
     else:
         result.skipped.append(
             f"{LABEL_EFFICIENCY_FIGURE}: the classifier (notebook 03) is not published in "
+            f"{paths.shown(published_classifier_dir())}"
+        )
+
+    # The paired differences are drawn again from the published rows, as notebook 03 draws them.
+    rows = [c / "label_efficiency.csv" for c in classifiers if (c / "label_efficiency.csv").is_file()]
+    if rows:
+        import pandas as pd
+
+        from .label_efficiency import paired_differences
+        from .plots import paired_differences_figure
+
+        differences = paired_differences(pd.read_csv(rows[-1]), reference="vq_head")
+        _save(paired_differences_figure(differences), result.folder / PAIRED_DIFFERENCES_FIGURE, result)
+    else:
+        result.skipped.append(
+            f"{PAIRED_DIFFERENCES_FIGURE}: the classifier (notebook 03) is not published in "
             f"{paths.shown(published_classifier_dir())}"
         )
 

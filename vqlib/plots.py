@@ -239,6 +239,52 @@ def label_efficiency_figure(frame, *, title: Optional[str] = None, references: O
     return fig
 
 
+def paired_differences_figure(differences, *, title: Optional[str] = None):
+    """Each method's test accuracy minus the reference's, in points, paired by seed: a panel per label count, the
+    mean difference as a dot and its t-interval as a line (`label_efficiency.paired_differences`'s table). A hollow
+    dot is a difference of one seed, with no interval. An interval across 0 is a difference the seeds do not
+    settle. Methods keep the colours of `label_efficiency_figure`."""
+    from .config import LABELS_PER_CLASS_AVAILABLE, canonical_method
+
+    d = differences.assign(method=differences["method"].map(canonical_method))
+    counts = sorted(d["labels_per_class"].unique())
+    methods = [m for m in LABEL_EFFICIENCY_NAMES if m in set(d["method"])]
+    methods += [m for m in dict.fromkeys(d["method"]) if m not in methods]
+    order = [*LABEL_EFFICIENCY_NAMES, *(m for m in methods if m not in LABEL_EFFICIENCY_NAMES)]
+    colour = {m: f"C{order.index(m)}" for m in methods}
+    fig, axes = plt.subplots(
+        1, len(counts), figsize=(1.2 + 2.3 * len(counts), 1.4 + 0.45 * len(methods)), sharey=True, squeeze=False
+    )
+    for ax, count in zip(axes[0], counts, strict=True):
+        rows = d[d["labels_per_class"] == count].set_index("method")
+        for y, method in enumerate(reversed(methods)):
+            if method not in rows.index:
+                continue
+            row = rows.loc[method]
+            interval = row["seeds"] > 1 and np.isfinite(row["low"])
+            if interval:
+                ax.plot([100 * row["low"], 100 * row["high"]], [y, y], color=colour[method], linewidth=2.5)
+            ax.plot(
+                100 * row["mean_difference"], y, "o", color=colour[method], markerfacecolor=None if interval else "none"
+            )
+        ax.axvline(0, color="k", linewidth=0.8)
+        seeds = int(rows["seeds"].max()) if len(rows) else 0
+        label = "all" if count == LABELS_PER_CLASS_AVAILABLE else f"{count:,}"
+        ax.set_title(f"{label} per class ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("points", fontsize=8)
+    reference = d["reference"].iloc[0] if len(d) else "the reference"
+    axes[0][0].set_yticks(range(len(methods)))
+    axes[0][0].set_yticklabels([LABEL_EFFICIENCY_NAMES.get(m, m) for m in reversed(methods)], fontsize=8)
+    fig.suptitle(
+        title
+        or f"Test accuracy minus the {LABEL_EFFICIENCY_NAMES.get(reference, reference)}'s, paired by seed (95% interval)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------- the code as a codec
 
 
