@@ -439,6 +439,88 @@ def test_label_efficiency_resumes_from_its_runs_file(vqvae_checkpoint, data, tmp
     assert len(lines()) == 3 and lines()[-1]["row"]["selected"] == "C=0.01"
 
 
+def test_a_regression_keeps_each_finished_fit_and_a_rerun_fits_only_the_others(data, tmp_path):
+    """logistic_regression(cache=...): one file per value of C; a rerun reads them (a kept fit whose score was
+    raised is the one chosen) and fits only the C whose file is missing, to the same result."""
+    from vqlib.label_efficiency import logistic_regression
+
+    train = data.train_images[:300].reshape(300, -1).numpy() / 255.0
+    val, test = (
+        data.val_images[:200].reshape(200, -1).numpy() / 255.0,
+        data.test_images[:200].reshape(200, -1).numpy() / 255.0,
+    )
+    args = (
+        train,
+        data.train_labels[:300].numpy(),
+        val,
+        data.val_labels[:200].numpy(),
+        test,
+        data.test_labels[:200].numpy(),
+    )
+    cs = [0.01, 0.1, 1.0]
+    cache = tmp_path / "fits"
+    full = logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache)
+    assert full == logistic_regression(*args, cs, 50, 0, jobs=1)  # keeping the fits changes nothing
+    assert sorted(p.name for p in cache.iterdir()) == ["C=0.01.npz", "C=0.1.npz", "C=1.0.npz"]
+
+    (cache / "C=1.0.npz").unlink()  # the fit under way when the run was killed
+    kept = cache / "C=0.01.npz"
+    before = kept.stat().st_mtime_ns
+    assert logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache) == full
+    assert (cache / "C=1.0.npz").is_file() and kept.stat().st_mtime_ns == before  # fitted again, and only it
+
+    with np.load(kept) as f:
+        raised = {k: f[k] for k in f.files}
+    raised["val_acc"] = np.asarray(1.0)
+    with open(kept, "wb") as f:
+        np.savez(f, **raised)
+    chosen = logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache)
+    assert chosen["chosen"] == "C=0.01" and chosen["val_acc"] == 1.0
+    kept.write_bytes(b"cut short")  # unreadable: fitted again
+    assert logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache) == full
+
+
+def test_label_efficiency_keeps_a_regression_rows_fits_until_it_is_recorded(vqvae_checkpoint, data, tmp_path):
+    """A regression row's finished fits sit in RESULTS/.unfinished/METHOD_Npc_sSEED/ with its fingerprint while it
+    runs, are reused by a rerun of the same settings (a planted fit is chosen) but not by one of other settings,
+    and go once the row is recorded."""
+    from vqlib.config import LabelEfficiencyConfig
+    from vqlib.label_efficiency import RUNS_FILE, _fit, _fits_folder, label_efficiency, method_fingerprint
+
+    def run(linear_max_iter=30):
+        config = LabelEfficiencyConfig(
+            vqvae_checkpoint=str(vqvae_checkpoint), label_counts="5", num_seeds=1, methods="pixel_linear",
+            linear_c="0.1,1", linear_max_iter=linear_max_iter, device="cpu", results_dir=str(tmp_path),
+        )  # fmt: skip
+        return label_efficiency(config, data, progress=False).iloc[0]
+
+    first = run()
+    assert not (tmp_path / ".unfinished").exists()
+    (line,) = (tmp_path / RUNS_FILE).read_text().splitlines()
+    fingerprint = json.loads(line)["fingerprint"]
+
+    def plant(fingerprint):
+        """A fit of C = 1 with a validation accuracy no fit reaches, as an interrupted row would have kept it."""
+        folder = _fits_folder(tmp_path / ".unfinished" / "pixel_linear_5pc_s0", fingerprint)
+        x = data.train_images[:50].reshape(50, -1).numpy() / 255.0
+        _fit(x, data.train_labels[:50].numpy(), x, data.train_labels[:50].numpy(), 1.0, 30, 0, cache=folder)
+        with np.load(folder / "C=1.0.npz") as f:
+            planted = {k: f[k] for k in f.files}
+        with open(folder / "C=1.0.npz", "wb") as f:
+            np.savez(f, **{**planted, "val_acc": np.asarray(1.5)})
+
+    (tmp_path / RUNS_FILE).unlink()
+    plant(method_fingerprint(fingerprint, "pixel_linear"))
+    again = run()
+    assert again["selected"] == "C=1" and again["val_acc"] == 1.5  # the kept fit, reused
+    assert not (tmp_path / ".unfinished").exists()
+
+    plant(method_fingerprint(fingerprint, "pixel_linear"))
+    other = run(linear_max_iter=31)  # other settings: the planted fit is not theirs
+    assert other["val_acc"] <= 1 and other["selected"] == first["selected"]
+    assert not (tmp_path / ".unfinished").exists()
+
+
 def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, data, tmp_path, monkeypatch):
     """vqlib publish snapshots the finished rows of an unpublished study; --restore brings them back and they are reused."""
     from vqlib import paths

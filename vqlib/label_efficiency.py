@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -36,7 +37,7 @@ from .config import (
 from .data import NUM_CLASSES, FashionMNIST, load_fashion_mnist, stratified_subset, to_float
 from .device import cpu_cores, resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, ResultFileError
-from .files import _plain, ensure_dir, save_figure, write_csv
+from .files import _plain, atomic_path, ensure_dir, read_json_or_empty, save_figure, write_csv, write_json
 from .models import ClassificationHead, PixelConvNet
 from .progress import progress_bar
 
@@ -53,6 +54,7 @@ def logistic_regression(
     seed: int,
     *,
     jobs: Optional[int] = None,
+    cache: Optional[Path] = None,
 ) -> dict:
     """Standardised features, L-BFGS logistic regression; C chosen on validation accuracy.
 
@@ -68,6 +70,12 @@ def logistic_regression(
     and several BLAS threads synchronise on each, so on a 2-core CPU where torch
     has run (its OpenMP threads) or anything else runs each call waits for a core.
     Measured with benchmarks/bench.py --only-regression (section 9).
+
+    With a `cache` folder, each finished fit is kept there (`C=<c>.npz`: the
+    coefficients and the validation scores) and a later call reuses it: the
+    regressions on all labels fit for an hour on a 2-core CPU, and an
+    interruption then costs the fits under way, not the finished ones. The
+    caller keeps the folder to one problem (the same data and settings).
     """
     from joblib import Parallel, delayed
     from sklearn.preprocessing import StandardScaler
@@ -75,8 +83,13 @@ def logistic_regression(
     scaler = StandardScaler().fit(train_x)
     train_x, val_x, test_x = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
     cs = sorted(cs)
-    jobs = max(1, min(len(cs), jobs or cpu_cores()))
-    fits = Parallel(n_jobs=jobs)(delayed(_fit)(train_x, train_y, val_x, val_y, c, max_iter, seed) for c in cs)
+    done = {c: fit for c in cs if (fit := _cached_fit(cache, c, max_iter, seed)) is not None} if cache else {}
+    todo = [c for c in cs if c not in done]
+    jobs = max(1, min(len(todo), jobs or cpu_cores()))
+    fitted = Parallel(n_jobs=jobs)(
+        delayed(_fit)(train_x, train_y, val_x, val_y, c, max_iter, seed, cache=cache) for c in todo
+    )
+    fits = sorted([*done.values(), *fitted], key=lambda f: f["c"])
     best = max(fits, key=lambda f: (f["val_acc"], -f["val_loss"]))
     return {
         "val_acc": best["val_acc"],
@@ -90,8 +103,46 @@ def logistic_regression(
     }
 
 
-def _fit(train_x, train_y, val_x, val_y, c: float, max_iter: int, seed: int, blas_threads: int = 1) -> dict:
-    """One value of C, on one BLAS thread: the fitted model and its validation accuracy and log-loss."""
+def _cache_file(cache: Path, c: float) -> Path:
+    return cache / f"C={c!r}.npz"
+
+
+def _cached_fit(cache: Path, c: float, max_iter: int, seed: int) -> Optional[dict]:
+    """The fit of `c` that `_fit` kept in `cache`, as `_fit` returns it; None when there is none (or it is unreadable:
+    a file cut short by a kill is fitted again)."""
+    from sklearn.linear_model import LogisticRegression
+
+    try:
+        with np.load(_cache_file(cache, c), allow_pickle=False) as kept:
+            saved = {k: kept[k] for k in kept.files}
+        clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+        clf.coef_, clf.intercept_, clf.classes_ = saved["coef"], saved["intercept"], saved["classes"]
+        clf.n_iter_, clf.n_features_in_ = saved["n_iter"], saved["coef"].shape[1]
+        return {
+            "c": float(saved["c"]),
+            "clf": clf,
+            "val_acc": float(saved["val_acc"]),
+            "val_loss": float(saved["val_loss"]),
+            "converged": bool(saved["converged"]),
+            "iterations": int(np.max(saved["n_iter"])),
+        }
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _fit(
+    train_x,
+    train_y,
+    val_x,
+    val_y,
+    c: float,
+    max_iter: int,
+    seed: int,
+    blas_threads: int = 1,
+    cache: Optional[Path] = None,
+) -> dict:
+    """One value of C, on one BLAS thread: the fitted model and its validation accuracy and log-loss (kept in
+    `cache` when given, see `logistic_regression`)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -101,7 +152,7 @@ def _fit(train_x, train_y, val_x, val_y, c: float, max_iter: int, seed: int, bla
         warnings.simplefilter("always", ConvergenceWarning)
         clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(train_x, train_y)
         proba = clf.predict_proba(val_x)
-    return {
+    fit = {
         "c": c,
         "clf": clf,
         "val_acc": float((clf.classes_[proba.argmax(1)] == val_y).mean()),
@@ -109,6 +160,12 @@ def _fit(train_x, train_y, val_x, val_y, c: float, max_iter: int, seed: int, bla
         "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
         "iterations": int(np.max(clf.n_iter_)),
     }
+    if cache is not None:
+        arrays = {"coef": clf.coef_, "intercept": clf.intercept_, "classes": clf.classes_, "n_iter": clf.n_iter_}
+        scores = {k: np.asarray(fit[k]) for k in ("c", "val_acc", "val_loss", "converged")}
+        with atomic_path(_cache_file(cache, c)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays, **scores)
+    return fit
 
 
 @torch.inference_mode()
@@ -229,6 +286,17 @@ def _unfinished_row(path: Path, fingerprint: dict) -> Optional[dict]:
     except CheckpointError:
         return None
     return ckpt if ckpt["model_config"].get("fingerprint") == fingerprint and "fit" in ckpt else None
+
+
+def _fits_folder(folder: Path, fingerprint: dict) -> Path:
+    """`folder` for a regression row's finished fits (`logistic_regression`'s cache), emptied first when its fits
+    were made with other settings (its about.json holds the row's fingerprint)."""
+    about = folder / "about.json"
+    if about.is_file() and read_json_or_empty(about) != fingerprint:
+        shutil.rmtree(folder)
+    if not about.is_file():
+        write_json(about, fingerprint)
+    return folder
 
 
 def finished_runs(folder: Path, fingerprint: dict) -> dict[tuple, dict]:
@@ -354,9 +422,11 @@ def label_efficiency(
     Resumable: each finished row is appended to label_efficiency.runs.jsonl in
     that folder, and a later call with the same settings on the same VQ-VAE
     (`run_fingerprint`) reuses it instead of training again. The protocol's
-    notebook 03 runs for hours on a CPU; an interruption costs one row, and
-    adding a method or a label count runs only what is new. Delete the file to
-    measure everything again.
+    notebook 03 runs for hours on a CPU. A row under way keeps its progress in
+    .unfinished/ until it is recorded (a network its last epoch, a regression
+    its finished fits, one per C), so that an interruption costs an epoch or the
+    fits under way; adding a method or a label count runs only what is new.
+    Delete the runs file to measure everything again.
     """
     import pandas as pd
 
@@ -472,6 +542,8 @@ def label_efficiency(
             else:
                 val_x, test_x = fixed[method]
                 sel_np = sel.numpy()
+                # Its finished fits, one per C, are kept until the row is recorded: on all labels they take an hour.
+                unfinished = _unfinished_path(out, method, per_class, seed).with_suffix("")
                 result = logistic_regression(
                     feature_of[method]("train", idx),
                     data.train_labels[idx].numpy(),
@@ -482,6 +554,7 @@ def label_efficiency(
                     cs,
                     config.linear_max_iter,
                     seed,
+                    cache=_fits_folder(unfinished, method_fingerprint(fingerprint, method)),
                 )
             rows.append(
                 {
@@ -506,7 +579,9 @@ def label_efficiency(
                 }
             )
             _record_run(out, fingerprint, rows[-1])
-            if unfinished is not None:
+            if unfinished is not None and unfinished.is_dir():
+                shutil.rmtree(unfinished)
+            elif unfinished is not None:
                 unfinished.unlink(missing_ok=True)
             bar.update(1)
             if progress:
