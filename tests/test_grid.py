@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -424,6 +426,10 @@ def test_published_run_loads_by_name_and_restores_into_a_fresh_grid(grid_run, tm
     vqgrid.write_best(vqgrid.collect_grid(grid), grid, test_metrics=False)
     assert publish_runs(grid, checkpoints) == ["K8_D4"]
     assert publish_runs(grid, checkpoints) == []  # already up to date
+    # A run's record rewritten with the same content (newer, so it is compared again): no news either.
+    (grid / "K8_D4" / vqtrain.METRICS_FILE).write_text((grid / "K8_D4" / vqtrain.METRICS_FILE).read_text())
+    os.utime(grid / "K8_D4" / vqtrain.METRICS_FILE, (time.time() + 5, time.time() + 5))
+    assert publish_runs(grid, checkpoints) == []
     published = read_json(root / "results" / "published" / "grid" / "K8_D4" / vqtrain.METRICS_FILE)
     # The grid's choice and table travel with it, naming the published checkpoint.
     assert read_json(root / "results" / "published" / "grid" / "best.json")["checkpoint"] == "pretrained:K8_D4"

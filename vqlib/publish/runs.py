@@ -49,10 +49,12 @@ def publish_runs(
     suffix: str = "",
     snapshots: Optional[Path] = None,
 ) -> list[str]:
-    """Copy finished runs (all, or `names`) of a grid into the published folders; return the names copied.
+    """Copy finished runs (all, or `names`) of a grid into the published folders; return the names whose published
+    files changed.
 
     A run is copied when its published files are missing or older than the run's
-    metrics; the checkpoint is written before the metrics that name it. The run
+    metrics, and a file only when its content changed; the checkpoint is written
+    before the metrics that name it. The run
     folders go to `published` (default: the study's grid, whose summary and
     choice are published too; the protocol's extra seeds go to their own folder).
     The checkpoint is published as ``pretrained:NAME<suffix>``, and the run's
@@ -83,7 +85,7 @@ def publish_runs(
         pretrained = paths.pretrained_dir() / (name + suffix)
         for file in CHECKPOINT_FILES:
             if file.endswith(".json"):  # config.json names the folders it was trained in
-                write_json(pretrained / file, portable(read_json(checkpoint_root / name / file)))
+                writer.json(pretrained / file, portable(read_json(checkpoint_root / name / file)))
             else:  # best.pt: the same weights, without the folders its TrainConfig names
                 ckpt = load_checkpoint(checkpoint_root / name / file, kind="vqvae")
                 writer.checkpoint(pretrained / file, "vqvae", portable_vqvae_payload(ckpt))
@@ -95,12 +97,13 @@ def publish_runs(
                 run_renames(checkpoint_root, [name], suffix),
             )
         if (grid_folder / name / RUN_FILE).is_file():
-            write_json(published / name / RUN_FILE, portable(read_json(grid_folder / name / RUN_FILE)))
+            writer.json(published / name / RUN_FILE, portable(read_json(grid_folder / name / RUN_FILE)))
         metrics = read_json(source_metrics)
         metrics = portable({**metrics, "checkpoint": PRETRAINED_PREFIX + name + suffix})
-        write_json(target_metrics, metrics)
+        writer.json(target_metrics, metrics)
         shutil.rmtree(snapshots / name, ignore_errors=True)
-        copied.append(name)
+        if writer.changed:  # a run whose files were rewritten with the same content is not news
+            copied.append(name)
     if study:
         _publish_choice(grid_folder)
     return copied
