@@ -273,8 +273,9 @@ UNFINISHED_DIR = ".unfinished"  # in the results folder: each network row's last
 UNFINISHED_KIND = "label_efficiency_row"
 
 
-def _unfinished_path(folder: Path, method: str, per_class: int, seed: int) -> Path:
-    return folder / UNFINISHED_DIR / f"{method}_{per_class}pc_s{seed}.pt"
+def _unfinished_path(folder: Path, method: str, per_class: int, seed: int, suffix: str = ".pt") -> Path:
+    """A row's work under way: a network's last epoch (.pt), or a folder of a regression's fits (suffix "")."""
+    return folder / UNFINISHED_DIR / f"{method}_{per_class}pc_s{seed}{suffix}"
 
 
 def _unfinished_row(path: Path, fingerprint: dict) -> Optional[dict]:
@@ -345,17 +346,20 @@ def _network_row(
     *,
     epochs: int,
     classifier: ClassifierConfig,
-    seed: int,
+    row: tuple[str, int, int],
+    fingerprint: dict,
     unfinished: Path,
-    about: dict,
     started: float,
     progress: bool,
 ) -> tuple[dict, float]:
-    """Train one network row (the head on the code, or the ConvNet on pixels) with early stopping on `val`, keeping
-    its last epoch in `unfinished` (with `about`: the row and its fingerprint) and continuing from it when that file
-    was saved with the same fingerprint. Returns the row's result and the seconds it took before an interruption."""
+    """Train one network row, `row` = (method, labels per class, seed): the head on the code, or the ConvNet on
+    pixels, with early stopping on `val`. Its last epoch is kept in `unfinished` with the row and its `fingerprint`,
+    and continued from when that file was saved with the same fingerprint. Returns the row's result and the seconds
+    it took before an interruption."""
+    method, per_class, seed = row
+    about = {"row": list(row), "fingerprint": fingerprint}
     params = [{"params": model.parameters(), "lr": classifier.learning_rate, "initial_lr": classifier.learning_rate}]
-    resumed = _unfinished_row(unfinished, about["fingerprint"])
+    resumed = _unfinished_row(unfinished, fingerprint)
     earlier_seconds = 0.0
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
@@ -371,7 +375,6 @@ def _network_row(
         }
         save_checkpoint(unfinished, UNFINISHED_KIND, payload)
 
-    method, per_class, _ = about["row"]
     history, _, best_epoch = fit(
         model,
         params,
@@ -505,7 +508,8 @@ def label_efficiency(
                     bar.write(f"{method:>12} {per_class:>5}/class seed {seed}: reused from {RUNS_FILE}")
                 continue
             started = time.perf_counter()
-            earlier_seconds, unfinished = 0.0, None  # a network row's time before an interruption, its last epoch
+            # A network row's time before an interruption; the row's work under way (`_unfinished_path`).
+            earlier_seconds, unfinished = 0.0, None
             if method in ("vq_head", "pixel_convnet"):
                 seed_everything(seed)
                 head = ClassificationHead.from_config(classifier, vqvae.config.embedding_dim).to(device)
@@ -533,9 +537,9 @@ def label_efficiency(
                     test,
                     epochs=epochs,
                     classifier=classifier,
-                    seed=seed,
+                    row=(method, per_class, seed),
+                    fingerprint=method_fingerprint(fingerprint, method),
                     unfinished=unfinished,
-                    about={"row": [method, per_class, seed], "fingerprint": method_fingerprint(fingerprint, method)},
                     started=started,
                     progress=progress,
                 )
@@ -543,7 +547,7 @@ def label_efficiency(
                 val_x, test_x = fixed[method]
                 sel_np = sel.numpy()
                 # Its finished fits, one per C, are kept until the row is recorded: on all labels they take an hour.
-                unfinished = _unfinished_path(out, method, per_class, seed).with_suffix("")
+                unfinished = _unfinished_path(out, method, per_class, seed, suffix="")
                 result = logistic_regression(
                     feature_of[method]("train", idx),
                     data.train_labels[idx].numpy(),
