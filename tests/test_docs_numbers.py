@@ -146,10 +146,11 @@ def test_the_classifier_table_of_the_results_is_notebook_03s_published_compariso
 
 
 def glance() -> str:
-    """The README's "Results at a glance" section, lines joined (a number may sit at a line break)."""
+    """The README's "Results at a glance" section, lines joined (a number may sit at a line break), bold marks
+    removed."""
     text = (REPO / "README.md").read_text()
     section = text.split("## Results at a glance", 1)[1].split("\n## ", 1)[0]
-    return " ".join(section.split())
+    return " ".join(section.replace("**", "").split())
 
 
 def test_the_results_at_a_glance_are_the_published_numbers():
@@ -193,6 +194,30 @@ def test_the_results_at_a_glance_are_the_published_numbers():
         f"handwritten digits (AUROC {auroc('digits'):.3f}), printed glyphs ({auroc('glyphs'):.3f}), "
         f"blank ({auroc('blank'):.3f}) or inverted ({auroc('inverted'):.3f})",
         f"Mahalanobis on the code does better on digits ({ood.loc[ood.index.str.startswith('digits')].auroc_mahalanobis.iloc[0]:.3f})",
+    ]
+    missing = [e for e in expected if e not in text]
+    assert not missing, f"the README's summary does not show: {missing}"
+
+
+def test_the_classifier_and_few_label_summaries_are_the_published_numbers():
+    """The README's classifier and few-labels bullets: the test accuracies of notebook 03's two classifiers and the
+    benchmark CNN, the head's and the pixel ConvNet's mean at 10 and 100 labels per class, and the points between
+    them (from the unrounded means) at 1,000 and all labels."""
+    text = glance()
+    folder = PUBLISHED / "classifier" / "K100_D64_all_frozen"
+    comparison = {r["classifier"]: r for r in json.loads((folder / "metrics.json").read_text())["comparison"]}
+    frame = pd.read_csv(folder / "label_efficiency.csv").replace({"method": {"pixel_cnn": "pixel_convnet"}})
+    means = frame.groupby(["labels_per_class", "method"]).test_acc.mean().unstack()
+    head, cnn = means["vq_head"], means["pixel_convnet"]
+    (benchmark,) = [r for name, r in comparison.items() if name.endswith("(Fashion-MNIST benchmark)")]
+    gap = lambda count: abs(cnn[count] - head[count]) * 100  # noqa: E731
+    expected = [
+        f"the head on the frozen code reaches {comparison['head on the frozen code']['test_accuracy']:.2%}",
+        f"the encoder fine-tuned {comparison['fine-tuned encoder + head']['test_accuracy']:.2%}",
+        f"a small CNN on pixels reaches {benchmark['test_accuracy']:.1%}",
+        f"the head on the code reaches {head[10]:.1%} and a CNN trained from scratch on pixels {cnn[10]:.1%}",
+        f"({head[100]:.1%} and {cnn[100]:.1%})",
+        f"the CNN leads by {gap(1000):.1f} and {gap(5500):.1f} points",
     ]
     missing = [e for e in expected if e not in text]
     assert not missing, f"the README's summary does not show: {missing}"
