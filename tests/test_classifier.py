@@ -583,6 +583,49 @@ def test_unfinished_label_efficiency_travels_to_a_fresh_clone(vqvae_checkpoint, 
     assert runs.read_text() == (rerun / "results" / "classifier" / "K8_D4_all_frozen" / RUNS_FILE).read_text()
 
 
+def test_a_regression_rows_kept_fits_travel_to_a_fresh_clone(vqvae_checkpoint, data, tmp_path, monkeypatch):
+    """vqlib publish snapshots the fits a regression row under way has finished (.unfinished/METHOD_Npc_sSEED/);
+    --restore on a fresh clone puts them back, and the row run there reuses them (a planted fit is chosen)."""
+    from vqlib import paths
+    from vqlib.config import LabelEfficiencyConfig
+    from vqlib.label_efficiency import RUNS_FILE, _fit, _fits_folder, label_efficiency, method_fingerprint
+    from vqlib.publish import restore_label_efficiency, snapshot_label_efficiency
+
+    def study():
+        config = LabelEfficiencyConfig(
+            vqvae_checkpoint=str(vqvae_checkpoint), label_counts="5", num_seeds=1, methods="pixel_linear",
+            linear_c="0.1,1", linear_max_iter=30, device="cpu",
+            results_dir=str(paths.classifier_dir() / "K8_D4_all_frozen"),
+        )  # fmt: skip
+        return label_efficiency(config, data, progress=False).iloc[0]
+
+    monkeypatch.setenv("VQLIB_ROOT", str(tmp_path / "machine"))
+    results = paths.classifier_dir() / "K8_D4_all_frozen"
+    study()
+    (line,) = (results / RUNS_FILE).read_text().splitlines()
+    (results / RUNS_FILE).unlink()
+    # The row cut short after its fit of C = 1, planted with a validation accuracy no fit reaches.
+    fingerprint = method_fingerprint(json.loads(line)["fingerprint"], "pixel_linear")
+    fits = _fits_folder(results / ".unfinished" / "pixel_linear_5pc_s0", fingerprint)
+    x = data.train_images[:50].reshape(50, -1).numpy() / 255.0
+    _fit(x, data.train_labels[:50].numpy(), x, data.train_labels[:50].numpy(), 1.0, 30, 0, cache=fits)
+    with np.load(fits / "C=1.0.npz") as f:
+        planted = {k: f[k] for k in f.files}
+    with open(fits / "C=1.0.npz", "wb") as f:
+        np.savez(f, **{**planted, "val_acc": np.asarray(1.5)})
+    assert snapshot_label_efficiency() == {"K8_D4_all_frozen": (0, ("pixel_linear_5pc_s0",))}
+
+    fresh = tmp_path / "fresh"  # a clone: the tracked snapshot only
+    shutil.copytree(tmp_path / "machine" / "checkpoints" / "inprogress", fresh / "checkpoints" / "inprogress")
+    monkeypatch.setenv("VQLIB_ROOT", str(fresh))
+    assert restore_label_efficiency() == ["K8_D4_all_frozen"]
+    restored = paths.classifier_dir() / "K8_D4_all_frozen" / ".unfinished" / "pixel_linear_5pc_s0"
+    assert sorted(p.name for p in restored.iterdir()) == ["C=1.0.npz", "about.json"]
+    row = study()
+    assert row["selected"] == "C=1" and row["val_acc"] == 1.5  # the fit that travelled, reused
+    assert not restored.exists()
+
+
 def test_selection_subset_matches_the_training_budget(data):
     from vqlib.label_efficiency import selection_subset
 

@@ -177,20 +177,33 @@ class LabelEfficiencySnapshot(NamedTuple):
     """What `snapshot_label_efficiency` took of one classifier folder."""
 
     rows: int  # finished rows (label_efficiency.runs.jsonl)
-    unfinished: tuple[str, ...]  # network rows under way: the file names of their last epochs (.unfinished/)
+    unfinished: tuple[str, ...]  # rows under way (.unfinished/): a network's last epoch, a regression's fits folder
 
 
 def _unfinished_rows(folder: Path) -> list[Path]:
+    """The rows under way in a classifier folder: each network row's last epoch (METHOD_Npc_sSEED.pt) and each
+    regression row's folder of finished fits (METHOD_Npc_sSEED/, one C=<c>.npz per value of C)."""
     from ..label_efficiency import UNFINISHED_DIR
 
-    return sorted((folder / UNFINISHED_DIR).glob("*.pt"))
+    under_way = (folder / UNFINISHED_DIR).glob("*")
+    return sorted(p for p in under_way if (p.is_file() and p.suffix == ".pt") or (p.is_dir() and any(p.glob("*.npz"))))
+
+
+def _copy_row(source: Path, target: Path) -> None:
+    """Copy a row under way: a last epoch, or a fits folder file by file (each fit is whole or absent)."""
+    if source.is_dir():
+        for path in sorted(source.iterdir()):
+            if path.is_file():
+                _copy(path, target / path.name)
+    else:
+        _copy(source, target)
 
 
 def snapshot_label_efficiency() -> dict[str, LabelEfficiencySnapshot]:
     """Snapshot the label-efficiency study of every classifier folder that holds rows its published copy does not
     (a study not yet published, or one run again with other settings): its finished rows
-    (label_efficiency.runs.jsonl) and the last epoch of each network row under way (.unfinished/, replaced as a
-    whole). Drop the snapshots whose rows are all published and that have nothing under way.
+    (label_efficiency.runs.jsonl) and each row under way (.unfinished/, replaced as a whole): a network's last
+    epoch, a regression's finished fits. Drop the snapshots whose rows are all published and that have nothing under way.
 
     Notebook 03's label efficiency at the protocol runs for hours, one network row
     (the CNN on all labels) for more than one; with these snapshotted, a fresh clone
@@ -211,7 +224,7 @@ def snapshot_label_efficiency() -> dict[str, LabelEfficiencySnapshot]:
             _copy(folder / RUNS_FILE, target / RUNS_FILE)
         shutil.rmtree(target / UNFINISHED_DIR, ignore_errors=True)
         for path in unfinished:
-            _copy(path, target / UNFINISHED_DIR / path.name)
+            _copy_row(path, target / UNFINISHED_DIR / path.name)
         taken[name] = LabelEfficiencySnapshot(len(rows), tuple(p.name for p in unfinished))
     if label_efficiency_snapshots().is_dir():
         for snapshot in sorted(p for p in label_efficiency_snapshots().iterdir() if p.is_dir()):
@@ -244,7 +257,7 @@ def restore_label_efficiency() -> list[str]:
                 tmp.write_text("".join(line + "\n" for line in rows))
         under_way = _unfinished_rows(snapshots / name)
         for path in under_way:
-            _copy(path, folder / UNFINISHED_DIR / path.name)
+            _copy_row(path, folder / UNFINISHED_DIR / path.name)
         if rows or under_way:
             restored.append(name)
     return restored
