@@ -441,8 +441,12 @@ def test_label_efficiency_resumes_from_its_runs_file(vqvae_checkpoint, data, tmp
 
 def test_a_regression_keeps_each_finished_fit_and_a_rerun_fits_only_the_others(data, tmp_path):
     """logistic_regression(cache=...): one file per value of C; a rerun reads them (a kept fit whose score was
-    raised is the one chosen) and fits only the C whose file is missing, to the same result."""
+    raised is the one chosen) and fits only the C whose file is missing, to the same result, and returns the seconds
+    the kept fits took (elapsed.json) as earlier_seconds."""
     from vqlib.label_efficiency import logistic_regression
+
+    def scores(result):
+        return {k: v for k, v in result.items() if k != "earlier_seconds"}
 
     train = data.train_images[:300].reshape(300, -1).numpy() / 255.0
     val, test = (
@@ -460,13 +464,18 @@ def test_a_regression_keeps_each_finished_fit_and_a_rerun_fits_only_the_others(d
     cs = [0.01, 0.1, 1.0]
     cache = tmp_path / "fits"
     full = logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache)
-    assert full == logistic_regression(*args, cs, 50, 0, jobs=1)  # keeping the fits changes nothing
-    assert sorted(p.name for p in cache.iterdir()) == ["C=0.01.npz", "C=0.1.npz", "C=1.0.npz"]
+    assert scores(full) == scores(logistic_regression(*args, cs, 50, 0, jobs=1))  # keeping the fits changes nothing
+    assert full["earlier_seconds"] == 0.0
+    assert sorted(p.name for p in cache.iterdir()) == ["C=0.01.npz", "C=0.1.npz", "C=1.0.npz", "elapsed.json"]
+    took = json.loads((cache / "elapsed.json").read_text())["seconds"]
+    assert 0 < took < 300
 
     (cache / "C=1.0.npz").unlink()  # the fit under way when the run was killed
     kept = cache / "C=0.01.npz"
     before = kept.stat().st_mtime_ns
-    assert logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache) == full
+    again = logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache)
+    assert scores(again) == scores(full) and again["earlier_seconds"] == took
+    assert json.loads((cache / "elapsed.json").read_text())["seconds"] > took  # the refit's time added
     assert (cache / "C=1.0.npz").is_file() and kept.stat().st_mtime_ns == before  # fitted again, and only it
 
     with np.load(kept) as f:
@@ -477,7 +486,7 @@ def test_a_regression_keeps_each_finished_fit_and_a_rerun_fits_only_the_others(d
     chosen = logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache)
     assert chosen["chosen"] == "C=0.01" and chosen["val_acc"] == 1.0
     kept.write_bytes(b"cut short")  # unreadable: fitted again
-    assert logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache) == full
+    assert scores(logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache)) == scores(full)
 
 
 def test_label_efficiency_keeps_a_regression_rows_fits_until_it_is_recorded(vqvae_checkpoint, data, tmp_path):
@@ -613,6 +622,7 @@ def test_a_regression_rows_kept_fits_travel_to_a_fresh_clone(vqvae_checkpoint, d
         planted = {k: f[k] for k in f.files}
     with open(fits / "C=1.0.npz", "wb") as f:
         np.savez(f, **{**planted, "val_acc": np.asarray(1.5)})
+    (fits / "elapsed.json").write_text('{"seconds": 1234.5}')  # what that fit took, as logistic_regression writes it
     assert snapshot_label_efficiency() == {"K8_D4_all_frozen": (0, ("pixel_linear_5pc_s0",))}
 
     fresh = tmp_path / "fresh"  # a clone: the tracked snapshot only
@@ -620,9 +630,10 @@ def test_a_regression_rows_kept_fits_travel_to_a_fresh_clone(vqvae_checkpoint, d
     monkeypatch.setenv("VQLIB_ROOT", str(fresh))
     assert restore_label_efficiency() == ["K8_D4_all_frozen"]
     restored = paths.classifier_dir() / "K8_D4_all_frozen" / ".unfinished" / "pixel_linear_5pc_s0"
-    assert sorted(p.name for p in restored.iterdir()) == ["C=1.0.npz", "about.json"]
+    assert sorted(p.name for p in restored.iterdir()) == ["C=1.0.npz", "about.json", "elapsed.json"]
     row = study()
     assert row["selected"] == "C=1" and row["val_acc"] == 1.5  # the fit that travelled, reused
+    assert 1234.5 < row["seconds"] < 1234.5 + 300  # its seconds counted with those of the fit made here
     assert not restored.exists()
 
 

@@ -75,7 +75,10 @@ def logistic_regression(
     coefficients and the validation scores) and a later call reuses it: the
     regressions on all labels fit for an hour on a 2-core CPU, and an
     interruption then costs the fits under way, not the finished ones. The
-    caller keeps the folder to one problem (the same data and settings).
+    caller keeps the folder to one problem (the same data and settings). The
+    folder also keeps the seconds its fits have taken so far (`elapsed.json`,
+    written as each fit ends); they are returned as `earlier_seconds`, so that a
+    row finished by a later call states the time of all its fits.
     """
     from joblib import Parallel, delayed
     from sklearn.preprocessing import StandardScaler
@@ -84,11 +87,16 @@ def logistic_regression(
     train_x, val_x, test_x = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
     cs = sorted(cs)
     done = {c: fit for c in cs if (fit := _cached_fit(cache, c, max_iter, seed)) is not None} if cache else {}
+    earlier = float(read_json_or_empty(cache / ELAPSED_FILE).get("seconds", 0.0)) if cache and done else 0.0
     todo = [c for c in cs if c not in done]
     jobs = max(1, min(len(todo), jobs or cpu_cores()))
-    fitted = Parallel(n_jobs=jobs)(
+    started, fitted = time.perf_counter(), []
+    for fit in Parallel(n_jobs=jobs, return_as="generator_unordered")(
         delayed(_fit)(train_x, train_y, val_x, val_y, c, max_iter, seed, cache=cache) for c in todo
-    )
+    ):
+        fitted.append(fit)
+        if cache is not None:
+            write_json(cache / ELAPSED_FILE, {"seconds": earlier + time.perf_counter() - started})
     fits = sorted([*done.values(), *fitted], key=lambda f: f["c"])
     best = max(fits, key=lambda f: (f["val_acc"], -f["val_loss"]))
     return {
@@ -100,7 +108,11 @@ def logistic_regression(
         "fits_not_converged": sum(not f["converged"] for f in fits),
         "iterations": best["iterations"],
         "c_at_edge": best["c"] in (cs[0], cs[-1]),
+        "earlier_seconds": earlier,
     }
+
+
+ELAPSED_FILE = "elapsed.json"  # in a regression's fits folder: the seconds its finished fits took
 
 
 def _cache_file(cache: Path, c: float) -> Path:
@@ -560,6 +572,7 @@ def label_efficiency(
                     seed,
                     cache=_fits_folder(unfinished, method_fingerprint(fingerprint, method)),
                 )
+                earlier_seconds = result["earlier_seconds"]  # the kept fits' time, from an earlier run
             rows.append(
                 {
                     "method": method,
