@@ -221,3 +221,30 @@ def test_the_classifier_and_few_label_summaries_are_the_published_numbers():
     ]
     missing = [e for e in expected if e not in text]
     assert not missing, f"the README's summary does not show: {missing}"
+
+
+def test_the_learning_rate_comparison_is_the_published_one():
+    """The cosine-against-constant table of the results (each seed's value, the paired difference with its interval
+    and the verdict) and the README's sentence on it."""
+    runs = pd.read_csv(PUBLISHED / "lr_schedule" / "summary.csv")
+    comparison = pd.read_csv(PUBLISHED / "lr_schedule" / "comparison.csv").set_index("metric")
+    rows = table("docs/results.md", "K100_D64, validation | seed 0 |")
+    assert len(rows) == 4
+    for label, *seeds, difference, verdict in rows:
+        metric = "val_mse" if label.startswith("MSE") else "val_perplexity"
+        schedule = "cosine" if label.endswith("cosine") else "constant"
+        values = runs[runs.schedule == schedule].sort_values("seed")[metric]
+        assert [shown(v, c) for v, c in zip(values, seeds, strict=True)] == seeds, label
+        if schedule == "cosine":
+            row = comparison.loc[metric]
+            mean, low, high = re.findall(r"[−+-]?\d+\.\d+", difference)
+            for value, cell in ((row.mean_difference, mean), (row.ci_low, low), (row.ci_high, high)):
+                cell = cell.replace("−", "-").lstrip("+")
+                assert shown(value, cell) == cell, (label, difference)
+            assert verdict == row.verdict, label
+    row = comparison.loc["val_mse"]
+    sentence = (
+        f"validation MSE by {row.mean_difference:.7f} over {row.seeds} seeds (interval {row.ci_low:.7f} to "
+        f"+{row.ci_high:.7f}): {row.verdict}"
+    ).replace("-", "−")
+    assert sentence in glance()
