@@ -489,12 +489,26 @@ def test_a_regression_keeps_each_finished_fit_and_a_rerun_fits_only_the_others(d
     assert scores(logistic_regression(*args, cs, 50, 0, jobs=1, cache=cache)) == scores(full)
 
 
+def plant_fit(data, folder: Path) -> Path:
+    """Keep in `folder` a fit of C = 1 on 50 training images with a validation accuracy no fit reaches (1.5), as a
+    regression row cut short would have kept it; returns `folder`."""
+    from vqlib.label_efficiency import _fit
+
+    x = data.train_images[:50].reshape(50, -1).numpy() / 255.0
+    _fit(x, data.train_labels[:50].numpy(), x, data.train_labels[:50].numpy(), 1.0, 30, 0, cache=folder)
+    with np.load(folder / "C=1.0.npz") as f:
+        planted = {k: f[k] for k in f.files}
+    with open(folder / "C=1.0.npz", "wb") as f:
+        np.savez(f, **{**planted, "val_acc": np.asarray(1.5)})
+    return folder
+
+
 def test_label_efficiency_keeps_a_regression_rows_fits_until_it_is_recorded(vqvae_checkpoint, data, tmp_path):
     """A regression row's finished fits sit in RESULTS/.unfinished/METHOD_Npc_sSEED/ with its fingerprint while it
     runs, are reused by a rerun of the same settings (a planted fit is chosen) but not by one of other settings,
     and go once the row is recorded."""
     from vqlib.config import LabelEfficiencyConfig
-    from vqlib.label_efficiency import RUNS_FILE, _fit, _fits_folder, label_efficiency, method_fingerprint
+    from vqlib.label_efficiency import RUNS_FILE, _fits_folder, label_efficiency, method_fingerprint
 
     def run(linear_max_iter=30):
         config = LabelEfficiencyConfig(
@@ -509,14 +523,7 @@ def test_label_efficiency_keeps_a_regression_rows_fits_until_it_is_recorded(vqva
     fingerprint = json.loads(line)["fingerprint"]
 
     def plant(fingerprint):
-        """A fit of C = 1 with a validation accuracy no fit reaches, as an interrupted row would have kept it."""
-        folder = _fits_folder(tmp_path / ".unfinished" / "pixel_linear_5pc_s0", fingerprint)
-        x = data.train_images[:50].reshape(50, -1).numpy() / 255.0
-        _fit(x, data.train_labels[:50].numpy(), x, data.train_labels[:50].numpy(), 1.0, 30, 0, cache=folder)
-        with np.load(folder / "C=1.0.npz") as f:
-            planted = {k: f[k] for k in f.files}
-        with open(folder / "C=1.0.npz", "wb") as f:
-            np.savez(f, **{**planted, "val_acc": np.asarray(1.5)})
+        plant_fit(data, _fits_folder(tmp_path / ".unfinished" / "pixel_linear_5pc_s0", fingerprint))
 
     (tmp_path / RUNS_FILE).unlink()
     plant(method_fingerprint(fingerprint, "pixel_linear"))
@@ -597,7 +604,7 @@ def test_a_regression_rows_kept_fits_travel_to_a_fresh_clone(vqvae_checkpoint, d
     --restore on a fresh clone puts them back, and the row run there reuses them (a planted fit is chosen)."""
     from vqlib import paths
     from vqlib.config import LabelEfficiencyConfig
-    from vqlib.label_efficiency import RUNS_FILE, _fit, _fits_folder, label_efficiency, method_fingerprint
+    from vqlib.label_efficiency import ELAPSED_FILE, RUNS_FILE, _fits_folder, label_efficiency, method_fingerprint
     from vqlib.publish import restore_label_efficiency, snapshot_label_efficiency
 
     def study():
@@ -615,14 +622,8 @@ def test_a_regression_rows_kept_fits_travel_to_a_fresh_clone(vqvae_checkpoint, d
     (results / RUNS_FILE).unlink()
     # The row cut short after its fit of C = 1, planted with a validation accuracy no fit reaches.
     fingerprint = method_fingerprint(json.loads(line)["fingerprint"], "pixel_linear")
-    fits = _fits_folder(results / ".unfinished" / "pixel_linear_5pc_s0", fingerprint)
-    x = data.train_images[:50].reshape(50, -1).numpy() / 255.0
-    _fit(x, data.train_labels[:50].numpy(), x, data.train_labels[:50].numpy(), 1.0, 30, 0, cache=fits)
-    with np.load(fits / "C=1.0.npz") as f:
-        planted = {k: f[k] for k in f.files}
-    with open(fits / "C=1.0.npz", "wb") as f:
-        np.savez(f, **{**planted, "val_acc": np.asarray(1.5)})
-    (fits / "elapsed.json").write_text('{"seconds": 1234.5}')  # what that fit took, as logistic_regression writes it
+    fits = plant_fit(data, _fits_folder(results / ".unfinished" / "pixel_linear_5pc_s0", fingerprint))
+    (fits / ELAPSED_FILE).write_text('{"seconds": 1234.5}')  # what that fit took, as logistic_regression writes it
     assert snapshot_label_efficiency() == {"K8_D4_all_frozen": (0, ("pixel_linear_5pc_s0",))}
 
     fresh = tmp_path / "fresh"  # a clone: the tracked snapshot only
