@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from vqlib.label_efficiency import paired_differences
+
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "published"
 METHODS = ["vq_head", "vq_linear", "z_linear", "pixel_convnet", "pixel_linear"]  # the tables' column order
@@ -58,6 +60,9 @@ def test_the_readme_pretrained_table_is_the_published_grid():
         run = grid.loc[name.split()[0]]
         assert (int(k), int(d)) == (run.num_embeddings, run.embedding_dim), name
         assert shown(run.val_mse, mse) == mse and shown(run.val_psnr, psnr) == psnr, name
+    for row in table("README.md", "name | K | D |"):  # the size column: best.pt in MB (10^6 bytes), as list_pretrained
+        checkpoint = REPO / "checkpoints" / "pretrained" / row[0].split()[0] / "best.pt"
+        assert shown(checkpoint.stat().st_size / 1e6, row[-1]) == row[-1], row[0]
 
 
 def test_the_grid_table_of_the_results_is_the_published_grid():
@@ -202,7 +207,7 @@ def test_the_results_at_a_glance_are_the_published_numbers():
 def test_the_classifier_and_few_label_summaries_are_the_published_numbers():
     """The README's classifier and few-labels bullets: the test accuracies of notebook 03's two classifiers and the
     benchmark CNN, the head's and the pixel ConvNet's mean at 10 and 100 labels per class, and the points between
-    them (from the unrounded means) at 1,000 and all labels."""
+    them (from the unrounded means) at 1,000 and all labels, and the paired interval of the gap at 10."""
     text = glance()
     folder = PUBLISHED / "classifier" / "K100_D64_all_frozen"
     comparison = {r["classifier"]: r for r in json.loads((folder / "metrics.json").read_text())["comparison"]}
@@ -219,6 +224,8 @@ def test_the_classifier_and_few_label_summaries_are_the_published_numbers():
         f"({head[100]:.1%} and {cnn[100]:.1%})",
         f"the CNN leads by {gap(1000):.1f} and {gap(5500):.1f} points",
     ]
+    at_10 = paired_differences(frame).set_index(["labels_per_class", "method"]).loc[(10, "pixel_convnet")]
+    expected.append(f"(paired 95% interval {100 * at_10.low:.1f} to {100 * at_10.high:+.1f} points)".replace("-", "−"))
     missing = [e for e in expected if e not in text]
     assert not missing, f"the README's summary does not show: {missing}"
 
@@ -248,3 +255,28 @@ def test_the_learning_rate_comparison_is_the_published_one():
         f"+{row.ci_high:.7f}): {row.verdict}"
     ).replace("-", "−")
     assert sentence in glance()
+
+
+def test_the_paired_differences_of_the_results_are_the_published_ones():
+    """The label-efficiency bullets of the results quote paired differences (points, the mean over seeds with its 95%
+    interval); each is recomputed from the published rows with `paired_differences`."""
+    frame = pd.read_csv(PUBLISHED / "classifier" / "K100_D64_all_frozen" / "label_efficiency.csv")
+    paired = paired_differences(frame, reference=None).set_index(["labels_per_class", "method", "reference"])
+
+    def quoted(method: str, reference: str, count: int, sign: int = 1, digits: int = 2) -> tuple[str, str, str]:
+        """Mean, low and high of `method` − `reference` in points (`sign` -1: reference − method), signed."""
+        row = paired.loc[(count, method, reference)]
+        low, high = sorted((sign * row.low * 100, sign * row.high * 100))
+        return f"{sign * row.mean_difference * 100:+.2f}", f"{low:+.{digits}f}", f"{high:+.{digits}f}"
+
+    text = " ".join((REPO / "docs" / "results.md").read_text().split()).replace("−", "-")
+    mean, low, high = quoted("pixel_convnet", "vq_head", 10, digits=1)
+    expected = [f"{mean.lstrip('+')} at 10 labels per class (interval {low} to {high}"]
+    for method, reference in (("pixel_convnet", "vq_head"), ("z_linear", "vq_linear")):
+        for count, label in ((100, "100"), (1000, "1,000")) + (((10, "10"),) if method == "z_linear" else ()):
+            mean, low, high = quoted(method, reference, count)
+            expected.append(f"{mean} at {label} ({low} to {high}")
+    mean, low, high = quoted("vq_linear", "vq_head", 1000, sign=-1)
+    expected.append(f"{mean.lstrip('+')} points ahead at 1,000 (interval {low} to {high})")
+    missing = [e for e in expected if e not in text]
+    assert not missing, f"docs/results.md does not show: {missing}"
